@@ -1,0 +1,315 @@
+/* The host backend over MPI (part of libvcoll_mpi): the same API on host
+ * buffers, for machines without a GPU. Slow by design; correct first. */
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vcoll_hostfloat.h"
+#include "vcoll_internal.h"
+#include "vcoll_mpi.h"
+
+struct hostState {
+  MPI_Comm comm;
+  MPI_Op op; /* one commutative user op; the element type comes from tls */
+};
+
+static __thread vcollDataType_t tlsType;
+static __thread vcollRedOp_t tlsOp;
+static __thread size_t tlsElemsPerUnit;
+
+static vcollResult_t mpiErr(vcollComm_t comm, int err, const char* what) {
+  char msg[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(err, msg, &len);
+  return vcollSetError(comm, vcollMpiError, "host backend: %s failed: %s", what, msg);
+}
+
+#define MPICHECK(comm, call)                                   \
+  do {                                                         \
+    int e_ = (call);                                           \
+    if (e_ != MPI_SUCCESS) return mpiErr((comm), e_, #call);   \
+  } while (0)
+
+static inline double applyOp(vcollRedOp_t op, double a, double b) {
+  switch (op) {
+    case vcollProd: return a * b;
+    case vcollMax: return a > b ? a : b;
+    case vcollMin: return a < b ? a : b;
+    default: return a + b; /* sum, avg (divided afterwards) */
+  }
+}
+
+#define INT_LOOP(T)                                                                   \
+  do {                                                                                \
+    const T* x = in;                                                                  \
+    T* y = inout;                                                                     \
+    for (size_t i = 0; i < n; i++) {                                                  \
+      switch (tlsOp) {                                                                \
+        case vcollProd: y[i] = (T)(x[i] * y[i]); break;                               \
+        case vcollMax: y[i] = x[i] > y[i] ? x[i] : y[i]; break;                       \
+        case vcollMin: y[i] = x[i] < y[i] ? x[i] : y[i]; break;                       \
+        default: y[i] = (T)(x[i] + y[i]); break;                                      \
+      }                                                                               \
+    }                                                                                 \
+  } while (0)
+
+#define FLOAT_LOOP(T, TOF, FROMF)                                                     \
+  do {                                                                                \
+    const T* x = in;                                                                  \
+    T* y = inout;                                                                     \
+    for (size_t i = 0; i < n; i++) y[i] = FROMF((float)applyOp(tlsOp, TOF(x[i]), TOF(y[i]))); \
+  } while (0)
+
+static inline float idF(float f) { return f; }
+
+static void hostReduceFn(void* in, void* inout, int* len, MPI_Datatype* dt) {
+  (void)dt;
+  size_t n = (size_t)*len * tlsElemsPerUnit;
+  switch (tlsType) {
+    case vcollInt8: INT_LOOP(int8_t); break;
+    case vcollUint8: INT_LOOP(uint8_t); break;
+    case vcollInt32: INT_LOOP(int32_t); break;
+    case vcollUint32: INT_LOOP(uint32_t); break;
+    case vcollInt64: INT_LOOP(int64_t); break;
+    case vcollUint64: INT_LOOP(uint64_t); break;
+    case vcollFloat32: FLOAT_LOOP(float, idF, idF); break;
+    case vcollFloat64: {
+      const double* x = in;
+      double* y = inout;
+      for (size_t i = 0; i < n; i++) y[i] = applyOp(tlsOp, x[i], y[i]);
+      break;
+    }
+    case vcollFloat16: FLOAT_LOOP(uint16_t, vcollF16ToF32, vcollF32ToF16); break;
+    case vcollBfloat16: FLOAT_LOOP(uint16_t, vcollBf16ToF32, vcollF32ToBf16); break;
+    case vcollFloat8e4m3: FLOAT_LOOP(uint8_t, vcollE4m3ToF32, vcollF32ToE4m3Sat); break;
+    case vcollFloat8e5m2: FLOAT_LOOP(uint8_t, vcollE5m2ToF32, vcollF32ToE5m2Sat); break;
+    default: break;
+  }
+}
+
+static void divideInPlace(void* buf, size_t n, vcollDataType_t type, int by) {
+  for (size_t i = 0; i < n; i++) {
+    switch (type) {
+      case vcollFloat32: ((float*)buf)[i] /= (float)by; break;
+      case vcollFloat64: ((double*)buf)[i] /= (double)by; break;
+      case vcollFloat16: { uint16_t* p = buf; p[i] = vcollF32ToF16(vcollF16ToF32(p[i]) / (float)by); break; }
+      case vcollBfloat16: { uint16_t* p = buf; p[i] = vcollF32ToBf16(vcollBf16ToF32(p[i]) / (float)by); break; }
+      case vcollFloat8e4m3: { uint8_t* p = buf; p[i] = vcollF32ToE4m3Sat(vcollE4m3ToF32(p[i]) / (float)by); break; }
+      case vcollFloat8e5m2: { uint8_t* p = buf; p[i] = vcollF32ToE5m2Sat(vcollE5m2ToF32(p[i]) / (float)by); break; }
+      default: return;
+    }
+  }
+}
+
+static vcollResult_t rowsToInts(vcollComm_t comm, const size_t* counts, const size_t* displs, int* icounts,
+                                int* idispls, const char* op) {
+  for (int r = 0; r < comm->nranks; r++) {
+    if (counts[r] > INT_MAX || displs[r] > INT_MAX)
+      return vcollSetError(comm, vcollNotSupported, "%s : host backend supports at most %d rows (MPI counts)",
+                           op, INT_MAX);
+    icounts[r] = (int)counts[r];
+    idispls[r] = (int)displs[r];
+  }
+  return vcollSuccess;
+}
+
+static vcollResult_t rowType(vcollComm_t comm, size_t rowBytes, MPI_Datatype* t, const char* op) {
+  if (rowBytes > INT_MAX)
+    return vcollSetError(comm, vcollNotSupported, "%s : host backend supports rows of at most %d bytes", op, INT_MAX);
+  MPICHECK(comm, MPI_Type_contiguous((int)rowBytes, MPI_BYTE, t));
+  MPICHECK(comm, MPI_Type_commit(t));
+  return vcollSuccess;
+}
+
+static vcollResult_t hostAgv(vcollComm_t comm, const struct vcollAgvCall* c) {
+  struct hostState* st = comm->backendState;
+  int n = comm->nranks;
+  vcollResult_t res = vcollSuccess;
+  int* ints = malloc(sizeof(int) * 2 * (size_t)n);
+  MPI_Request* reqs = calloc((size_t)c->ntensors, sizeof(MPI_Request));
+  MPI_Datatype* types = calloc((size_t)c->ntensors, sizeof(MPI_Datatype));
+  int started = 0;
+  if (!ints || !reqs || !types) { res = vcollSetError(comm, vcollSystemError, "vcollAllGatherV : out of host memory"); goto out; }
+  res = rowsToInts(comm, c->counts, c->displs, ints, ints + n, "vcollAllGatherV");
+  if (res != vcollSuccess) goto out;
+  for (int i = 0; i < c->ntensors; i++) {
+    const vcollTensor_t* t = c->tensors + i;
+    res = rowType(comm, t->width * vcollTypeSize(t->datatype), &types[i], "vcollAllGatherV");
+    if (res != vcollSuccess) goto out;
+    started = i + 1;
+    const void* send = c->inPlace[i] ? MPI_IN_PLACE : t->sendbuff;
+    int e = MPI_Iallgatherv(send, ints[comm->rank], types[i], t->recvbuff, ints, ints + n, types[i], st->comm,
+                            &reqs[i]);
+    if (e != MPI_SUCCESS) { res = mpiErr(comm, e, "MPI_Iallgatherv"); started = i; MPI_Type_free(&types[i]); goto out; }
+  }
+  {
+    int e = MPI_Waitall(started, reqs, MPI_STATUSES_IGNORE);
+    if (e != MPI_SUCCESS) res = mpiErr(comm, e, "MPI_Waitall");
+  }
+  for (int i = 0; i < started; i++) MPI_Type_free(&types[i]);
+  started = 0;
+  comm->lastAlgo[vcollCollAllGatherV] = "mpi";
+out:
+  if (started) { MPI_Waitall(started, reqs, MPI_STATUSES_IGNORE); for (int i = 0; i < started; i++) MPI_Type_free(&types[i]); }
+  free(ints);
+  free(reqs);
+  free(types);
+  return res;
+}
+
+static vcollResult_t hostRsv(vcollComm_t comm, const struct vcollRsvCall* c) {
+  struct hostState* st = comm->backendState;
+  int n = comm->nranks;
+  size_t mine = c->counts[comm->rank];
+  vcollResult_t res = vcollSuccess;
+  MPI_Datatype rt = MPI_DATATYPE_NULL;
+  int* ints = malloc(sizeof(int) * 2 * (size_t)n);
+  void* tmp = NULL;
+  if (!ints) return vcollSetError(comm, vcollSystemError, "vcollReduceScatterV : out of host memory");
+  res = rowsToInts(comm, c->counts, c->displs, ints, ints + n, "vcollReduceScatterV");
+  if (res != vcollSuccess) goto out;
+  res = rowType(comm, c->rowBytes, &rt, "vcollReduceScatterV");
+  if (res != vcollSuccess) goto out;
+  /* MPI forbids aliased buffers: in place goes through a temporary. */
+  void* dst = c->recvbuff;
+  if (c->inPlace) {
+    tmp = malloc(mine * c->rowBytes);
+    if (!tmp) { res = vcollSetError(comm, vcollSystemError, "vcollReduceScatterV : out of host memory"); goto out; }
+    dst = tmp;
+  }
+  static char dummy;
+  if (c->totalRows > 0) {
+    tlsType = c->datatype;
+    tlsOp = c->op;
+    tlsElemsPerUnit = c->width;
+    int e = MPI_Reduce_scatter(c->sendbuff, dst ? dst : &dummy, ints, rt, st->op, st->comm);
+    if (e != MPI_SUCCESS) { res = mpiErr(comm, e, "MPI_Reduce_scatter"); goto out; }
+    if (c->op == vcollAvg && mine > 0) divideInPlace(dst, mine * c->width, c->datatype, n);
+    if (c->inPlace) memcpy(c->recvbuff, tmp, mine * c->rowBytes);
+  }
+  comm->lastAlgo[vcollCollReduceScatterV] = "mpi";
+out:
+  if (rt != MPI_DATATYPE_NULL) MPI_Type_free(&rt);
+  free(tmp);
+  free(ints);
+  return res;
+}
+
+static vcollResult_t hostAllreduceMaxU64(vcollComm_t comm, uint64_t* vals, int n, cudaStream_t stream) {
+  (void)stream;
+  struct hostState* st = comm->backendState;
+  MPICHECK(comm, MPI_Allreduce(MPI_IN_PLACE, vals, n, MPI_UINT64_T, MPI_MAX, st->comm));
+  return vcollSuccess;
+}
+
+static vcollResult_t hostAllgatherU64(vcollComm_t comm, uint64_t val, uint64_t* out, cudaStream_t stream) {
+  (void)stream;
+  struct hostState* st = comm->backendState;
+  MPICHECK(comm, MPI_Allgather(&val, 1, MPI_UINT64_T, out, 1, MPI_UINT64_T, st->comm));
+  return vcollSuccess;
+}
+
+static void hostDestroy(vcollComm_t comm) {
+  struct hostState* st = comm->backendState;
+  if (!st) return;
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) {
+    MPI_Op_free(&st->op);
+    MPI_Comm_free(&st->comm);
+  }
+  free(st);
+  comm->backendState = NULL;
+}
+
+static const struct vcollBackendOps hostOps = {
+    .name = "host",
+    .allgatherv = hostAgv,
+    .reducescatterv = hostRsv,
+    .allreduceMaxU64 = hostAllreduceMaxU64,
+    .allgatherU64 = hostAllgatherU64,
+    .destroy = hostDestroy,
+};
+
+VCOLL_API vcollResult_t vcollCommInitHost(MPI_Comm mpiComm, vcollComm_t* comm) {
+  return vcollCommInitMPI(mpiComm, vcollBackendHost, comm);
+}
+
+static vcollResult_t initHost(MPI_Comm mpiComm, vcollComm_t* out) {
+  int rank, size;
+  MPICHECK(NULL, MPI_Comm_rank(mpiComm, &rank));
+  MPICHECK(NULL, MPI_Comm_size(mpiComm, &size));
+  struct hostState* st = calloc(1, sizeof(*st));
+  if (!st) return vcollSetError(NULL, vcollSystemError, "vcollCommInitMPI : out of host memory");
+  MPICHECK(NULL, MPI_Comm_dup(mpiComm, &st->comm));
+  MPI_Comm_set_errhandler(st->comm, MPI_ERRORS_RETURN);
+  MPICHECK(NULL, MPI_Op_create(hostReduceFn, 1, &st->op));
+  vcollComm_t c;
+  vcollResult_t res = vcollCommCreateCommon(rank, size, vcollBackendHost, &hostOps, &c);
+  if (res != vcollSuccess) {
+    MPI_Op_free(&st->op);
+    MPI_Comm_free(&st->comm);
+    free(st);
+    return res;
+  }
+  c->backendState = st;
+  VCOLL_INFO("comm %p rank %d nranks %d backend host (MPI)", (void*)c, rank, size);
+  *out = c;
+  return vcollSuccess;
+}
+
+static vcollResult_t initNccl(MPI_Comm mpiComm, vcollComm_t* out) {
+  int rank, size, localRank, ndev = 0;
+  MPICHECK(NULL, MPI_Comm_rank(mpiComm, &rank));
+  MPICHECK(NULL, MPI_Comm_size(mpiComm, &size));
+  MPI_Comm local;
+  MPICHECK(NULL, MPI_Comm_split_type(mpiComm, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &local));
+  MPI_Comm_rank(local, &localRank);
+  MPI_Comm_free(&local);
+  if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
+    cudaGetLastError();
+    return vcollSetError(NULL, vcollInvalidUsage, "vcollCommInitMPI : backend nccl asked for but no GPU is visible");
+  }
+  int dev = localRank % ndev;
+  if (cudaSetDevice(dev) != cudaSuccess)
+    return vcollSetError(NULL, vcollUnhandledCudaError, "vcollCommInitMPI : cudaSetDevice(%d) failed", dev);
+  struct { int ok; ncclUniqueId id; } uid;
+  memset(&uid, 0, sizeof(uid));
+  if (rank == 0) uid.ok = ncclGetUniqueId(&uid.id) == ncclSuccess;
+  MPICHECK(NULL, MPI_Bcast(&uid, sizeof(uid), MPI_BYTE, 0, mpiComm));
+  if (!uid.ok) return vcollSetError(NULL, vcollNcclError, "vcollCommInitMPI : ncclGetUniqueId failed on rank 0");
+  ncclComm_t nccl;
+  ncclResult_t nr = ncclCommInitRank(&nccl, size, uid.id, rank);
+  if (nr != ncclSuccess)
+    return vcollSetError(NULL, vcollNcclError, "vcollCommInitMPI : ncclCommInitRank failed: %s",
+                         ncclGetErrorString(nr));
+  vcollResult_t res = vcollCommWrapNccl(nccl, 1, out);
+  if (res != vcollSuccess) ncclCommDestroy(nccl);
+  return res;
+}
+
+VCOLL_API vcollResult_t vcollCommInitMPI(MPI_Comm mpiComm, vcollBackend_t backend, vcollComm_t* comm) {
+  static const char* op = "vcollCommInitMPI";
+  if (comm == NULL) return VCOLL_ARGERR(NULL, op, "comm argument is NULL");
+  *comm = NULL;
+  int inited = 0;
+  MPI_Initialized(&inited);
+  if (!inited) return vcollSetError(NULL, vcollInvalidUsage, "%s : MPI is not initialized", op);
+  if (mpiComm == MPI_COMM_NULL) return VCOLL_ARGERR(NULL, op, "mpiComm is MPI_COMM_NULL");
+  if (backend != vcollBackendNccl && backend != vcollBackendHost && backend != vcollBackendAuto)
+    return VCOLL_ARGERR(NULL, op, "invalid backend %d", (int)backend);
+  if (backend == vcollBackendAuto) {
+    const char* env = vcollParamBackend();
+    if (env && strcmp(env, "nccl") == 0) backend = vcollBackendNccl;
+    else if (env && strcmp(env, "host") == 0) backend = vcollBackendHost;
+    else {
+      if (env && strcmp(env, "auto") != 0) VCOLL_WARN("VCOLL_BACKEND=%s is not nccl, host or auto; ignored", env);
+      int ndev = 0;
+      if (cudaGetDeviceCount(&ndev) != cudaSuccess) { cudaGetLastError(); ndev = 0; }
+      int all = ndev > 0;
+      MPICHECK(NULL, MPI_Allreduce(MPI_IN_PLACE, &all, 1, MPI_INT, MPI_MIN, mpiComm));
+      backend = all ? vcollBackendNccl : vcollBackendHost;
+    }
+  }
+  return backend == vcollBackendNccl ? initNccl(mpiComm, comm) : initHost(mpiComm, comm);
+}

@@ -1,0 +1,87 @@
+/* The NCCL backend: device buffers, work ordered on the caller's stream. */
+#include <string.h>
+
+#include "vcoll_internal.h"
+
+ncclDataType_t vcollToNcclType(vcollDataType_t type) {
+  static const ncclDataType_t map[vcollNumTypes] = {
+      ncclInt8, ncclUint8, ncclInt32, ncclUint32, ncclInt64, ncclUint64,
+      ncclFloat16, ncclFloat32, ncclFloat64, ncclBfloat16, ncclFloat8e4m3, ncclFloat8e5m2};
+  return map[type];
+}
+
+ncclRedOp_t vcollToNcclOp(vcollRedOp_t op) {
+  static const ncclRedOp_t map[vcollNumOps] = {ncclSum, ncclProd, ncclMax, ncclMin, ncclAvg};
+  return map[op];
+}
+
+static vcollResult_t ncclAgv(vcollComm_t comm, const struct vcollAgvCall* call) {
+  int idx = vcollAlgoChoose(comm, vcollCollAllGatherV, call, vcollAgvSelect(comm, call));
+  VCOLL_TRACE("allgatherv ntensors %d rows %zu (max %zu) bytes %zu algo %s", call->ntensors,
+              call->totalRows, call->maxRows, call->totalBytes, vcollAgvAlgos[idx].name);
+  return vcollAgvAlgos[idx].run(comm, call);
+}
+
+static vcollResult_t ncclRsv(vcollComm_t comm, const struct vcollRsvCall* call) {
+  int idx = vcollAlgoChoose(comm, vcollCollReduceScatterV, call, vcollRsvSelect(comm, call));
+  VCOLL_TRACE("reducescatterv rows %zu (max %zu) width %zu %s %s algo %s", call->totalRows, call->maxRows,
+              call->width, vcollTypeName(call->datatype), vcollOpName(call->op), vcollRsvAlgos[idx].name);
+  return vcollRsvAlgos[idx].run(comm, call);
+}
+
+static vcollResult_t ncclAllreduceMaxU64(vcollComm_t comm, uint64_t* vals, int n, cudaStream_t stream) {
+  if (n > 64) return vcollSetError(comm, vcollInternalError, "allreduceMaxU64: n %d > 64", n);
+  uint64_t* host = comm->hostScratch;
+  memcpy(host, vals, sizeof(uint64_t) * (size_t)n);
+  VCOLL_CUDACHECK(comm, cudaMemcpyAsync(comm->devScratch, host, sizeof(uint64_t) * (size_t)n,
+                                        cudaMemcpyHostToDevice, stream));
+  VCOLL_NCCLCHECK(comm, ncclAllReduce(comm->devScratch, comm->devScratch, (size_t)n, ncclUint64, ncclMax,
+                                      comm->nccl, stream));
+  VCOLL_CUDACHECK(comm, cudaMemcpyAsync(host, comm->devScratch, sizeof(uint64_t) * (size_t)n,
+                                        cudaMemcpyDeviceToHost, stream));
+  VCOLL_CUDACHECK(comm, cudaStreamSynchronize(stream));
+  memcpy(vals, host, sizeof(uint64_t) * (size_t)n);
+  return vcollSuccess;
+}
+
+static vcollResult_t ncclAllgatherU64(vcollComm_t comm, uint64_t val, uint64_t* out, cudaStream_t stream) {
+  /* devScratch holds 64 values: use the host-visible path in chunks. */
+  if (comm->nranks > 63) return vcollSetError(comm, vcollNotSupported, "allgatherU64: more than 63 ranks");
+  uint64_t* host = comm->hostScratch;
+  host[0] = val;
+  uint64_t* dev = comm->devScratch;
+  VCOLL_CUDACHECK(comm, cudaMemcpyAsync(dev, host, sizeof(uint64_t), cudaMemcpyHostToDevice, stream));
+  VCOLL_NCCLCHECK(comm, ncclAllGather(dev, dev + 1, 1, ncclUint64, comm->nccl, stream));
+  VCOLL_CUDACHECK(comm, cudaMemcpyAsync(host, dev + 1, sizeof(uint64_t) * (size_t)comm->nranks,
+                                        cudaMemcpyDeviceToHost, stream));
+  VCOLL_CUDACHECK(comm, cudaStreamSynchronize(stream));
+  memcpy(out, host, sizeof(uint64_t) * (size_t)comm->nranks);
+  return vcollSuccess;
+}
+
+static void ncclDestroy(vcollComm_t comm) {
+  vcollWindowsReleaseAll(comm);
+  if (comm->devScratch) cudaFree(comm->devScratch);
+  if (comm->hostScratch) cudaFreeHost(comm->hostScratch);
+  if (comm->ownsNccl && comm->nccl) ncclCommDestroy(comm->nccl);
+  comm->nccl = NULL;
+}
+
+int vcollStreamCapturing(vcollComm_t comm, cudaStream_t stream) {
+  if (comm->backend != vcollBackendNccl) return 0;
+  enum cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(stream, &st) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return st != cudaStreamCaptureStatusNone;
+}
+
+const struct vcollBackendOps vcollNcclOps = {
+    .name = "nccl",
+    .allgatherv = ncclAgv,
+    .reducescatterv = ncclRsv,
+    .allreduceMaxU64 = ncclAllreduceMaxU64,
+    .allgatherU64 = ncclAllgatherU64,
+    .destroy = ncclDestroy,
+};

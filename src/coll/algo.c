@@ -1,0 +1,94 @@
+/* Algorithm names, forcing (per communicator or VCOLL_ALGO), and the
+ * choice made for each call. */
+#include <stdio.h>
+#include <string.h>
+
+#include "vcoll_internal.h"
+
+static const char* collNames[] = {"allgatherv", "reducescatterv"};
+
+static const struct vcollAlgo* table(vcollCollective_t coll, int* n) {
+  if (coll == vcollCollAllGatherV) { *n = vcollAgvAlgoCount; return vcollAgvAlgos; }
+  if (coll == vcollCollReduceScatterV) { *n = vcollRsvAlgoCount; return vcollRsvAlgos; }
+  *n = 0;
+  return NULL;
+}
+
+int vcollAlgoFind(vcollCollective_t coll, const char* name) {
+  int n;
+  const struct vcollAlgo* t = table(coll, &n);
+  for (int i = 0; i < n; i++)
+    if (strcmp(t[i].name, name) == 0) return i;
+  return -1;
+}
+
+VCOLL_API const char* vcollAlgoName(vcollCollective_t coll, int index) {
+  int n;
+  const struct vcollAlgo* t = table(coll, &n);
+  return (index >= 0 && index < n) ? t[index].name : NULL;
+}
+
+VCOLL_API vcollResult_t vcollCommSetAlgo(vcollComm_t comm, vcollCollective_t coll, const char* name) {
+  static const char* op = "vcollCommSetAlgo";
+  VCOLL_CHECK_RES(vcollCheckComm(comm, op));
+  if (coll != vcollCollAllGatherV && coll != vcollCollReduceScatterV)
+    return VCOLL_ARGERR(comm, op, "invalid coll %d", (int)coll);
+  if (name == NULL || strcmp(name, "auto") == 0) {
+    comm->forcedAlgo[coll] = -1;
+    return vcollSuccess;
+  }
+  int idx = vcollAlgoFind(coll, name);
+  if (idx < 0) {
+    char list[256] = "";
+    int n;
+    const struct vcollAlgo* t = table(coll, &n);
+    for (int i = 0; i < n; i++) {
+      strncat(list, " ", sizeof(list) - strlen(list) - 1);
+      strncat(list, t[i].name, sizeof(list) - strlen(list) - 1);
+    }
+    return VCOLL_ARGERR(comm, op, "unknown %s algorithm '%s' (known: auto%s)", collNames[coll], name, list);
+  }
+  comm->forcedAlgo[coll] = idx;
+  return vcollSuccess;
+}
+
+VCOLL_API const char* vcollCommLastAlgo(vcollComm_t comm, vcollCollective_t coll) {
+  if (comm == NULL || (unsigned)coll > 1) return NULL;
+  return comm->lastAlgo[coll];
+}
+
+/* VCOLL_ALGO is "name" (for every collective that has it) or a list
+ * "allgatherv=name,reducescatterv=name". */
+static int envAlgo(vcollCollective_t coll) {
+  const char* env = vcollParamAlgo();
+  if (env == NULL) return -1;
+  char buf[256];
+  snprintf(buf, sizeof(buf), "%s", env);
+  char* save = NULL;
+  for (char* tok = strtok_r(buf, ",;", &save); tok; tok = strtok_r(NULL, ",;", &save)) {
+    char* eq = strchr(tok, '=');
+    if (eq == NULL) eq = strchr(tok, ':');
+    if (eq) {
+      *eq = '\0';
+      if (strcmp(tok, collNames[coll]) == 0) return vcollAlgoFind(coll, eq + 1);
+    } else {
+      int idx = vcollAlgoFind(coll, tok);
+      if (idx >= 0) return idx;
+    }
+  }
+  return -1;
+}
+
+int vcollAlgoChoose(vcollComm_t comm, vcollCollective_t coll, const void* call, int autoIdx) {
+  int n;
+  const struct vcollAlgo* t = table(coll, &n);
+  int forced = comm->forcedAlgo[coll] >= 0 ? comm->forcedAlgo[coll] : envAlgo(coll);
+  int idx = autoIdx;
+  if (forced >= 0) {
+    if (t[forced].supported(comm, call)) idx = forced;
+    else VCOLL_INFO("%s: forced algorithm %s cannot run this call (%s); using %s", collNames[coll],
+                    t[forced].name, t[forced].description, t[autoIdx].name);
+  }
+  comm->lastAlgo[coll] = t[idx].name;
+  return idx;
+}

@@ -1,0 +1,58 @@
+/* Public entry points of the collectives: validate, agree (checked mode),
+ * then hand the call to the communicator's backend. */
+#include <stdlib.h>
+
+#include "vcoll_internal.h"
+
+static uint64_t agvDigest(const struct vcollAgvCall* c, int nranks) {
+  uint64_t h = vcollHashBytes(0, "agv", 3);
+  h = vcollHashBytes(h, &c->ntensors, sizeof(c->ntensors));
+  for (int i = 0; i < c->ntensors; i++) {
+    h = vcollHashBytes(h, &c->tensors[i].width, sizeof(size_t));
+    h = vcollHashBytes(h, &c->tensors[i].datatype, sizeof(vcollDataType_t));
+  }
+  return vcollHashBytes(h, c->counts, sizeof(size_t) * (size_t)nranks);
+}
+
+static uint64_t rsvDigest(const struct vcollRsvCall* c, int nranks) {
+  uint64_t h = vcollHashBytes(0, "rsv", 3);
+  h = vcollHashBytes(h, &c->width, sizeof(c->width));
+  h = vcollHashBytes(h, &c->datatype, sizeof(c->datatype));
+  h = vcollHashBytes(h, &c->op, sizeof(c->op));
+  return vcollHashBytes(h, c->counts, sizeof(size_t) * (size_t)nranks);
+}
+
+VCOLL_API vcollResult_t vcollAllGatherV(const vcollTensor_t* tensors, int ntensors,
+                                        const size_t* counts, vcollComm_t comm,
+                                        cudaStream_t stream) {
+  static const char* op = "vcollAllGatherV";
+  VCOLL_CHECK_RES(vcollCheckComm(comm, op));
+  struct vcollAgvCall call;
+  char inPlaceSmall[64];
+  char* inPlace = inPlaceSmall;
+  if (ntensors > (int)sizeof(inPlaceSmall)) {
+    inPlace = malloc((size_t)ntensors);
+    if (inPlace == NULL) return vcollSetError(comm, vcollSystemError, "%s : out of host memory", op);
+  }
+  vcollResult_t res = vcollCheckAllGatherV(comm, tensors, ntensors, counts, stream, &call, inPlace);
+  if (vcollParamCheck() && !vcollStreamCapturing(comm, stream))
+    res = vcollCheckAgreement(comm, op, res == vcollSuccess ? agvDigest(&call, comm->nranks) : 0, res, stream);
+  if (res == vcollSuccess) res = comm->ops->allgatherv(comm, &call);
+  if (inPlace != inPlaceSmall) free(inPlace);
+  return res;
+}
+
+VCOLL_API vcollResult_t vcollReduceScatterV(const void* sendbuff, void* recvbuff,
+                                            const size_t* counts, size_t width,
+                                            vcollDataType_t datatype, vcollRedOp_t redop,
+                                            vcollComm_t comm, cudaStream_t stream) {
+  static const char* op = "vcollReduceScatterV";
+  VCOLL_CHECK_RES(vcollCheckComm(comm, op));
+  struct vcollRsvCall call;
+  vcollResult_t res = vcollCheckReduceScatterV(comm, sendbuff, recvbuff, counts, width, datatype,
+                                               redop, stream, &call);
+  if (vcollParamCheck() && !vcollStreamCapturing(comm, stream))
+    res = vcollCheckAgreement(comm, op, res == vcollSuccess ? rsvDigest(&call, comm->nranks) : 0, res, stream);
+  if (res != vcollSuccess) return res;
+  return comm->ops->reducescatterv(comm, &call);
+}

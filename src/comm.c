@@ -1,0 +1,109 @@
+#include <stdlib.h>
+#include <string.h>
+
+#include "vcoll_internal.h"
+
+vcollResult_t vcollCommCreateCommon(int rank, int nranks, vcollBackend_t backend,
+                                    const struct vcollBackendOps* ops, vcollComm_t* out) {
+  vcollComm_t comm = calloc(1, sizeof(*comm));
+  if (comm == NULL) return vcollSetError(NULL, vcollSystemError, "vcollCommInit : out of host memory");
+  comm->displs = calloc((size_t)nranks + 1, sizeof(size_t));
+  if (comm->displs == NULL) {
+    free(comm);
+    return vcollSetError(NULL, vcollSystemError, "vcollCommInit : out of host memory");
+  }
+  comm->rank = rank;
+  comm->nranks = nranks;
+  comm->backend = backend;
+  comm->ops = ops;
+  comm->cudaDev = -1;
+  comm->forcedAlgo[0] = comm->forcedAlgo[1] = -1;
+  *out = comm;
+  return vcollSuccess;
+}
+
+void vcollCommFreeCommon(vcollComm_t comm) {
+  free(comm->displs);
+  comm->ops = NULL; /* a stale handle fails vcollCheckComm while the memory lasts */
+  comm->nranks = 0;
+  free(comm);
+}
+
+VCOLL_API vcollResult_t vcollCommInitNccl(ncclComm_t nccl, vcollComm_t* comm) {
+  return vcollCommWrapNccl(nccl, 0, comm);
+}
+
+vcollResult_t vcollCommWrapNccl(ncclComm_t nccl, int owns, vcollComm_t* comm) {
+  static const char* op = "vcollCommInitNccl";
+  if (comm == NULL) return VCOLL_ARGERR(NULL, op, "comm argument is NULL");
+  *comm = NULL;
+  if (nccl == NULL) return VCOLL_ARGERR(NULL, op, "nccl argument is NULL");
+  int rank, nranks, dev;
+  VCOLL_NCCLCHECK(NULL, ncclCommUserRank(nccl, &rank));
+  VCOLL_NCCLCHECK(NULL, ncclCommCount(nccl, &nranks));
+  VCOLL_NCCLCHECK(NULL, ncclCommCuDevice(nccl, &dev));
+  vcollComm_t c;
+  VCOLL_CHECK_RES(vcollCommCreateCommon(rank, nranks, vcollBackendNccl, &vcollNcclOps, &c));
+  c->nccl = nccl;
+  c->ownsNccl = owns;
+  c->cudaDev = dev;
+  ncclGetVersion(&c->ncclVersion);
+  int cur = -1;
+  cudaGetDevice(&cur);
+  vcollResult_t res = vcollSuccess;
+  if (cur != dev) {
+    res = VCOLL_ARGERR(NULL, op, "the current CUDA device is %d but the NCCL communicator is on device %d", cur, dev);
+    goto fail;
+  }
+  if (cudaMalloc(&c->devScratch, 64 * sizeof(uint64_t)) != cudaSuccess ||
+      cudaMallocHost(&c->hostScratch, 64 * sizeof(uint64_t)) != cudaSuccess) {
+    res = vcollSetError(NULL, vcollUnhandledCudaError, "%s : could not allocate 512 bytes of scratch", op);
+    goto fail;
+  }
+  VCOLL_INFO("comm %p rank %d nranks %d cudaDev %d NCCL version %d backend nccl (%s)", (void*)c, rank,
+             nranks, dev, c->ncclVersion, owns ? "owned" : "wrapped, not owned");
+  *comm = c;
+  return vcollSuccess;
+fail:
+  cudaGetLastError();
+  if (c->devScratch) cudaFree(c->devScratch);
+  if (c->hostScratch) cudaFreeHost(c->hostScratch);
+  vcollCommFreeCommon(c);
+  return res;
+}
+
+VCOLL_API vcollResult_t vcollCommDestroy(vcollComm_t comm) {
+  if (comm == NULL) return vcollSuccess;
+  VCOLL_CHECK_RES(vcollCheckComm(comm, "vcollCommDestroy"));
+  if (comm->ops->destroy) comm->ops->destroy(comm);
+  vcollCommFreeCommon(comm);
+  return vcollSuccess;
+}
+
+VCOLL_API vcollResult_t vcollCommCount(vcollComm_t comm, int* count) {
+  VCOLL_CHECK_RES(vcollCheckComm(comm, "vcollCommCount"));
+  if (count == NULL) return VCOLL_ARGERR(comm, "vcollCommCount", "count argument is NULL");
+  *count = comm->nranks;
+  return vcollSuccess;
+}
+
+VCOLL_API vcollResult_t vcollCommUserRank(vcollComm_t comm, int* rank) {
+  VCOLL_CHECK_RES(vcollCheckComm(comm, "vcollCommUserRank"));
+  if (rank == NULL) return VCOLL_ARGERR(comm, "vcollCommUserRank", "rank argument is NULL");
+  *rank = comm->rank;
+  return vcollSuccess;
+}
+
+VCOLL_API vcollResult_t vcollCommBackend(vcollComm_t comm, vcollBackend_t* backend) {
+  VCOLL_CHECK_RES(vcollCheckComm(comm, "vcollCommBackend"));
+  if (backend == NULL) return VCOLL_ARGERR(comm, "vcollCommBackend", "backend argument is NULL");
+  *backend = comm->backend;
+  return vcollSuccess;
+}
+
+VCOLL_API vcollResult_t vcollCommGetNccl(vcollComm_t comm, ncclComm_t* nccl) {
+  VCOLL_CHECK_RES(vcollCheckComm(comm, "vcollCommGetNccl"));
+  if (nccl == NULL) return VCOLL_ARGERR(comm, "vcollCommGetNccl", "nccl argument is NULL");
+  *nccl = comm->nccl;
+  return vcollSuccess;
+}

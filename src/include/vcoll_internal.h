@@ -1,0 +1,196 @@
+/* Internal declarations shared by vcoll's sources. Not installed. */
+#ifndef VCOLL_INTERNAL_H_
+#define VCOLL_INTERNAL_H_
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "vcoll.h"
+#include "vcoll_debug.h"
+
+#define VCOLL_MAX_ALGOS 16
+
+/* A validated allgatherv call. displs[r] is rank r's first row; displs has
+ * nranks + 1 entries, displs[nranks] = total rows. inPlace[i] is 1 when
+ * tensor i's sendbuff already sits at this rank's slot of recvbuff. */
+struct vcollAgvCall {
+  const vcollTensor_t* tensors;
+  int ntensors;
+  const size_t* counts;
+  const size_t* displs;
+  size_t totalRows;
+  size_t maxRows;
+  size_t totalBytes; /* sum over tensors of totalRows * rowBytes */
+  const char* inPlace;
+  cudaStream_t stream;
+};
+
+/* A validated reducescatterv call; same conventions. */
+struct vcollRsvCall {
+  const void* sendbuff;
+  void* recvbuff;
+  const size_t* counts;
+  const size_t* displs;
+  size_t totalRows;
+  size_t maxRows;
+  size_t width;
+  size_t rowBytes;
+  vcollDataType_t datatype;
+  vcollRedOp_t op;
+  int inPlace;
+  cudaStream_t stream;
+};
+
+/* What a backend implements. Arguments reach it validated. */
+struct vcollBackendOps {
+  const char* name;
+  vcollResult_t (*allgatherv)(vcollComm_t comm, const struct vcollAgvCall* call);
+  vcollResult_t (*reducescatterv)(vcollComm_t comm, const struct vcollRsvCall* call);
+  /* Element-wise max over ranks of `n` uint64 values, in place, result on
+   * the host of every rank when it returns (blocking). Used by checked
+   * mode and small host-side agreements. */
+  vcollResult_t (*allreduceMaxU64)(vcollComm_t comm, uint64_t* vals, int n, cudaStream_t stream);
+  /* All-gather of one uint64 per rank into out[nranks] on the host (blocking). */
+  vcollResult_t (*allgatherU64)(vcollComm_t comm, uint64_t val, uint64_t* out, cudaStream_t stream);
+  void (*destroy)(vcollComm_t comm);
+};
+
+struct vcollComm {
+  int rank;
+  int nranks;
+  vcollBackend_t backend;
+  const struct vcollBackendOps* ops;
+  void* backendState; /* owned by the backend; freed by ops->destroy */
+
+  ncclComm_t nccl;    /* NCCL backend: the communicator */
+  int ownsNccl;       /* destroy nccl in vcollCommDestroy */
+  int cudaDev;
+  int ncclVersion;
+
+  /* Per-call scratch, sized nranks + 1 at creation (calls on one
+   * communicator are not thread-safe, as in NCCL). */
+  size_t* displs;
+
+  /* NCCL backend helpers for checked mode and count gathering. */
+  void* devScratch;   /* device, 64 uint64 */
+  void* hostScratch;  /* pinned host, 64 uint64 */
+
+  /* Algorithm forced on this communicator (-1: automatic). */
+  int forcedAlgo[2];
+  const char* lastAlgo[2];
+
+  /* Symmetric windows registered through vcollMemAlloc. */
+  struct vcollWindow* windows;
+
+  char lastError[512];
+};
+
+/* Functions libvcoll_mpi calls: exported from libvcoll but not part of
+ * the public API (no public header declares them). */
+#define VCOLL_INTERNAL_API VCOLL_API
+
+/* comm.c */
+VCOLL_INTERNAL_API vcollResult_t vcollCommCreateCommon(int rank, int nranks, vcollBackend_t backend,
+                                    const struct vcollBackendOps* ops, vcollComm_t* comm);
+VCOLL_INTERNAL_API void vcollCommFreeCommon(vcollComm_t comm);
+/* Wraps `nccl`; with owns = 1, vcollCommDestroy destroys it. */
+VCOLL_INTERNAL_API vcollResult_t vcollCommWrapNccl(ncclComm_t nccl, int owns, vcollComm_t* comm);
+
+/* argcheck.c: validate, fill the call structs. On failure, sets the last
+ * error naming `opName` and the argument, and returns its code. */
+vcollResult_t vcollCheckComm(vcollComm_t comm, const char* opName);
+vcollResult_t vcollCheckAllGatherV(vcollComm_t comm, const vcollTensor_t* tensors, int ntensors,
+                                   const size_t* counts, cudaStream_t stream,
+                                   struct vcollAgvCall* call, char* inPlace);
+vcollResult_t vcollCheckReduceScatterV(vcollComm_t comm, const void* sendbuff, void* recvbuff,
+                                       const size_t* counts, size_t width,
+                                       vcollDataType_t datatype, vcollRedOp_t op,
+                                       cudaStream_t stream, struct vcollRsvCall* call);
+/* Checked mode (VCOLL_CHECK=1): all ranks agree that they passed the same
+ * sizes, and that none of them failed its local checks (localRes). Returns
+ * vcollArgumentMismatch (or vcollInvalidArgument when a rank's own checks
+ * failed) on every rank. */
+vcollResult_t vcollCheckAgreement(vcollComm_t comm, const char* opName, uint64_t digest,
+                                  vcollResult_t localRes, cudaStream_t stream);
+uint64_t vcollHashBytes(uint64_t h, const void* data, size_t len);
+/* a * b and a + b with overflow detection: return 0 on overflow. */
+int vcollMulOk(size_t a, size_t b, size_t* out);
+int vcollAddOk(size_t a, size_t b, size_t* out);
+
+/* dtype.c */
+int vcollTypeIsFloat(vcollDataType_t type);
+
+/* param.c: environment tunables, read once. */
+int64_t vcollParamCheck(void);        /* VCOLL_CHECK */
+const char* vcollParamAlgo(void);     /* VCOLL_ALGO */
+VCOLL_INTERNAL_API const char* vcollParamBackend(void);  /* VCOLL_BACKEND */
+
+/* Algorithm tables (src/coll/). */
+struct vcollAlgo {
+  const char* name;
+  const char* description;
+  /* 1 if this algorithm can run this call on this comm. */
+  int (*supported)(vcollComm_t comm, const void* call);
+  vcollResult_t (*run)(vcollComm_t comm, const void* call);
+};
+extern const struct vcollAlgo vcollAgvAlgos[];
+extern const int vcollAgvAlgoCount;
+extern const struct vcollAlgo vcollRsvAlgos[];
+extern const int vcollRsvAlgoCount;
+/* Picks the algorithm index for a call on the NCCL backend. */
+int vcollAgvSelect(vcollComm_t comm, const struct vcollAgvCall* call);
+int vcollRsvSelect(vcollComm_t comm, const struct vcollRsvCall* call);
+int vcollAlgoFind(vcollCollective_t coll, const char* name);
+/* The algorithm to run: the forced one (comm, then VCOLL_ALGO) when it
+ * supports the call, else autoIdx. Records it as the last algorithm. */
+int vcollAlgoChoose(vcollComm_t comm, vcollCollective_t coll, const void* call, int autoIdx);
+
+/* backend/nccl.c */
+extern const struct vcollBackendOps vcollNcclOps;
+ncclDataType_t vcollToNcclType(vcollDataType_t type);
+ncclRedOp_t vcollToNcclOp(vcollRedOp_t op);
+/* 1 if `stream` is being captured into a CUDA graph (NCCL backend only). */
+int vcollStreamCapturing(vcollComm_t comm, cudaStream_t stream);
+
+/* coll/window.c: windows registered through vcollMemAlloc. */
+void vcollWindowsReleaseAll(vcollComm_t comm);
+
+#define VCOLL_CHECK_RES(call)                  \
+  do {                                         \
+    vcollResult_t res_ = (call);               \
+    if (res_ != vcollSuccess) return res_;     \
+  } while (0)
+
+#define VCOLL_CUDACHECK(comm, call)                                                      \
+  do {                                                                                   \
+    cudaError_t err_ = (call);                                                           \
+    if (err_ != cudaSuccess) {                                                           \
+      vcollSetError((comm), vcollUnhandledCudaError, "%s:%d: %s failed: %s", __FILE__,   \
+                    __LINE__, #call, cudaGetErrorString(err_));                          \
+      return vcollUnhandledCudaError;                                                    \
+    }                                                                                    \
+  } while (0)
+
+#define VCOLL_NCCLCHECK(comm, call)                                                      \
+  do {                                                                                   \
+    ncclResult_t nres_ = (call);                                                         \
+    if (nres_ != ncclSuccess && nres_ != ncclInProgress) {                               \
+      vcollSetError((comm), vcollNcclError, "%s:%d: %s failed: %s", __FILE__, __LINE__,  \
+                    #call, ncclGetErrorString(nres_));                                   \
+      return vcollNcclError;                                                             \
+    }                                                                                    \
+  } while (0)
+
+#define VCOLL_NCCLCHECKGOTO(comm, call, res, label)                                      \
+  do {                                                                                   \
+    ncclResult_t nres_ = (call);                                                         \
+    if (nres_ != ncclSuccess && nres_ != ncclInProgress) {                               \
+      vcollSetError((comm), vcollNcclError, "%s:%d: %s failed: %s", __FILE__, __LINE__,  \
+                    #call, ncclGetErrorString(nres_));                                   \
+      (res) = vcollNcclError;                                                            \
+      goto label;                                                                        \
+    }                                                                                    \
+  } while (0)
+
+#endif /* VCOLL_INTERNAL_H_ */

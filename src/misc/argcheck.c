@@ -1,0 +1,162 @@
+/* Argument checks, all in one place. Each failure records one line naming
+ * the operation and the argument, and nothing is communicated or written. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "vcoll_internal.h"
+
+int vcollMulOk(size_t a, size_t b, size_t* out) { return !__builtin_mul_overflow(a, b, out); }
+int vcollAddOk(size_t a, size_t b, size_t* out) { return !__builtin_add_overflow(a, b, out); }
+
+uint64_t vcollHashBytes(uint64_t h, const void* data, size_t len) {
+  const unsigned char* p = (const unsigned char*)data;
+  if (h == 0) h = 1469598103934665603ull;
+  for (size_t i = 0; i < len; i++) { h ^= p[i]; h *= 1099511628211ull; }
+  return h;
+}
+
+static int overlaps(const void* a, size_t alen, const void* b, size_t blen) {
+  if (alen == 0 || blen == 0 || a == NULL || b == NULL) return 0;
+  uintptr_t pa = (uintptr_t)a, pb = (uintptr_t)b;
+  return pa < pb + blen && pb < pa + alen;
+}
+
+vcollResult_t vcollCheckComm(vcollComm_t comm, const char* op) {
+  if (comm == NULL) return VCOLL_ARGERR(NULL, op, "comm argument is NULL");
+  if (comm->ops == NULL || comm->nranks <= 0 || comm->rank < 0 || comm->rank >= comm->nranks)
+    return VCOLL_ARGERR(NULL, op, "comm %p is not a valid vcoll communicator (destroyed?)", (void*)comm);
+  return vcollSuccess;
+}
+
+/* Fills comm->displs from counts; checks sums and byte sizes for overflow. */
+static vcollResult_t checkCounts(vcollComm_t comm, const char* op, const size_t* counts,
+                                 size_t* totalRows, size_t* maxRows) {
+  if (counts == NULL) return VCOLL_ARGERR(comm, op, "counts argument is NULL");
+  size_t sum = 0, mx = 0;
+  for (int r = 0; r < comm->nranks; r++) {
+    comm->displs[r] = sum;
+    if (!vcollAddOk(sum, counts[r], &sum))
+      return VCOLL_ARGERR(comm, op, "counts[%d] = %zu makes the total row count overflow", r, counts[r]);
+    if (counts[r] > mx) mx = counts[r];
+  }
+  comm->displs[comm->nranks] = sum;
+  *totalRows = sum;
+  *maxRows = mx;
+  return vcollSuccess;
+}
+
+static vcollResult_t checkType(vcollComm_t comm, const char* op, const char* what, vcollDataType_t t) {
+  if ((unsigned)t >= vcollNumTypes)
+    return VCOLL_ARGERR(comm, op, "invalid %s %d (must be in 0..%d)", what, (int)t, vcollNumTypes - 1);
+  return vcollSuccess;
+}
+
+vcollResult_t vcollCheckAllGatherV(vcollComm_t comm, const vcollTensor_t* tensors, int ntensors,
+                                   const size_t* counts, cudaStream_t stream,
+                                   struct vcollAgvCall* call, char* inPlace) {
+  static const char* op = "vcollAllGatherV";
+  if (tensors == NULL) return VCOLL_ARGERR(comm, op, "tensors argument is NULL");
+  if (ntensors <= 0) return VCOLL_ARGERR(comm, op, "invalid ntensors %d (must be >= 1)", ntensors);
+  size_t totalRows = 0, maxRows = 0;
+  VCOLL_CHECK_RES(checkCounts(comm, op, counts, &totalRows, &maxRows));
+  size_t mine = counts[comm->rank], myDispl = comm->displs[comm->rank];
+  size_t totalBytes = 0;
+  for (int i = 0; i < ntensors; i++) {
+    const vcollTensor_t* t = tensors + i;
+    char what[48];
+    snprintf(what, sizeof(what), "tensors[%d].datatype", i);
+    VCOLL_CHECK_RES(checkType(comm, op, what, t->datatype));
+    if (t->width == 0) return VCOLL_ARGERR(comm, op, "tensors[%d].width is 0 (must be >= 1)", i);
+    size_t rowBytes, bytes;
+    if (!vcollMulOk(t->width, vcollTypeSize(t->datatype), &rowBytes) ||
+        !vcollMulOk(totalRows, rowBytes, &bytes) || !vcollAddOk(totalBytes, bytes, &totalBytes))
+      return VCOLL_ARGERR(comm, op,
+                          "tensors[%d]: %zu rows x width %zu x %zu bytes overflows the byte size", i,
+                          totalRows, t->width, vcollTypeSize(t->datatype));
+    if (mine > 0 && t->sendbuff == NULL)
+      return VCOLL_ARGERR(comm, op, "tensors[%d].sendbuff is NULL but this rank (%d) sends %zu rows", i,
+                          comm->rank, mine);
+    if (totalRows > 0 && t->recvbuff == NULL)
+      return VCOLL_ARGERR(comm, op, "tensors[%d].recvbuff is NULL but %zu rows are gathered", i, totalRows);
+    const char* slot = (const char*)t->recvbuff + myDispl * rowBytes;
+    inPlace[i] = (mine > 0 && t->sendbuff == slot);
+    if (!inPlace[i] && overlaps(t->sendbuff, mine * rowBytes, t->recvbuff, bytes))
+      return VCOLL_ARGERR(comm, op,
+                          "tensors[%d].sendbuff overlaps recvbuff but is not this rank's slot "
+                          "(in place needs sendbuff == recvbuff + %zu bytes)", i, myDispl * rowBytes);
+    for (int j = 0; j < i; j++) {
+      size_t jBytes = totalRows * tensors[j].width * vcollTypeSize(tensors[j].datatype);
+      if (overlaps(t->recvbuff, bytes, tensors[j].recvbuff, jBytes))
+        return VCOLL_ARGERR(comm, op, "tensors[%d].recvbuff overlaps tensors[%d].recvbuff", i, j);
+    }
+  }
+  call->tensors = tensors;
+  call->ntensors = ntensors;
+  call->counts = counts;
+  call->displs = comm->displs;
+  call->totalRows = totalRows;
+  call->maxRows = maxRows;
+  call->totalBytes = totalBytes;
+  call->inPlace = inPlace;
+  call->stream = stream;
+  return vcollSuccess;
+}
+
+vcollResult_t vcollCheckReduceScatterV(vcollComm_t comm, const void* sendbuff, void* recvbuff,
+                                       const size_t* counts, size_t width,
+                                       vcollDataType_t datatype, vcollRedOp_t redop,
+                                       cudaStream_t stream, struct vcollRsvCall* call) {
+  static const char* op = "vcollReduceScatterV";
+  VCOLL_CHECK_RES(checkType(comm, op, "datatype", datatype));
+  if ((unsigned)redop >= vcollNumOps)
+    return VCOLL_ARGERR(comm, op, "invalid op %d (must be in 0..%d)", (int)redop, vcollNumOps - 1);
+  if (redop == vcollAvg && !vcollTypeIsFloat(datatype))
+    return VCOLL_ARGERR(comm, op, "op avg needs a floating-point datatype, not %s", vcollTypeName(datatype));
+  if (width == 0) return VCOLL_ARGERR(comm, op, "width is 0 (must be >= 1)");
+  size_t totalRows = 0, maxRows = 0;
+  VCOLL_CHECK_RES(checkCounts(comm, op, counts, &totalRows, &maxRows));
+  size_t rowBytes, bytes;
+  if (!vcollMulOk(width, vcollTypeSize(datatype), &rowBytes) || !vcollMulOk(totalRows, rowBytes, &bytes))
+    return VCOLL_ARGERR(comm, op, "%zu rows x width %zu x %zu bytes overflows the byte size", totalRows,
+                        width, vcollTypeSize(datatype));
+  size_t mine = counts[comm->rank], myDispl = comm->displs[comm->rank];
+  if (totalRows > 0 && sendbuff == NULL)
+    return VCOLL_ARGERR(comm, op, "sendbuff is NULL but %zu rows are reduced", totalRows);
+  if (mine > 0 && recvbuff == NULL)
+    return VCOLL_ARGERR(comm, op, "recvbuff is NULL but this rank (%d) receives %zu rows", comm->rank, mine);
+  const char* slot = (const char*)sendbuff + myDispl * rowBytes;
+  int inPlace = (mine > 0 && recvbuff == slot);
+  if (!inPlace && overlaps(recvbuff, mine * rowBytes, sendbuff, bytes))
+    return VCOLL_ARGERR(comm, op,
+                        "recvbuff overlaps sendbuff but is not this rank's slot "
+                        "(in place needs recvbuff == sendbuff + %zu bytes)", myDispl * rowBytes);
+  call->sendbuff = sendbuff;
+  call->recvbuff = recvbuff;
+  call->counts = counts;
+  call->displs = comm->displs;
+  call->totalRows = totalRows;
+  call->maxRows = maxRows;
+  call->width = width;
+  call->rowBytes = rowBytes;
+  call->datatype = datatype;
+  call->op = redop;
+  call->inPlace = inPlace;
+  call->stream = stream;
+  return vcollSuccess;
+}
+
+vcollResult_t vcollCheckAgreement(vcollComm_t comm, const char* op, uint64_t digest,
+                                  vcollResult_t localRes, cudaStream_t stream) {
+  uint64_t vals[3] = {digest, ~digest, localRes != vcollSuccess};
+  vcollResult_t res = comm->ops->allreduceMaxU64(comm, vals, 3, stream);
+  if (res != vcollSuccess) return res;
+  if (localRes != vcollSuccess) return localRes; /* its message is already recorded */
+  if (vals[2] != 0)
+    return VCOLL_ARGERR(comm, op, "another rank's arguments failed validation (checked mode); nothing was communicated");
+  if (vals[0] != digest || vals[1] != ~digest)
+    return vcollSetError(comm, vcollArgumentMismatch,
+                         "%s : ranks passed different counts, widths, types or tensor counts "
+                         "(checked mode, VCOLL_CHECK=1); nothing was communicated", op);
+  return vcollSuccess;
+}

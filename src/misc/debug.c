@@ -1,0 +1,123 @@
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "vcoll_internal.h"
+
+static int logLevel = -1;
+static FILE* logFile = NULL;
+static pthread_once_t logOnce = PTHREAD_ONCE_INIT;
+static pthread_mutex_t logLock = PTHREAD_MUTEX_INITIALIZER;
+static char hostName[64] = "?";
+static __thread char threadLastError[512];
+
+static void logInit(void) {
+  const char* env = getenv("VCOLL_DEBUG");
+  int level = VCOLL_LOG_NONE;
+  if (env) {
+    if (strcasecmp(env, "VERSION") == 0) level = VCOLL_LOG_VERSION;
+    else if (strcasecmp(env, "WARN") == 0) level = VCOLL_LOG_WARN;
+    else if (strcasecmp(env, "INFO") == 0) level = VCOLL_LOG_INFO;
+    else if (strcasecmp(env, "TRACE") == 0) level = VCOLL_LOG_TRACE;
+  }
+  gethostname(hostName, sizeof(hostName) - 1);
+  char* dot = strchr(hostName, '.');
+  if (dot) *dot = '\0';
+  logFile = stdout;
+  const char* path = getenv("VCOLL_DEBUG_FILE");
+  if (path && level > VCOLL_LOG_NONE) {
+    char name[4096];
+    size_t o = 0;
+    for (const char* p = path; *p && o < sizeof(name) - 32; p++) {
+      if (p[0] == '%' && p[1] == 'h') { o += snprintf(name + o, sizeof(name) - o, "%s", hostName); p++; }
+      else if (p[0] == '%' && p[1] == 'p') { o += snprintf(name + o, sizeof(name) - o, "%d", (int)getpid()); p++; }
+      else name[o++] = *p;
+    }
+    name[o] = '\0';
+    FILE* f = fopen(name, "w");
+    if (f) { setvbuf(f, NULL, _IOLBF, 0); logFile = f; }
+  }
+  logLevel = level;
+}
+
+int vcollLogLevel(void) {
+  pthread_once(&logOnce, logInit);
+  return logLevel;
+}
+
+void vcollLog(vcollLogLevel_t level, const char* file, int line, const char* fmt, ...) {
+  if (vcollLogLevel() < (int)level) return;
+  static const char* names[] = {"NONE", "VERSION", "WARN", "INFO", "TRACE"};
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  va_end(ap);
+  const char* base = strrchr(file, '/');
+  base = base ? base + 1 : file;
+  pthread_mutex_lock(&logLock);
+  if (level == VCOLL_LOG_WARN)
+    fprintf(logFile, "%s:%d:%ld [%s:%d] VCOLL WARN %s\n", hostName, (int)getpid(),
+            (long)syscall(SYS_gettid), base, line, msg);
+  else
+    fprintf(logFile, "%s:%d:%ld VCOLL %s %s\n", hostName, (int)getpid(), (long)syscall(SYS_gettid),
+            names[level], msg);
+  fflush(logFile);
+  pthread_mutex_unlock(&logLock);
+}
+
+static vcollResult_t recordError(vcollComm_t comm, vcollResult_t res, const char* fmt, va_list ap) {
+  vsnprintf(threadLastError, sizeof(threadLastError), fmt, ap);
+  if (comm) snprintf(comm->lastError, sizeof(comm->lastError), "%s", threadLastError);
+  vcollLog(VCOLL_LOG_WARN, "vcoll", 0, "%s", threadLastError);
+  return res;
+}
+
+vcollResult_t vcollSetError(vcollComm_t comm, vcollResult_t res, const char* fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  recordError(comm, res, fmt, ap);
+  va_end(ap);
+  return res;
+}
+
+vcollResult_t vcollArgError(vcollComm_t comm, const char* op, const char* fmt, ...) {
+  char msg[448];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  va_end(ap);
+  return vcollSetError(comm, vcollInvalidArgument, "%s : %s", op, msg);
+}
+
+VCOLL_API const char* vcollGetLastError(vcollComm_t comm) {
+  return comm ? comm->lastError : threadLastError;
+}
+
+VCOLL_API const char* vcollGetErrorString(vcollResult_t result) {
+  switch (result) {
+    case vcollSuccess: return "no error";
+    case vcollUnhandledCudaError: return "unhandled cuda error (run with VCOLL_DEBUG=WARN for details)";
+    case vcollSystemError: return "unhandled system error (run with VCOLL_DEBUG=WARN for details)";
+    case vcollInternalError: return "internal error - please report this issue to the vcoll developers";
+    case vcollInvalidArgument: return "invalid argument (see vcollGetLastError or run with VCOLL_DEBUG=WARN)";
+    case vcollInvalidUsage: return "invalid usage (see vcollGetLastError or run with VCOLL_DEBUG=WARN)";
+    case vcollArgumentMismatch: return "ranks passed different sizes (checked mode, VCOLL_CHECK=1)";
+    case vcollNcclError: return "NCCL error (see vcollGetLastError)";
+    case vcollMpiError: return "MPI error (see vcollGetLastError)";
+    case vcollNotSupported: return "not supported by this build or backend";
+    default: return "unknown result code";
+  }
+}
+
+VCOLL_API vcollResult_t vcollGetVersion(int* version) {
+  if (version == NULL) return VCOLL_ARGERR(NULL, "vcollGetVersion", "version argument is NULL");
+  *version = VCOLL_VERSION_CODE;
+  return vcollSuccess;
+}
