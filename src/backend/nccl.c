@@ -60,6 +60,7 @@ static vcollResult_t ncclAllgatherU64(vcollComm_t comm, uint64_t val, uint64_t* 
 }
 
 static void ncclDestroy(vcollComm_t comm) {
+  vcollCollStateFree(comm);
   vcollWindowsReleaseAll(comm);
   if (comm->devScratch) cudaFree(comm->devScratch);
   if (comm->hostScratch) cudaFreeHost(comm->hostScratch);

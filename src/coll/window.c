@@ -14,3 +14,5 @@ VCOLL_API vcollResult_t vcollMemFree(vcollComm_t comm, void* ptr) {
 }
 
 void vcollWindowsReleaseAll(vcollComm_t comm) { (void)comm; }
+
+void vcollCollStateFree(vcollComm_t comm) { (void)comm; }

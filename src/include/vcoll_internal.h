@@ -82,6 +82,9 @@ struct vcollComm {
 
   /* Symmetric windows registered through vcollMemAlloc. */
   struct vcollWindow* windows;
+  /* State of the algorithms in src/coll/ (staging buffers, ...), owned
+   * there and released by vcollCollStateFree. */
+  void* collState;
 
   char lastError[512];
 };
@@ -155,6 +158,7 @@ int vcollStreamCapturing(vcollComm_t comm, cudaStream_t stream);
 
 /* coll/window.c: windows registered through vcollMemAlloc. */
 void vcollWindowsReleaseAll(vcollComm_t comm);
+void vcollCollStateFree(vcollComm_t comm);
 
 #define VCOLL_CHECK_RES(call)                  \
   do {                                         \
