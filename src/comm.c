@@ -18,6 +18,7 @@ vcollResult_t vcollCommCreateCommon(int rank, int nranks, vcollBackend_t backend
   comm->ops = ops;
   comm->cudaDev = -1;
   comm->forcedAlgo[0] = comm->forcedAlgo[1] = -1;
+  comm->checked = (int)vcollParamCheck();
   *out = comm;
   return vcollSuccess;
 }
@@ -105,5 +106,11 @@ VCOLL_API vcollResult_t vcollCommGetNccl(vcollComm_t comm, ncclComm_t* nccl) {
   VCOLL_CHECK_RES(vcollCheckComm(comm, "vcollCommGetNccl"));
   if (nccl == NULL) return VCOLL_ARGERR(comm, "vcollCommGetNccl", "nccl argument is NULL");
   *nccl = comm->nccl;
+  return vcollSuccess;
+}
+
+VCOLL_API vcollResult_t vcollCommSetChecked(vcollComm_t comm, int enable) {
+  VCOLL_CHECK_RES(vcollCheckComm(comm, "vcollCommSetChecked"));
+  comm->checked = enable != 0;
   return vcollSuccess;
 }

@@ -35,7 +35,7 @@ VCOLL_API vcollResult_t vcollAllGatherV(const vcollTensor_t* tensors, int ntenso
     if (inPlace == NULL) return vcollSetError(comm, vcollSystemError, "%s : out of host memory", op);
   }
   vcollResult_t res = vcollCheckAllGatherV(comm, tensors, ntensors, counts, stream, &call, inPlace);
-  if (vcollParamCheck() && !vcollStreamCapturing(comm, stream))
+  if (comm->checked && !vcollStreamCapturing(comm, stream))
     res = vcollCheckAgreement(comm, op, res == vcollSuccess ? agvDigest(&call, comm->nranks) : 0, res, stream);
   if (res == vcollSuccess) res = comm->ops->allgatherv(comm, &call);
   if (inPlace != inPlaceSmall) free(inPlace);
@@ -51,7 +51,7 @@ VCOLL_API vcollResult_t vcollReduceScatterV(const void* sendbuff, void* recvbuff
   struct vcollRsvCall call;
   vcollResult_t res = vcollCheckReduceScatterV(comm, sendbuff, recvbuff, counts, width, datatype,
                                                redop, stream, &call);
-  if (vcollParamCheck() && !vcollStreamCapturing(comm, stream))
+  if (comm->checked && !vcollStreamCapturing(comm, stream))
     res = vcollCheckAgreement(comm, op, res == vcollSuccess ? rsvDigest(&call, comm->nranks) : 0, res, stream);
   if (res != vcollSuccess) return res;
   return comm->ops->reducescatterv(comm, &call);

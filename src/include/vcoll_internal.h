@@ -67,6 +67,7 @@ struct vcollComm {
   int ownsNccl;       /* destroy nccl in vcollCommDestroy */
   int cudaDev;
   int ncclVersion;
+  int checked;        /* checked mode (vcollCommSetChecked / VCOLL_CHECK) */
 
   /* Per-call scratch, sized nranks + 1 at creation (calls on one
    * communicator are not thread-safe, as in NCCL). */
