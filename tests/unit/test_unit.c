@@ -1,0 +1,152 @@
+/* Unit tests that need no communication: error strings, types, version,
+ * NULL handling of the communicator API, and the host float conversions
+ * the host backend and the CPU references rely on. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vcoll.h"
+#include "vcoll_hostfloat.h"
+#include "vt.h"
+
+static void test_error_strings(void** state) {
+  (void)state;
+  for (int r = 0; r < vcollNumResults; r++) {
+    const char* s = vcollGetErrorString((vcollResult_t)r);
+    assert_non_null(s);
+    assert_string_not_equal(s, "unknown result code");
+  }
+  assert_string_equal(vcollGetErrorString((vcollResult_t)1234), "unknown result code");
+}
+
+static void test_types_and_version(void** state) {
+  (void)state;
+  static const size_t sizes[vcollNumTypes] = {1, 1, 4, 4, 8, 8, 2, 4, 8, 2, 1, 1};
+  for (int t = 0; t < vcollNumTypes; t++) {
+    assert_int_equal(vcollTypeSize((vcollDataType_t)t), sizes[t]);
+    assert_string_not_equal(vcollTypeName((vcollDataType_t)t), "unknown");
+  }
+  assert_int_equal(vcollTypeSize((vcollDataType_t)vcollNumTypes), 0);
+  assert_int_equal(vcollTypeSize((vcollDataType_t)-1), 0);
+  int v = 0;
+  assert_int_equal(vcollGetVersion(&v), vcollSuccess);
+  assert_int_equal(v, VCOLL_VERSION_CODE);
+  assert_int_equal(vcollGetVersion(NULL), vcollInvalidArgument);
+  assert_non_null(strstr(vcollGetLastError(NULL), "vcollGetVersion"));
+}
+
+static void test_comm_api_null(void** state) {
+  (void)state;
+  vcollComm_t c = (vcollComm_t)0x1;
+  int n;
+  assert_int_equal(vcollCommInitNccl(NULL, &c), vcollInvalidArgument);
+  assert_null(c); /* cleared on failure */
+  assert_non_null(strstr(vcollGetLastError(NULL), "nccl"));
+  assert_int_equal(vcollCommInitNccl(NULL, NULL), vcollInvalidArgument);
+  assert_int_equal(vcollCommDestroy(NULL), vcollSuccess);
+  assert_int_equal(vcollCommCount(NULL, &n), vcollInvalidArgument);
+  assert_non_null(strstr(vcollGetLastError(NULL), "vcollCommCount : comm"));
+  assert_int_equal(vcollCommUserRank(NULL, &n), vcollInvalidArgument);
+  assert_int_equal(vcollCommSetAlgo(NULL, vcollCollAllGatherV, "bcast"), vcollInvalidArgument);
+  assert_int_equal(vcollCommSetChecked(NULL, 1), vcollInvalidArgument);
+  assert_null(vcollCommLastAlgo(NULL, vcollCollAllGatherV));
+}
+
+static void test_algorithm_names(void** state) {
+  (void)state;
+  /* The baselines exist under their documented names; names are unique. */
+  int n[2] = {0, 0};
+  for (int c = 0; c < 2; c++)
+    while (vcollAlgoName((vcollCollective_t)c, n[c])) n[c]++;
+  assert_true(n[0] >= 1 && n[1] >= 1);
+  assert_string_equal(vcollAlgoName(vcollCollAllGatherV, 0), "bcast");
+  assert_string_equal(vcollAlgoName(vcollCollReduceScatterV, 0), "reduce");
+  for (int c = 0; c < 2; c++)
+    for (int i = 0; i < n[c]; i++)
+      for (int j = 0; j < i; j++)
+        assert_string_not_equal(vcollAlgoName((vcollCollective_t)c, i), vcollAlgoName((vcollCollective_t)c, j));
+  assert_null(vcollAlgoName(vcollCollAllGatherV, -1));
+  assert_null(vcollAlgoName((vcollCollective_t)7, 0));
+}
+
+/* fp16: compare with the compiler's _Float16 (an independent conversion). */
+static void test_hostfloat_f16(void** state) {
+  (void)state;
+  for (uint32_t h = 0; h < 65536; h++) {
+    _Float16 x;
+    uint16_t hh = (uint16_t)h;
+    memcpy(&x, &hh, 2);
+    float f = vcollF16ToF32(hh);
+    if (isnan((float)x)) assert_true(isnan(f));
+    else assert_true(f == (float)x);
+  }
+  vtRng g = vtRngMake(vtSeed(), 1);
+  for (int i = 0; i < 2000000; i++) {
+    uint32_t u = (uint32_t)vtNext(&g);
+    if (i % 4 == 0) u = (u & 0x807fffffu) | ((uint32_t)vtRange(&g, 100, 145) << 23); /* near half's range */
+    float f = vcollBitsF32(u);
+    _Float16 want = (_Float16)f;
+    uint16_t got = vcollF32ToF16(f), w;
+    memcpy(&w, &want, 2);
+    if (isnan(f)) assert_true((got & 0x7c00) == 0x7c00 && (got & 0x3ff));
+    else if (got != w) fail_msg("f32->f16 of %a (0x%08x): got 0x%04x want 0x%04x", f, u, got, w);
+  }
+}
+
+/* bf16: round to nearest even of the top 16 bits, checked against double
+ * arithmetic on the representable neighbours. */
+static void test_hostfloat_bf16(void** state) {
+  (void)state;
+  vtRng g = vtRngMake(vtSeed(), 2);
+  for (int i = 0; i < 2000000; i++) {
+    uint32_t u = (uint32_t)vtNext(&g);
+    if (i % 3 == 0) u = (u & 0xffff0000u) | 0x8000u; /* exact ties */
+    float f = vcollBitsF32(u);
+    uint16_t got = vcollF32ToBf16(f);
+    if (isnan(f)) { assert_true(isnan(vcollBf16ToF32(got))); continue; }
+    uint32_t lo = u & 0xffff0000u;
+    double dlo = vcollBitsF32(lo), dhi = vcollBitsF32(lo + 0x10000u), d = f;
+    if (isinf(f)) { assert_int_equal(got, u >> 16); continue; }
+    double elo = fabs(d - dlo), ehi = isinf(dhi) ? INFINITY : fabs(dhi - d);
+    if ((lo & 0x7fffffffu) == 0x7f7f0000u) ehi = fabs(d) - fabs(dlo) >= ldexp(1, 127 - 8) ? 0 : INFINITY;
+    uint16_t want = elo < ehi ? (uint16_t)(lo >> 16) : elo > ehi ? (uint16_t)((lo >> 16) + 1)
+                   : (((lo >> 16) & 1) ? (uint16_t)((lo >> 16) + 1) : (uint16_t)(lo >> 16));
+    if (got != want) fail_msg("f32->bf16 of %a (0x%08x): got 0x%04x want 0x%04x", f, u, got, want);
+  }
+}
+
+/* e4m3: hand-derived values, ties to even, saturation, NaN. */
+static void test_hostfloat_e4m3(void** state) {
+  (void)state;
+  struct { float in; uint8_t code; } v[] = {
+      {0.0f, 0x00}, {-0.0f, 0x80}, {1.0f, 0x38}, {1.125f, 0x39}, {1.0625f, 0x38} /* tie -> even */,
+      {1.1875f, 0x3a} /* tie -> even */, {448.0f, 0x7e}, {480.0f, 0x7e}, {1e9f, 0x7e}, {-1e9f, 0xfe},
+      {INFINITY, 0x7e}, {0.001953125f, 0x01} /* 2^-9, smallest subnormal */, {0.0009765625f, 0x00} /* tie -> 0 */,
+      {0.0029296875f, 0x02} /* 1.5 * 2^-9: tie -> even (2) */, {0.015625f, 0x08} /* 2^-6, smallest normal */,
+      {-2.5f, 0xc2}, {6.0f, 0x4c}, {240.0f, 0x77}, {232.0f, 0x76} /* between 224 and 240: tie -> even */};
+  for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+    uint8_t got = vcollF32ToE4m3Sat(v[i].in);
+    if (got != v[i].code) fail_msg("e4m3(%g): got 0x%02x want 0x%02x", v[i].in, got, v[i].code);
+  }
+  assert_true((vcollF32ToE4m3Sat(NAN) & 0x7f) == 0x7f);
+  for (int c = 0; c < 256; c++) {
+    float f = vcollE4m3ToF32((uint8_t)c);
+    if ((c & 0x7f) == 0x7f) { assert_true(isnan(f)); continue; }
+    assert_int_equal(vcollF32ToE4m3Sat(f), c); /* every code round-trips */
+  }
+  for (int c = 0; c < 256; c++) {
+    float f = vcollE5m2ToF32((uint8_t)c);
+    if ((c & 0x7c) == 0x7c) continue; /* inf/NaN */
+    assert_int_equal(vcollF32ToE5m2Sat(f), c);
+  }
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_error_strings),     cmocka_unit_test(test_types_and_version),
+      cmocka_unit_test(test_comm_api_null),     cmocka_unit_test(test_algorithm_names),
+      cmocka_unit_test(test_hostfloat_f16),     cmocka_unit_test(test_hostfloat_bf16),
+      cmocka_unit_test(test_hostfloat_e4m3),
+  };
+  return cmocka_run_group_tests_name("unit", tests, NULL, NULL);
+}
