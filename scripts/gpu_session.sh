@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Builds, tests and benchmarks vcoll on a multi-GPU machine in one go.
+# Everything it prints also lands under $OUT (default /tmp/vcoll-gpu), and
+# all logs are packed into $OUT/results.tgz.
+#
+#   scripts/gpu_session.sh [quick|full] [bench-name ...]
+#     quick: build, all test suites, benchmarks with their quick settings
+#     full:  build, all test suites, every benchmark in bench/run_gpu.d/
+#
+# The GPU machine of this project has no cmocka: carry .deps/debs (the
+# Debian packages libcmocka0 and libcmocka-dev) and this script unpacks them.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+MODE=${1:-full}
+shift || true
+OUT=${OUT:-/tmp/vcoll-gpu}
+LOG=$OUT/logs
+mkdir -p "$LOG" "$OUT/bench"
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export OMPI_MCA_btl_vader_single_copy_mechanism=none
+export PATH=/opt/torch/.venv/bin:/usr/local/cuda/bin:$PATH
+export VCOLL_BENCH_MODE=$MODE
+
+if ! pkg-config --exists cmocka 2>/dev/null && ls .deps/debs/*.deb >/dev/null 2>&1; then
+  for d in .deps/debs/*.deb; do dpkg -x "$d" /tmp/deps; done
+  sed -i 's|/usr|/tmp/deps/usr|g' /tmp/deps/usr/lib/x86_64-linux-gnu/pkgconfig/cmocka.pc
+  export PKG_CONFIG_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
+  export LD_LIBRARY_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
+
+nccl_ver() {
+  local h
+  for h in /usr/include/nccl.h /usr/local/cuda/include/nccl.h; do
+    [ -f "$h" ] && { awk '/define NCCL_(MAJOR|MINOR|PATCH) /{printf "%s%s", s, $3; s="."}' "$h"; echo " ($h)"; return; }
+  done
+}
+{
+  echo "# vcoll GPU session: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+  echo "# commit: ${VCOLL_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
+  echo "# mode: $MODE"
+  echo "# NCCL headers: $(nccl_ver)"
+  nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader | sed 's/^/# gpu: /'
+  nvidia-smi topo -m 2>/dev/null | sed 's/^/# topo: /'
+  echo "# nvcc: $(nvcc --version | tail -1)"
+  echo "# mpirun: $(mpirun --version 2>/dev/null | head -1)"
+  echo "# meson: $(meson --version)"
+} | tee "$LOG/header.txt"
+
+step() { echo "=== $* ($(date -u +%H:%M:%S))"; }
+
+step build
+{ meson setup build-gpu -Dgpu_arch=90 && ninja -C build-gpu -j 48; } >"$LOG/build.txt" 2>&1
+build_rc=$?
+tail -5 "$LOG/build.txt"
+if [ $build_rc -ne 0 ]; then
+  grep -E "error|FAILED" "$LOG/build.txt" | head -40
+  tar czf "$OUT/results.tgz" -C "$OUT" logs bench
+  exit 1
+fi
+
+step tests
+meson test -C build-gpu --suite unit --suite mpi --suite gpu --print-errorlogs --num-processes 1 \
+  --timeout-multiplier 2 >"$LOG/tests.txt" 2>&1
+echo "meson test exit $?"
+grep -E "^ *[0-9]+/[0-9]+ " "$LOG/tests.txt" | sed 's/  */ /g'
+cp build-gpu/meson-logs/testlog.txt "$LOG/testlog.txt" 2>/dev/null
+
+step benchmarks
+for s in bench/run_gpu.d/*.sh; do
+  name=$(basename "$s" .sh)
+  if [ $# -gt 0 ] && ! printf '%s\n' "$@" | grep -qx "$name"; then continue; fi
+  step "bench $name"
+  timeout 420 bash "$s" build-gpu "$OUT/bench" >"$LOG/bench-$name.txt" 2>&1
+  echo "bench $name exit $?"
+  tail -25 "$LOG/bench-$name.txt"
+done
+
+step done
+tar czf "$OUT/results.tgz" -C "$OUT" logs bench
+ls -la "$OUT"
