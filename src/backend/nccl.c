@@ -17,14 +17,14 @@ ncclRedOp_t vcollToNcclOp(vcollRedOp_t op) {
 
 static vcollResult_t ncclAgv(vcollComm_t comm, const struct vcollAgvCall* call) {
   int idx = vcollAlgoChoose(comm, vcollCollAllGatherV, call, vcollAgvSelect(comm, call));
-  VCOLL_TRACE("allgatherv ntensors %d rows %zu (max %zu) bytes %zu algo %s", call->ntensors,
+  VCOLL_INFO("allgatherv ntensors %d rows %zu (max %zu) bytes %zu algo %s", call->ntensors,
               call->totalRows, call->maxRows, call->totalBytes, vcollAgvAlgos[idx].name);
   return vcollAgvAlgos[idx].run(comm, call);
 }
 
 static vcollResult_t ncclRsv(vcollComm_t comm, const struct vcollRsvCall* call) {
   int idx = vcollAlgoChoose(comm, vcollCollReduceScatterV, call, vcollRsvSelect(comm, call));
-  VCOLL_TRACE("reducescatterv rows %zu (max %zu) width %zu %s %s algo %s", call->totalRows, call->maxRows,
+  VCOLL_INFO("reducescatterv rows %zu (max %zu) width %zu %s %s algo %s", call->totalRows, call->maxRows,
               call->width, vcollTypeName(call->datatype), vcollOpName(call->op), vcollRsvAlgos[idx].name);
   return vcollRsvAlgos[idx].run(comm, call);
 }
