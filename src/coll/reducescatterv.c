@@ -1,5 +1,9 @@
 /* reducescatterv algorithms on the NCCL backend, side by side. */
-#include "vcoll_internal.h"
+#include <float.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "coll.h"
 
 static int rsvAlways(vcollComm_t comm, const void* call) {
   (void)comm; (void)call;
@@ -40,13 +44,152 @@ static vcollResult_t rsvNativeRun(vcollComm_t comm, const void* vcall) {
   return vcollSuccess;
 }
 
+/* Padded: rank r's rows are copied to slot r of a staging buffer, every
+ * slot holding maxRows rows (rounded up so slots stay 16-byte aligned);
+ * one ncclReduceScatter reduces the slots into a recv slot at the end of
+ * the same buffer (same offsets on every rank, as symmetric windows need),
+ * and this rank's rows are copied out. Rows past counts[r] hold whatever
+ * the buffer held: reduced element-wise, they only land in padding. */
+static size_t rsvSlotRows(const struct vcollRsvCall* c) {
+  size_t rb = c->rowBytes, g = 16;
+  while (g > 1 && rb % g) g >>= 1; /* gcd(rowBytes, 16) */
+  size_t step = 16 / g;
+  return (c->maxRows + step - 1) / step * step;
+}
+
+static size_t rsvStagingBytes(vcollComm_t comm, const struct vcollRsvCall* c) {
+  size_t slot, total;
+  if (!vcollMulOk(rsvSlotRows(c), c->rowBytes, &slot) || !vcollMulOk(slot, (size_t)comm->nranks + 1, &total))
+    return 0;
+  return total;
+}
+
+static vcollResult_t rsvPadRunKind(vcollComm_t comm, const struct vcollRsvCall* c, int kind) {
+  if (c->totalRows == 0) return vcollSuccess;
+  const int n = comm->nranks, me = comm->rank;
+  const size_t slotRows = rsvSlotRows(c), slot = slotRows * c->rowBytes, total = rsvStagingBytes(comm, c);
+  if (total == 0) return vcollSetError(comm, vcollInvalidArgument, "vcollReduceScatterV : padded staging size overflows");
+  char* stage;
+  vcollResult_t res = vcollStagingAcquire(comm, kind, total, c->stream, "vcollReduceScatterV", (void**)&stage);
+  if (res != vcollSuccess && kind == vcollStagingSymm && res != vcollInvalidUsage) {
+    VCOLL_WARN("vcollReduceScatterV: no symmetric staging buffer (%s); using the plain one from now on",
+               vcollGetLastError(comm));
+    kind = vcollStagingPlain;
+    res = vcollStagingAcquire(comm, kind, total, c->stream, "vcollReduceScatterV", (void**)&stage);
+  }
+  VCOLL_CHECK_RES(res);
+  struct vcollCopyDesc* d;
+  VCOLL_CHECK_RES(vcollCopyDescs(comm, n, &d));
+  for (int r = 0; r < n; r++) {
+    d[r].src = (const char*)c->sendbuff + c->displs[r] * c->rowBytes;
+    d[r].dst = stage + slot * (size_t)r;
+    d[r].bytes = c->counts[r] * c->rowBytes;
+  }
+  VCOLL_CHECK_RES(vcollBatchCopy(comm, d, n, vcollNumSms(comm), c->stream));
+  /* Alone in its group: NCCL's symmetric kernels take one collective per group. */
+  char* recvSlot = stage + slot * (size_t)n;
+  VCOLL_NCCLCHECK(comm, ncclReduceScatter(stage, recvSlot, slotRows * c->width, vcollToNcclType(c->datatype),
+                                          vcollToNcclOp(c->op), comm->nccl, c->stream));
+  /* In place, recvbuff lies inside sendbuff: the pack above already read it. */
+  d[0].src = recvSlot;
+  d[0].dst = c->recvbuff;
+  d[0].bytes = c->counts[me] * c->rowBytes;
+  VCOLL_CHECK_RES(vcollBatchCopy(comm, d, 1, vcollNumSms(comm), c->stream));
+  return vcollStagingRelease(comm, c->stream);
+}
+
+static vcollResult_t rsvPadRun(vcollComm_t comm, const void* vcall) {
+  return rsvPadRunKind(comm, vcall, vcollStagingPlain);
+}
+
+static int rsvSymmSupported(vcollComm_t comm, const void* vcall) {
+  (void)vcall;
+  return vcollSymmAvailable(comm);
+}
+
+static vcollResult_t rsvPadSymmRun(vcollComm_t comm, const void* vcall) {
+  return rsvPadRunKind(comm, vcall, vcollStagingSymm);
+}
+
 const struct vcollAlgo vcollRsvAlgos[] = {
     {"reduce", "one ncclReduce per root in a group (baseline)", rsvAlways, rsvReduceRun},
     {"native", "ncclReduceScatter; only when all counts are equal", rsvEqualSupported, rsvNativeRun},
+    {"pad", "pack rows padded to maxRows, one ncclReduceScatter, copy out", rsvAlways, rsvPadRun},
+    {"pad_symm", "pad over vcoll's staging buffer in an NCCL symmetric window (NCCL >= 2.27)", rsvSymmSupported,
+     rsvPadSymmRun},
 };
 const int vcollRsvAlgoCount = sizeof(vcollRsvAlgos) / sizeof(vcollRsvAlgos[0]);
 
+/* ---- automatic selection -------------------------------------------------
+ * PROVISIONAL until re-measured with `reducescatterv_perf --selection`
+ * (bench/coll) on 2 and 4 H200s. Source: issue 7, 4x H200 (NVSwitch, NVLS
+ * off), NCCL 2.28.3: grouped ncclReduce is 1.3-1.6x slower than an equal
+ * ncclReduceScatter at 1-4 MB per rank; the allgatherv measurements (see
+ * allgatherv.c) for the sizes and shapes not measured here. The padded
+ * algorithms reduce nranks * maxRows rows, `imbalance` times the data, so
+ * they win while the imbalance stays under that ratio. NCCL 2.28's
+ * symmetric kernels reduce only sum/avg on floating-point types of 32 bits
+ * or less ("symmetric op" below); elsewhere pad_symm would only add copies.
+ * Bytes per rank = total rows * row bytes / nranks.
+ *
+ * First matching row wins; before the table: equal counts with sendbuff and
+ * recvbuff in windows from vcollMemAlloc -> "native"; imbalance >= 3/4
+ * nranks -> "reduce" (one ncclReduce does it). */
+struct rsvRule {
+  size_t maxBytesPerRank; /* inclusive */
+  double maxImbalance;    /* inclusive */
+  int symmOpOnly;         /* row applies only to a symmetric op */
+  const char* algo;
+};
+
+static const struct rsvRule rsvRules[] = {
+    {(size_t)1 << 20, 1.0, 1, "pad_symm"}, /* allgatherv: 7.9 vs 10.2 us at 64K, 16.7 vs 36 at 1M */
+    {SIZE_MAX, 1.0, 0, "native"},
+    {(size_t)4 << 20, 1.5, 1, "pad_symm"},
+    {(size_t)16 << 20, 1.4, 0, "pad"},     /* reduce is 1.3-1.6x an equal ncclReduceScatter */
+    {SIZE_MAX, 1.15, 0, "pad"},
+    {SIZE_MAX, DBL_MAX, 0, "reduce"},
+};
+
+static int rsvSymmOp(const struct vcollRsvCall* c) {
+  if (c->op != vcollSum && c->op != vcollAvg) return 0;
+  switch (c->datatype) {
+    case vcollFloat32: case vcollFloat16: case vcollBfloat16: case vcollFloat8e4m3: case vcollFloat8e5m2: return 1;
+    default: return 0;
+  }
+}
+
 int vcollRsvSelect(vcollComm_t comm, const struct vcollRsvCall* call) {
-  if (rsvEqualSupported(comm, call)) return vcollAlgoFind(vcollCollReduceScatterV, "native");
-  return vcollAlgoFind(vcollCollReduceScatterV, "reduce");
+  const int n = comm->nranks;
+  const int equal = rsvEqualSupported(comm, call);
+  if (call->totalRows == 0 || n == 1) return vcollAlgoFind(vcollCollReduceScatterV, "native");
+  const double imbalance = (double)call->maxRows * n / (double)call->totalRows;
+  const size_t perRank = call->totalRows * call->rowBytes / (size_t)n;
+  const int symmOp = rsvSymmOp(call);
+  const char* algo = NULL;
+  const char* why = "table";
+  if (equal && comm->windows && vcollInWindow(comm, call->sendbuff, call->totalRows * call->rowBytes) &&
+      vcollInWindow(comm, call->recvbuff, call->maxRows * call->rowBytes)) {
+    algo = "native";
+    why = "registered buffers";
+  } else if (!equal && imbalance >= 0.75 * n) {
+    algo = "reduce";
+    why = "one rank holds almost all rows";
+  } else {
+    for (size_t i = 0; i < sizeof(rsvRules) / sizeof(rsvRules[0]) && algo == NULL; i++)
+      if (perRank <= rsvRules[i].maxBytesPerRank && imbalance <= rsvRules[i].maxImbalance + 1e-9 &&
+          (symmOp || !rsvRules[i].symmOpOnly))
+        algo = rsvRules[i].algo;
+    if (algo == NULL) algo = "reduce";
+  }
+  if (strcmp(algo, "pad_symm") == 0 && !vcollSymmAvailable(comm)) algo = "pad";
+  /* Staging cannot grow inside a graph capture: take a path without it. */
+  if (strncmp(algo, "pad", 3) == 0 && vcollStreamCapturing(comm, call->stream) &&
+      rsvStagingBytes(comm, call) > vcollStagingSize(comm, strcmp(algo, "pad") ? vcollStagingSymm : vcollStagingPlain)) {
+    algo = equal ? "native" : "reduce";
+    why = "staging too small to grow during graph capture";
+  }
+  VCOLL_INFO("reducescatterv auto: %s (%s; %zu bytes/rank, imbalance %.2f, nranks %d, %s %s, NCCL %d)", algo, why,
+             perRank, imbalance, n, vcollTypeName(call->datatype), vcollOpName(call->op), comm->ncclVersion);
+  return vcollAlgoFind(vcollCollReduceScatterV, algo);
 }

@@ -1,18 +1,284 @@
-/* Buffers allocated and registered through vcoll (NCCL symmetric windows). */
-#include "vcoll_internal.h"
+/* Buffers allocated and registered through vcoll (NCCL symmetric windows),
+ * and the per-communicator state of the algorithms (staging buffers). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "coll.h"
+
+#define SYMM_MIN_NCCL 22700 /* ncclCommWindowRegister and symmetric kernels: NCCL 2.27 */
+#define STAGING_MIN_BYTES ((size_t)1 << 20)
+
+struct vcollWindow {
+  void* ptr;
+  size_t size;
+  ncclWindow_t win; /* NULL for a plain cudaMalloc buffer */
+  struct vcollWindow* next;
+};
+
+struct vcollCollState {
+  struct vcollWindow staging[2]; /* vcollStagingPlain, vcollStagingSymm */
+  struct vcollWindow* retired;   /* replaced staging buffers, freed at destroy */
+  int symmFailed;
+  int numSms;
+  struct vcollCopyDesc* descs;
+  int descCap;
+  /* Orders a call on a new stream after the previous call's use of the
+   * staging buffers (eager calls only; see docs/algorithms.md). */
+  cudaEvent_t lastUse;
+  cudaStream_t lastStream;
+  int haveLastUse;
+};
+
+/* ---- buffers of one window: allocate, register, release ----------------- */
+
+static vcollResult_t winAlloc(vcollComm_t comm, size_t size, int symmetric, struct vcollWindow* w,
+                              const char* op) {
+  memset(w, 0, sizeof(*w));
+  if (!symmetric) {
+    cudaError_t err = cudaMalloc(&w->ptr, size);
+    if (err != cudaSuccess) {
+      cudaGetLastError();
+      w->ptr = NULL;
+      return vcollSetError(comm, vcollUnhandledCudaError, "%s : cudaMalloc of %zu staging bytes failed: %s", op,
+                           size, cudaGetErrorString(err));
+    }
+    w->size = size;
+    return vcollSuccess;
+  }
+#if NCCL_VERSION_CODE >= 22700
+  ncclResult_t nr = ncclMemAlloc(&w->ptr, size);
+  if (nr != ncclSuccess) {
+    w->ptr = NULL;
+    return vcollSetError(comm, vcollNcclError, "%s : ncclMemAlloc of %zu bytes failed: %s", op, size,
+                         ncclGetErrorString(nr));
+  }
+  nr = ncclCommWindowRegister(comm->nccl, w->ptr, size, &w->win, NCCL_WIN_COLL_SYMMETRIC);
+  if (nr != ncclSuccess && nr != ncclInProgress) {
+    ncclMemFree(w->ptr);
+    w->ptr = NULL;
+    w->win = NULL;
+    return vcollSetError(comm, vcollNcclError, "%s : ncclCommWindowRegister of %zu bytes failed: %s", op, size,
+                         ncclGetErrorString(nr));
+  }
+  w->size = size;
+  return vcollSuccess;
+#else
+  return vcollSetError(comm, vcollNotSupported, "%s : vcoll was built against NCCL %d, symmetric windows need 2.27",
+                       op, NCCL_VERSION_CODE);
+#endif
+}
+
+/* The caller makes sure no work that uses the buffer is pending. */
+static void winRelease(vcollComm_t comm, struct vcollWindow* w) {
+  if (w->ptr == NULL) return;
+#if NCCL_VERSION_CODE >= 22700
+  if (w->win) {
+    ncclResult_t nr = ncclCommWindowDeregister(comm->nccl, w->win);
+    if (nr != ncclSuccess) VCOLL_WARN("ncclCommWindowDeregister(%p) failed: %s", w->ptr, ncclGetErrorString(nr));
+    nr = ncclMemFree(w->ptr);
+    if (nr != ncclSuccess) VCOLL_WARN("ncclMemFree(%p) failed: %s", w->ptr, ncclGetErrorString(nr));
+  } else
+#endif
+  {
+    (void)comm;
+    if (cudaFree(w->ptr) != cudaSuccess) cudaGetLastError();
+  }
+  w->ptr = NULL;
+  w->win = NULL;
+  w->size = 0;
+}
+
+static void syncDevice(void) {
+  if (cudaDeviceSynchronize() != cudaSuccess) cudaGetLastError();
+}
+
+/* ---- public: vcollMemAlloc / vcollMemFree ------------------------------ */
 
 VCOLL_API vcollResult_t vcollMemAlloc(vcollComm_t comm, size_t size, void** ptr) {
-  VCOLL_CHECK_RES(vcollCheckComm(comm, "vcollMemAlloc"));
-  (void)size; (void)ptr;
-  return vcollSetError(comm, vcollNotSupported, "vcollMemAlloc : not implemented yet");
+  static const char* op = "vcollMemAlloc";
+  VCOLL_CHECK_RES(vcollCheckComm(comm, op));
+  if (ptr == NULL) return VCOLL_ARGERR(comm, op, "ptr argument is NULL");
+  if (size == 0) return VCOLL_ARGERR(comm, op, "size is 0 (must be >= 1)");
+  if (comm->backend != vcollBackendNccl)
+    return vcollSetError(comm, vcollNotSupported, "%s : registered buffers need the NCCL backend", op);
+  if (comm->ncclVersion < SYMM_MIN_NCCL)
+    return vcollSetError(comm, vcollNotSupported, "%s : the loaded NCCL (%d) has no symmetric windows (needs 2.27)",
+                         op, comm->ncclVersion);
+  struct vcollWindow* w = calloc(1, sizeof(*w));
+  if (w == NULL) return vcollSetError(comm, vcollSystemError, "%s : out of host memory", op);
+  vcollResult_t res = winAlloc(comm, size, 1, w, op);
+  if (res != vcollSuccess) {
+    free(w);
+    return res;
+  }
+  w->next = comm->windows;
+  comm->windows = w;
+  *ptr = w->ptr;
+  VCOLL_INFO("%s: %zu bytes at %p registered as a symmetric window", op, size, w->ptr);
+  return vcollSuccess;
 }
 
 VCOLL_API vcollResult_t vcollMemFree(vcollComm_t comm, void* ptr) {
-  VCOLL_CHECK_RES(vcollCheckComm(comm, "vcollMemFree"));
-  (void)ptr;
-  return vcollSetError(comm, vcollNotSupported, "vcollMemFree : not implemented yet");
+  static const char* op = "vcollMemFree";
+  VCOLL_CHECK_RES(vcollCheckComm(comm, op));
+  if (ptr == NULL) return vcollSuccess;
+  struct vcollWindow** link = &comm->windows;
+  while (*link && (*link)->ptr != ptr) link = &(*link)->next;
+  if (*link == NULL)
+    return VCOLL_ARGERR(comm, op, "ptr %p was not returned by vcollMemAlloc on this communicator (or was freed)",
+                        ptr);
+  struct vcollWindow* w = *link;
+  *link = w->next;
+  syncDevice(); /* like cudaFree: pending work on the buffer completes first */
+  winRelease(comm, w);
+  free(w);
+  return vcollSuccess;
 }
 
-void vcollWindowsReleaseAll(vcollComm_t comm) { (void)comm; }
+int vcollInWindow(vcollComm_t comm, const void* p, size_t bytes) {
+  uintptr_t a = (uintptr_t)p;
+  for (struct vcollWindow* w = comm->windows; w; w = w->next) {
+    uintptr_t base = (uintptr_t)w->ptr;
+    if (a >= base && a - base <= w->size && bytes <= w->size - (a - base)) return 1;
+  }
+  return 0;
+}
 
-void vcollCollStateFree(vcollComm_t comm) { (void)comm; }
+void vcollWindowsReleaseAll(vcollComm_t comm) {
+  if (comm->windows) syncDevice();
+  while (comm->windows) {
+    struct vcollWindow* w = comm->windows;
+    comm->windows = w->next;
+    winRelease(comm, w);
+    free(w);
+  }
+}
+
+/* ---- staging buffers ---------------------------------------------------- */
+
+static vcollResult_t getState(vcollComm_t comm, struct vcollCollState** out) {
+  struct vcollCollState* st = comm->collState;
+  if (st == NULL) {
+    st = calloc(1, sizeof(*st));
+    if (st == NULL) return vcollSetError(comm, vcollSystemError, "vcoll staging state : out of host memory");
+    cudaError_t err = cudaEventCreateWithFlags(&st->lastUse, cudaEventDisableTiming);
+    if (err != cudaSuccess) {
+      cudaGetLastError();
+      free(st);
+      return vcollSetError(comm, vcollUnhandledCudaError, "cudaEventCreateWithFlags failed: %s",
+                           cudaGetErrorString(err));
+    }
+    int sms = 0;
+    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, comm->cudaDev) != cudaSuccess) {
+      cudaGetLastError();
+      sms = 0;
+    }
+    st->numSms = sms > 0 ? sms : 132;
+    comm->collState = st;
+  }
+  *out = st;
+  return vcollSuccess;
+}
+
+int vcollNumSms(vcollComm_t comm) {
+  struct vcollCollState* st = NULL;
+  return getState(comm, &st) == vcollSuccess ? st->numSms : 132;
+}
+
+int vcollSymmAvailable(vcollComm_t comm) {
+  if (comm->backend != vcollBackendNccl || comm->ncclVersion < SYMM_MIN_NCCL || NCCL_VERSION_CODE < 22700) return 0;
+  struct vcollCollState* st = comm->collState;
+  return st == NULL || !st->symmFailed;
+}
+
+size_t vcollStagingSize(vcollComm_t comm, int kind) {
+  struct vcollCollState* st = comm->collState;
+  return st ? st->staging[kind].size : 0;
+}
+
+vcollResult_t vcollCopyDescs(vcollComm_t comm, int n, struct vcollCopyDesc** descs) {
+  struct vcollCollState* st = NULL;
+  VCOLL_CHECK_RES(getState(comm, &st));
+  if (n > st->descCap) {
+    struct vcollCopyDesc* d = realloc(st->descs, sizeof(*d) * (size_t)n);
+    if (d == NULL) return vcollSetError(comm, vcollSystemError, "copy descriptors : out of host memory");
+    st->descs = d;
+    st->descCap = n;
+  }
+  *descs = st->descs;
+  return vcollSuccess;
+}
+
+static size_t nextPow2(size_t x) {
+  size_t p = STAGING_MIN_BYTES;
+  while (p < x) p <<= 1;
+  return p;
+}
+
+vcollResult_t vcollStagingAcquire(vcollComm_t comm, int kind, size_t bytes, cudaStream_t stream,
+                                  const char* opName, void** ptr) {
+  struct vcollCollState* st = NULL;
+  VCOLL_CHECK_RES(getState(comm, &st));
+  struct vcollWindow* buf = &st->staging[kind];
+  const char* what = kind == vcollStagingSymm ? "symmetric" : "plain";
+  int capturing = vcollStreamCapturing(comm, stream);
+  if (bytes > buf->size) {
+    if (capturing)
+      return vcollSetError(comm, vcollInvalidUsage,
+                           "%s : the %s staging buffer must grow from %zu to %zu bytes, which cannot happen during "
+                           "CUDA graph capture; make one call of this size (or larger) before capturing",
+                           opName, what, buf->size, bytes);
+    if (bytes > ((size_t)1 << (sizeof(size_t) * 8 - 2)))
+      return vcollSetError(comm, vcollInvalidArgument, "%s : %zu staging bytes is too large", opName, bytes);
+    struct vcollWindow* old = NULL;
+    if (buf->ptr) {
+      old = malloc(sizeof(*old));
+      if (old == NULL) return vcollSetError(comm, vcollSystemError, "%s : out of host memory", opName);
+    }
+    struct vcollWindow fresh;
+    size_t size = nextPow2(bytes);
+    vcollResult_t res = winAlloc(comm, size, kind == vcollStagingSymm, &fresh, opName);
+    if (res != vcollSuccess) {
+      free(old);
+      if (kind == vcollStagingSymm) st->symmFailed = 1;
+      return res;
+    }
+    if (old) {
+      *old = *buf;
+      old->next = st->retired;
+      st->retired = old;
+    }
+    *buf = fresh;
+    VCOLL_INFO("%s: %s staging buffer grown to %zu bytes (%p)", opName, what, size, buf->ptr);
+  }
+  if (!capturing && st->haveLastUse && st->lastStream != stream)
+    VCOLL_CUDACHECK(comm, cudaStreamWaitEvent(stream, st->lastUse, 0));
+  *ptr = buf->ptr;
+  return vcollSuccess;
+}
+
+vcollResult_t vcollStagingRelease(vcollComm_t comm, cudaStream_t stream) {
+  struct vcollCollState* st = comm->collState;
+  if (st == NULL || vcollStreamCapturing(comm, stream)) return vcollSuccess;
+  VCOLL_CUDACHECK(comm, cudaEventRecord(st->lastUse, stream));
+  st->lastStream = stream;
+  st->haveLastUse = 1;
+  return vcollSuccess;
+}
+
+void vcollCollStateFree(vcollComm_t comm) {
+  struct vcollCollState* st = comm->collState;
+  if (st == NULL) return;
+  syncDevice();
+  for (int k = 0; k < 2; k++) winRelease(comm, &st->staging[k]);
+  while (st->retired) {
+    struct vcollWindow* w = st->retired;
+    st->retired = w->next;
+    winRelease(comm, w);
+    free(w);
+  }
+  cudaEventDestroy(st->lastUse);
+  free(st->descs);
+  free(st);
+  comm->collState = NULL;
+}

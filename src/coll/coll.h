@@ -1,0 +1,65 @@
+/* Shared by the algorithms of src/coll/: staging buffers owned by vcoll
+ * (comm->collState), the batched copy kernel, and lookups of windows
+ * registered through vcollMemAlloc. Not installed. */
+#ifndef VCOLL_COLL_H_
+#define VCOLL_COLL_H_
+
+#include "vcoll.h"
+
+/* vcoll_internal.h has no C++ guards of its own (copy.cu includes this). */
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "vcoll_internal.h"
+
+/* One copy of `bytes` bytes; src and dst must not overlap. */
+struct vcollCopyDesc {
+  const void* src;
+  void* dst;
+  size_t bytes;
+};
+
+/* copy.cu: all of descs[0..n) on `stream` in as few launches as possible
+ * (one per 64 non-empty copies). 16-byte vector accesses where both sides
+ * are 16-byte aligned, 4-byte or byte accesses otherwise. */
+vcollResult_t vcollBatchCopy(vcollComm_t comm, const struct vcollCopyDesc* descs, int n, int numSms,
+                             cudaStream_t stream);
+
+/* Staging buffers. The plain one comes from cudaMalloc; the symmetric one
+ * from ncclMemAlloc, registered with NCCL_WIN_COLL_SYMMETRIC (collective:
+ * every rank grows it at the same call, which holds because all ranks pass
+ * the same counts and widths). Both grow to the next power of two, never
+ * during graph capture. A buffer that is replaced stays allocated until
+ * the communicator is destroyed, since graphs captured earlier may still
+ * use it (at most the size of the live buffer again). */
+enum { vcollStagingPlain = 0, vcollStagingSymm = 1 };
+
+/* Host-side descriptor scratch of at least n entries, owned by collState. */
+vcollResult_t vcollCopyDescs(vcollComm_t comm, int n, struct vcollCopyDesc** descs);
+/* Returns in *ptr a staging buffer of at least `bytes` bytes on which work
+ * may be enqueued on `stream` (orders it after the previous call's use on
+ * another stream). Fails with vcollInvalidUsage when it would have to grow
+ * while `stream` is being captured. */
+vcollResult_t vcollStagingAcquire(vcollComm_t comm, int kind, size_t bytes, cudaStream_t stream,
+                                  const char* opName, void** ptr);
+/* Marks the end of this call's use of the staging buffers on `stream`. */
+vcollResult_t vcollStagingRelease(vcollComm_t comm, cudaStream_t stream);
+/* Current size of a staging buffer (0 before its first use). */
+size_t vcollStagingSize(vcollComm_t comm, int kind);
+/* 1 when the symmetric staging buffer can be used on this communicator:
+ * NCCL >= 2.27 and no earlier allocation or registration failed. */
+int vcollSymmAvailable(vcollComm_t comm);
+/* Multiprocessor count of the communicator's device (cached). */
+int vcollNumSms(vcollComm_t comm);
+
+/* 1 if [p, p + bytes) lies inside one buffer from vcollMemAlloc. */
+int vcollInWindow(vcollComm_t comm, const void* p, size_t bytes);
+
+static inline size_t vcollAlign16(size_t x) { return (x + 15) & ~(size_t)15; }
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* VCOLL_COLL_H_ */
