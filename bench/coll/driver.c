@@ -214,7 +214,7 @@ static void makeCounts(int shape, size_t rowsPerRank, unsigned long long seed, s
     sum += counts[r];
   }
   for (int r = 0; sum < total; r = (r + 1) % n)
-    if (w[r] > 0 || shape != SHAPE_ONE) { counts[r]++; sum++; }
+    if (w[r] > 0) { counts[r]++; sum++; } /* idle ranks stay idle */
 }
 
 /* ---- buffers ------------------------------------------------------------- */
