@@ -46,6 +46,8 @@ static vcollResult_t winAlloc(vcollComm_t comm, size_t size, int symmetric, stru
     return vcollSuccess;
   }
 #if NCCL_VERSION_CODE >= 22700
+  /* Windows are registered in whole pages of NCCL_WIN_REQUIRED_ALIGNMENT. */
+  size = (size + NCCL_WIN_REQUIRED_ALIGNMENT - 1) / NCCL_WIN_REQUIRED_ALIGNMENT * NCCL_WIN_REQUIRED_ALIGNMENT;
   ncclResult_t nr = ncclMemAlloc(&w->ptr, size);
   if (nr != ncclSuccess) {
     w->ptr = NULL;
