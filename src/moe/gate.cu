@@ -1,0 +1,285 @@
+/* Routing gate kernel: one warp per token, grid-stride over tokens with the
+ * next row prefetched into registers. Lane l holds experts j*32 + l
+ * (row j of the warp's view), so every load of a row is one coalesced
+ * warp access whatever E and the alignment are. All scores are fp32 keys
+ * (gate_common.h); the selections are warp reductions on them. */
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include "vcoll.h"
+#include "gate_common.h"
+extern "C" {
+#include "vcoll_internal.h"
+}
+
+namespace {
+
+constexpr int kWarps = 8; /* warps (tokens in flight) per block */
+constexpr unsigned kFull = 0xffffffffu;
+
+enum GroupMode {
+  kAllKept = 0, /* topkGroup == G: every expert is a candidate */
+  kRows = 1,    /* groups are whole rows (E/G a multiple of 32): warp reductions per group */
+  kSmem = 2     /* any other grouping: scores staged in shared memory */
+};
+
+struct GateArgs {
+  const void* logits;
+  const float* bias;
+  int32_t* ids;
+  float* weights;
+  size_t T;
+  int E, G, gs, rowsPerGroup, topkGroup, topk, K;
+  int renormalize, scaleIn;
+  float rsf, sharedW;
+};
+
+template <typename TIn> __device__ __forceinline__ uint32_t loadRaw(const TIn* p);
+template <> __device__ __forceinline__ uint32_t loadRaw<float>(const float* p) { return __float_as_uint(__ldg(p)); }
+template <> __device__ __forceinline__ uint32_t loadRaw<__nv_bfloat16>(const __nv_bfloat16* p) {
+  return __bfloat16_as_ushort(__ldg(p));
+}
+template <typename TIn> __device__ __forceinline__ float rawToFloat(uint32_t u);
+template <> __device__ __forceinline__ float rawToFloat<float>(uint32_t u) { return __uint_as_float(u); }
+template <> __device__ __forceinline__ float rawToFloat<__nv_bfloat16>(uint32_t u) {
+  return __bfloat162float(__ushort_as_bfloat16((unsigned short)u));
+}
+
+template <typename TIn, int NR>
+__device__ __forceinline__ void loadRow(uint32_t (&raw)[NR], const TIn* row, int E, int lane) {
+#pragma unroll
+  for (int j = 0; j < NR; j++) raw[j] = (j * 32 + lane < E) ? loadRaw<TIn>(row + j * 32 + lane) : 0u;
+}
+
+/* Top-2 of the candidate rows `rows` (bit j: row j), by key then lower expert. */
+template <int NR>
+__device__ __forceinline__ void laneTop2(const uint32_t (&k)[NR], const float (&s)[NR], uint32_t rows, int lane,
+                                         uint32_t& k1, uint32_t& e1, float& s1, uint32_t& k2, uint32_t& e2,
+                                         float& s2) {
+  k1 = k2 = 0;
+  e1 = e2 = 0xffffffffu;
+  s1 = s2 = 0.0f;
+#pragma unroll
+  for (int j = 0; j < NR; j++) {
+    if ((rows >> j) & 1u) {
+      uint32_t c = k[j], e = j * 32 + lane;
+      if (c > k1) { k2 = k1; e2 = e1; s2 = s1; k1 = c; e1 = e; s1 = s[j]; }
+      else if (c > k2) { k2 = c; e2 = e; s2 = s[j]; }
+    }
+  }
+}
+
+template <typename TIn, int NR, int MODE>
+__global__ void __launch_bounds__(kWarps * 32) moeGateKernel(const GateArgs a) {
+  extern __shared__ uint32_t smem[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const size_t stride = (size_t)gridDim.x * kWarps;
+  const TIn* logits = (const TIn*)a.logits;
+  const int E = a.E;
+  /* Rows holding at least one expert. */
+  const int nRows = (E + 31) / 32;
+  const uint32_t validRows = nRows >= 32 ? kFull : (1u << nRows) - 1u;
+
+  float bias[NR];
+#pragma unroll
+  for (int j = 0; j < NR; j++) bias[j] = (a.bias != nullptr && j * 32 + lane < E) ? __ldg(a.bias + j * 32 + lane) : 0.0f;
+
+  size_t t = (size_t)blockIdx.x * kWarps + warp;
+  uint32_t next[NR];
+  if (t < a.T) loadRow<TIn, NR>(next, logits + t * E, E, lane);
+  for (; t < a.T; t += stride) {
+    uint32_t raw[NR];
+#pragma unroll
+    for (int j = 0; j < NR; j++) raw[j] = next[j];
+    if (t + stride < a.T) loadRow<TIn, NR>(next, logits + (t + stride) * E, E, lane);
+
+    float s[NR];
+    uint32_t k[NR];
+#pragma unroll
+    for (int j = 0; j < NR; j++) {
+      s[j] = vgSigmoid(rawToFloat<TIn>(raw[j]));
+      k[j] = (j * 32 + lane < E) ? vgKey(__fadd_rn(s[j], bias[j])) : 0u;
+    }
+
+    uint32_t rows = validRows; /* rows whose lane-experts are candidates */
+    if (MODE == kRows) {
+      /* Group g is rows g*R .. g*R+R-1. Its top-2 over the warp: the
+       * largest lane top-1 m1, then the largest of the other lanes' top-1
+       * and the top-2 of the first lane holding m1. */
+      uint32_t a1 = 0, a2 = 0, gm1 = 0, gm2 = 0;
+      int q = 0, g = 0;
+#pragma unroll
+      for (int j = 0; j < NR; j++) {
+        if (j < nRows) {
+          a2 = max(a2, min(a1, k[j]));
+          a1 = max(a1, k[j]);
+          if (++q == a.rowsPerGroup) {
+            uint32_t m1 = __reduce_max_sync(kFull, a1);
+            int first = __ffs(__ballot_sync(kFull, a1 == m1)) - 1;
+            uint32_t m2 = __reduce_max_sync(kFull, lane == first ? a2 : a1);
+            if (lane == g) { gm1 = m1; gm2 = m2; }
+            a1 = a2 = 0;
+            q = 0;
+            g++;
+          }
+        }
+      }
+      /* Lane g < G holds group g's score; rank = groups that beat it. */
+      const uint32_t gk = lane < a.G ? vgGroupKey(gm1, gm2) : 0u;
+      int rank = 0;
+      for (int o = 0; o < a.G; o++) {
+        uint32_t ok = __shfl_sync(kFull, gk, o);
+        rank += ok > gk || (ok == gk && o < lane);
+      }
+      const uint32_t kept = __ballot_sync(kFull, lane < a.G && rank < a.topkGroup);
+      if (a.rowsPerGroup == 1) {
+        rows = kept;
+      } else {
+        rows = 0;
+        for (int g2 = 0; g2 < a.G; g2++)
+          if ((kept >> g2) & 1u) rows |= ((1u << a.rowsPerGroup) - 1u) << (g2 * a.rowsPerGroup);
+      }
+    } else if (MODE == kSmem) {
+      uint32_t* kb = smem + (size_t)warp * (NR * 32 + a.G);
+      uint32_t* gb = kb + NR * 32;
+#pragma unroll
+      for (int j = 0; j < NR; j++) kb[j * 32 + lane] = k[j];
+      __syncwarp();
+      for (int g = lane; g < a.G; g += 32) {
+        uint32_t a1 = 0, a2 = 0;
+        for (int i = g * a.gs; i < (g + 1) * a.gs; i++) {
+          a2 = max(a2, min(a1, kb[i]));
+          a1 = max(a1, kb[i]);
+        }
+        gb[g] = vgGroupKey(a1, a2);
+      }
+      __syncwarp();
+      for (int g = lane; g < a.G; g += 32) {
+        const uint32_t gk = gb[g];
+        int rank = 0;
+        for (int o = 0; o < a.G; o++) rank += gb[o] > gk || (gb[o] == gk && o < g);
+        if (rank >= a.topkGroup)
+          for (int i = g * a.gs; i < (g + 1) * a.gs; i++) kb[i] = 0;
+      }
+      __syncwarp();
+#pragma unroll
+      for (int j = 0; j < NR; j++) k[j] = kb[j * 32 + lane];
+      __syncwarp(); /* the next token rewrites kb */
+    }
+
+    /* topk rounds of warp argmax. Each lane keeps its best two candidates;
+     * the winning lane promotes its second, and rescans only when it wins
+     * again with no second cached. */
+    uint32_t k1, e1, k2, e2;
+    float s1, s2;
+    laneTop2<NR>(k, s, rows, lane, k1, e1, s1, k2, e2, s2);
+    bool have2 = true;
+    uint32_t taken = 0;
+    float sum = 0.0f, myS = 0.0f;
+    uint32_t myId = 0;
+    int32_t* idRow = a.ids + t * a.K;
+    float* wRow = a.weights + t * a.K;
+    for (int r = 0; r < a.topk; r++) {
+      const uint32_t m = __reduce_max_sync(kFull, k1);
+      const uint32_t w = __reduce_min_sync(kFull, k1 == m ? e1 : 0xffffffffu);
+      const int wl = w & 31;
+      const float ws = __shfl_sync(kFull, s1, wl);
+      if (lane == wl) {
+        taken |= 1u << (w >> 5);
+        if (have2) {
+          k1 = k2; e1 = e2; s1 = s2;
+          have2 = false;
+        } else {
+          laneTop2<NR>(k, s, rows & ~taken, lane, k1, e1, s1, k2, e2, s2);
+          have2 = true;
+        }
+      }
+      sum = __fadd_rn(sum, ws); /* in slot order, as the reference */
+      if (lane == (r & 31)) {
+        if (r < 32) { myId = w; myS = ws; }
+        else { idRow[r] = (int32_t)w; wRow[r] = ws; } /* finished below by this same lane */
+      }
+    }
+    for (int r = lane; r < a.topk; r += 32) {
+      float v = r < 32 ? myS : wRow[r];
+      if (a.renormalize) v = __fdiv_rn(v, sum);
+      if (a.scaleIn) v = __fmul_rn(v, a.rsf);
+      if (r < 32) idRow[r] = (int32_t)myId;
+      wRow[r] = v;
+    }
+    for (int r = a.topk + lane; r < a.K; r += 32) {
+      idRow[r] = E + (r - a.topk);
+      wRow[r] = a.sharedW;
+    }
+  }
+}
+
+template <typename TIn, int NR, int MODE>
+vcollResult_t launchGate(const GateArgs& a, cudaStream_t stream) {
+  /* Resident blocks per SM, per device (benign race: same value written). */
+  static int occupancy[64];
+  int dev = 0, sms = 0;
+  VCOLL_CUDACHECK(NULL, cudaGetDevice(&dev));
+  VCOLL_CUDACHECK(NULL, cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  const size_t smemMax = MODE == kSmem ? (size_t)kWarps * (NR * 32 + VCOLL_MOE_GATE_MAX_EXPERTS / 2) * 4 : 0;
+  const size_t smem = MODE == kSmem ? (size_t)kWarps * (NR * 32 + a.G) * 4 : 0;
+  int occ = dev < 64 ? occupancy[dev] : 0;
+  if (occ == 0) {
+    VCOLL_CUDACHECK(NULL, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, moeGateKernel<TIn, NR, MODE>,
+                                                                        kWarps * 32, smemMax));
+    if (occ < 1) occ = 1;
+    if (dev < 64) occupancy[dev] = occ;
+  }
+  const size_t need = (a.T + kWarps - 1) / kWarps;
+  const size_t cap = (size_t)occ * (size_t)sms;
+  const unsigned blocks = (unsigned)(need < cap ? need : cap);
+  moeGateKernel<TIn, NR, MODE><<<blocks, kWarps * 32, smem, stream>>>(a);
+  VCOLL_CUDACHECK(NULL, cudaGetLastError());
+  return vcollSuccess;
+}
+
+template <typename TIn, int NR>
+vcollResult_t launchMode(const GateArgs& a, cudaStream_t stream) {
+  if (a.topkGroup == a.G) return launchGate<TIn, NR, kAllKept>(a, stream);
+  if (a.gs % 32 == 0) return launchGate<TIn, NR, kRows>(a, stream);
+  return launchGate<TIn, NR, kSmem>(a, stream);
+}
+
+template <typename TIn>
+vcollResult_t launchRows(const GateArgs& a, cudaStream_t stream) {
+  if (a.E <= 64) return launchMode<TIn, 2>(a, stream);
+  if (a.E <= 128) return launchMode<TIn, 4>(a, stream);
+  if (a.E <= 256) return launchMode<TIn, 8>(a, stream);
+  if (a.E <= 384) return launchMode<TIn, 12>(a, stream);
+  return launchMode<TIn, 16>(a, stream);
+}
+
+}  // namespace
+
+extern "C" vcollResult_t vcollMoeGate(const void* logits, vcollDataType_t logitsType, const float* bias, size_t T,
+                                      const vcollMoeGateParams_t* p, int32_t* ids, float* weights,
+                                      cudaStream_t stream) {
+  VCOLL_CHECK_RES(vcollMoeGateCheckArgs("vcollMoeGate", logits, logitsType, bias, T, p, ids, weights));
+  if (T == 0) return vcollSuccess;
+  GateArgs a;
+  a.logits = logits;
+  a.bias = bias;
+  a.ids = ids;
+  a.weights = weights;
+  a.T = T;
+  a.E = p->numExperts;
+  a.G = p->numExpertGroup;
+  a.gs = a.E / a.G;
+  a.rowsPerGroup = a.gs / 32;
+  a.topkGroup = p->topkGroup;
+  a.topk = p->topk;
+  a.K = p->topk + p->numFusedSharedExperts;
+  a.renormalize = p->renormalize;
+  a.scaleIn = p->applyScalingInKernel;
+  a.rsf = p->routedScalingFactor;
+  a.sharedW = p->applyScalingInKernel ? 1.0f : 1.0f / p->routedScalingFactor;
+  VCOLL_TRACE("vcollMoeGate: T %zu E %d G %d topkGroup %d topk %d shared %d", T, a.E, a.G, a.topkGroup, a.topk,
+              p->numFusedSharedExperts);
+  if (logitsType == vcollFloat32) return launchRows<float>(a, stream);
+  return launchRows<__nv_bfloat16>(a, stream);
+}

@@ -1,0 +1,187 @@
+/* Routing gate kernel against the CPU reference (suite gpu). Fresh random
+ * inputs every run; ids must match exactly and weights within 1 ulp (the
+ * kernel is built to match bit for bit; mismatching bits are counted and
+ * printed). Outputs are poisoned, with a guard after them that must stay
+ * poisoned. Without a GPU every test is skipped and the program exits 77. */
+#include "vt.h"
+
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vcoll/gate.h"
+
+#define CUDA_OK(call)                                                                        \
+  do {                                                                                       \
+    cudaError_t e_ = (call);                                                                 \
+    if (e_ != cudaSuccess) fail_msg("%s failed: %s", #call, cudaGetErrorString(e_));         \
+  } while (0)
+
+enum { kGuard = 256 }; /* poisoned bytes checked after each output */
+
+static uint32_t bitsOf(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+
+static uint16_t toBf16(float f) { /* round to nearest even; inputs are finite */
+  uint32_t u = bitsOf(f);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (uint16_t)(u >> 16);
+}
+
+typedef struct {
+  int E, G, tg, topk, nf, renorm, scaleIn;
+  vcollDataType_t type;
+  size_t T;
+  int ties;     /* logits and bias on a coarse grid: many exact ties */
+  int noBias;
+  int offset;   /* logits start this many elements into the allocation */
+} Case;
+
+static int runCase(const Case* c, vtRng* rng, cudaStream_t stream) {
+  const vcollMoeGateParams_t p = {c->E, c->G, c->tg, c->topk, c->nf, c->renorm, c->scaleIn, 2.5f};
+  const size_t T = c->T, E = (size_t)c->E, K = (size_t)(c->topk + c->nf);
+  const size_t esz = c->type == vcollFloat32 ? 4 : 2;
+  const size_t inBytes = (T * E + (size_t)c->offset) * esz, outBytes = T * K * 4;
+  unsigned char* hIn = malloc(inBytes);
+  float* hBias = malloc(E * 4);
+  int32_t *hIds = malloc(outBytes + kGuard), *rIds = malloc(outBytes);
+  float *hW = malloc(outBytes + kGuard), *rW = malloc(outBytes);
+  assert_non_null(hIn); assert_non_null(hIds); assert_non_null(hW); assert_non_null(rIds); assert_non_null(rW);
+  for (size_t i = 0; i < T * E + (size_t)c->offset; i++) {
+    double v = vtNormal(rng) * 2.0;
+    float f = c->ties ? (float)(floor(v * 2.0) / 2.0) : (float)v;
+    if (esz == 4) memcpy(hIn + i * 4, &f, 4);
+    else { uint16_t h = toBf16(f); memcpy(hIn + i * 2, &h, 2); }
+  }
+  for (size_t e = 0; e < E; e++) {
+    double v = vtNormal(rng) * 0.1;
+    hBias[e] = c->ties ? (float)(floor(v * 8.0) / 8.0) : (float)v;
+  }
+  const float* biasArg = NULL;
+  void *dIn, *dBias, *dIds, *dW;
+  CUDA_OK(cudaMalloc(&dIn, inBytes));
+  CUDA_OK(cudaMalloc(&dBias, E * 4));
+  CUDA_OK(cudaMalloc(&dIds, outBytes + kGuard));
+  CUDA_OK(cudaMalloc(&dW, outBytes + kGuard));
+  CUDA_OK(cudaMemcpy(dIn, hIn, inBytes, cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMemcpy(dBias, hBias, E * 4, cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMemset(dIds, 0xA5, outBytes + kGuard));
+  CUDA_OK(cudaMemset(dW, 0xA5, outBytes + kGuard));
+  if (!c->noBias) biasArg = dBias;
+  const void* dLogits = (const unsigned char*)dIn + (size_t)c->offset * esz;
+  assert_int_equal(vcollMoeGate(dLogits, c->type, biasArg, T, &p, dIds, dW, stream), vcollSuccess);
+  CUDA_OK(cudaStreamSynchronize(stream));
+  CUDA_OK(cudaGetLastError());
+  CUDA_OK(cudaMemcpy(hIds, dIds, outBytes + kGuard, cudaMemcpyDeviceToHost));
+  CUDA_OK(cudaMemcpy(hW, dW, outBytes + kGuard, cudaMemcpyDeviceToHost));
+  assert_int_equal(vcollMoeGateRef(hIn + (size_t)c->offset * esz, c->type, c->noBias ? NULL : hBias, T, &p, rIds,
+                                   rW),
+                   vcollSuccess);
+
+  size_t badIds = 0, ulp1 = 0, badW = 0;
+  for (size_t i = 0; i < T * K; i++) {
+    if (hIds[i] != rIds[i]) {
+      if (badIds++ < 5)
+        print_error("E %d G %d: token %zu slot %zu: gpu id %d, ref id %d\n", c->E, c->G, i / K, i % K, hIds[i],
+                    rIds[i]);
+      continue;
+    }
+    uint32_t a = bitsOf(hW[i]), b = bitsOf(rW[i]);
+    uint32_t d = a > b ? a - b : b - a;
+    if (d == 1) ulp1++;
+    else if (d > 1) {
+      if (badW++ < 5)
+        print_error("E %d G %d: token %zu slot %zu: gpu weight %a, ref %a\n", c->E, c->G, i / K, i % K,
+                    (double)hW[i], (double)rW[i]);
+    }
+  }
+  int guardOk = vtIsPoisoned((char*)hIds + outBytes, kGuard) && vtIsPoisoned((char*)hW + outBytes, kGuard);
+  print_message("# E %d G %d tg %d topk %d nf %d renorm %d scaleIn %d %s T %zu ties %d bias %d: "
+                "%zu id mismatches, %zu weights 1 ulp off, %zu beyond\n",
+                c->E, c->G, c->tg, c->topk, c->nf, c->renorm, c->scaleIn, vcollTypeName(c->type), T, c->ties,
+                !c->noBias, badIds, ulp1, badW);
+  CUDA_OK(cudaFree(dIn)); CUDA_OK(cudaFree(dBias)); CUDA_OK(cudaFree(dIds)); CUDA_OK(cudaFree(dW));
+  free(hIn); free(hBias); free(hIds); free(rIds); free(hW); free(rW);
+  if (!guardOk) print_error("output guard overwritten\n");
+  return badIds == 0 && badW == 0 && guardOk;
+}
+
+static void runCases(const Case* cases, size_t n, uint64_t stream_) {
+  VT_REQUIRE_GPU();
+  vtRng rng = vtRngMake(vtSeed(), stream_);
+  cudaStream_t stream;
+  CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  int ok = 1;
+  for (size_t i = 0; i < n; i++) ok &= runCase(&cases[i], &rng, stream);
+  CUDA_OK(cudaStreamDestroy(stream));
+  assert_true(ok);
+}
+
+/* DeepSeek-V3's shape (groups are whole 32-expert rows) at every size class. */
+static void test_deepseek(void** state) {
+  (void)state;
+  const Case cases[] = {
+      {256, 8, 4, 8, 1, 1, 0, vcollFloat32, 1, 0, 0, 0},
+      {256, 8, 4, 8, 1, 1, 1, vcollFloat32, 3, 0, 0, 0},
+      {256, 8, 4, 8, 1, 1, 0, vcollBfloat16, 1024, 0, 0, 0},
+      {256, 8, 4, 8, 1, 0, 0, vcollFloat32, 65536, 0, 0, 0},
+      {256, 8, 4, 8, 1, 1, 0, vcollBfloat16, 65536, 0, 0, 1},
+      {256, 8, 4, 8, 0, 1, 1, vcollFloat32, 5000, 1, 0, 0},
+      {256, 8, 4, 8, 2, 1, 0, vcollBfloat16, 5000, 1, 1, 3},
+  };
+  runCases(cases, sizeof(cases) / sizeof(cases[0]), 10);
+}
+
+/* All groups kept (one group, or topkGroup == groups), including topk > 32. */
+static void test_all_kept(void** state) {
+  (void)state;
+  const Case cases[] = {
+      {384, 1, 1, 8, 1, 1, 0, vcollBfloat16, 3000, 0, 0, 0},
+      {384, 1, 1, 8, 0, 1, 1, vcollFloat32, 3000, 1, 0, 1},
+      {128, 1, 1, 64, 3, 1, 0, vcollFloat32, 777, 0, 0, 0},
+      {512, 4, 4, 40, 1, 0, 1, vcollBfloat16, 777, 1, 1, 0},
+      {2, 1, 1, 2, 1, 1, 0, vcollFloat32, 1000, 0, 0, 0},
+      {37 * 2, 37, 37, 5, 0, 1, 0, vcollFloat32, 1000, 1, 0, 1},
+  };
+  runCases(cases, sizeof(cases) / sizeof(cases[0]), 11);
+}
+
+/* Groups of several rows (E/G a multiple of 32 above 32). */
+static void test_row_groups(void** state) {
+  (void)state;
+  const Case cases[] = {
+      {512, 2, 1, 8, 1, 1, 0, vcollFloat32, 2000, 0, 0, 0},
+      {512, 8, 3, 33, 1, 1, 1, vcollBfloat16, 2000, 1, 0, 0},
+      {160, 5, 2, 6, 1, 1, 0, vcollFloat32, 2000, 0, 0, 0},
+      {384, 4, 2, 8, 0, 0, 0, vcollBfloat16, 2000, 1, 1, 0},
+      {64, 2, 1, 32, 0, 1, 0, vcollFloat32, 2000, 1, 0, 0},
+  };
+  runCases(cases, sizeof(cases) / sizeof(cases[0]), 12);
+}
+
+/* Any other grouping goes through shared memory. */
+static void test_smem_groups(void** state) {
+  (void)state;
+  const Case cases[] = {
+      {64, 8, 3, 6, 1, 1, 0, vcollFloat32, 3000, 0, 0, 0},
+      {64, 8, 3, 6, 1, 1, 0, vcollBfloat16, 3000, 1, 0, 1},
+      {96, 4, 2, 8, 1, 1, 1, vcollFloat32, 3000, 0, 0, 0},
+      {512, 256, 20, 40, 2, 1, 0, vcollFloat32, 500, 1, 0, 0},
+      {6, 3, 2, 3, 1, 1, 0, vcollBfloat16, 3000, 1, 0, 0},
+      {100, 10, 4, 12, 0, 0, 0, vcollFloat32, 3000, 0, 1, 0},
+      {480, 30, 7, 16, 1, 1, 0, vcollBfloat16, 1000, 0, 0, 0},
+  };
+  runCases(cases, sizeof(cases) / sizeof(cases[0]), 13);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_deepseek),
+      cmocka_unit_test(test_all_kept),
+      cmocka_unit_test(test_row_groups),
+      cmocka_unit_test(test_smem_groups),
+  };
+  int failed = cmocka_run_group_tests(tests, NULL, NULL);
+  if (failed) return 1;
+  return vtHaveGpu() ? 0 : 77; /* meson: skipped, never passed, without a GPU */
+}
