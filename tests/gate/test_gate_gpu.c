@@ -174,12 +174,62 @@ static void test_smem_groups(void** state) {
   runCases(cases, sizeof(cases) / sizeof(cases[0]), 13);
 }
 
+/* Captured in a CUDA graph (after one eager call) and replayed: same results. */
+static void test_graph_capture(void** state) {
+  (void)state;
+  VT_REQUIRE_GPU();
+  vtRng rng = vtRngMake(vtSeed(), 14);
+  const vcollMoeGateParams_t p = {256, 8, 4, 8, 1, 1, 0, 2.5f};
+  const size_t T = 333, E = 256, K = 9;
+  float* hX = malloc(T * E * 4);
+  float hBias[256];
+  int32_t *hIds = malloc(T * K * 4), *rIds = malloc(T * K * 4);
+  float *hW = malloc(T * K * 4), *rW = malloc(T * K * 4);
+  for (size_t i = 0; i < T * E; i++) hX[i] = (float)vtNormal(&rng);
+  for (size_t e = 0; e < E; e++) hBias[e] = (float)(vtNormal(&rng) * 0.1);
+  void *dX, *dBias, *dIds, *dW;
+  cudaStream_t stream;
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  CUDA_OK(cudaMalloc(&dX, T * E * 4));
+  CUDA_OK(cudaMalloc(&dBias, E * 4));
+  CUDA_OK(cudaMalloc(&dIds, T * K * 4));
+  CUDA_OK(cudaMalloc(&dW, T * K * 4));
+  CUDA_OK(cudaMemcpy(dX, hX, T * E * 4, cudaMemcpyHostToDevice));
+  CUDA_OK(cudaMemcpy(dBias, hBias, E * 4, cudaMemcpyHostToDevice));
+  assert_int_equal(vcollMoeGate(dX, vcollFloat32, dBias, T, &p, dIds, dW, stream), vcollSuccess);
+  CUDA_OK(cudaStreamSynchronize(stream));
+  CUDA_OK(cudaMemset(dIds, 0xA5, T * K * 4));
+  CUDA_OK(cudaMemset(dW, 0xA5, T * K * 4));
+  CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  assert_int_equal(vcollMoeGate(dX, vcollFloat32, dBias, T, &p, dIds, dW, stream), vcollSuccess);
+  CUDA_OK(cudaStreamEndCapture(stream, &graph));
+  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+  CUDA_OK(cudaGraphLaunch(exec, stream));
+  CUDA_OK(cudaStreamSynchronize(stream));
+  CUDA_OK(cudaMemcpy(hIds, dIds, T * K * 4, cudaMemcpyDeviceToHost));
+  CUDA_OK(cudaMemcpy(hW, dW, T * K * 4, cudaMemcpyDeviceToHost));
+  assert_int_equal(vcollMoeGateRef(hX, vcollFloat32, hBias, T, &p, rIds, rW), vcollSuccess);
+  assert_memory_equal(hIds, rIds, T * K * 4);
+  for (size_t i = 0; i < T * K; i++) {
+    uint32_t a = bitsOf(hW[i]), b = bitsOf(rW[i]);
+    assert_true((a > b ? a - b : b - a) <= 1);
+  }
+  CUDA_OK(cudaGraphExecDestroy(exec));
+  CUDA_OK(cudaGraphDestroy(graph));
+  CUDA_OK(cudaStreamDestroy(stream));
+  CUDA_OK(cudaFree(dX)); CUDA_OK(cudaFree(dBias)); CUDA_OK(cudaFree(dIds)); CUDA_OK(cudaFree(dW));
+  free(hX); free(hIds); free(rIds); free(hW); free(rW);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_deepseek),
       cmocka_unit_test(test_all_kept),
       cmocka_unit_test(test_row_groups),
       cmocka_unit_test(test_smem_groups),
+      cmocka_unit_test(test_graph_capture),
   };
   int failed = cmocka_run_group_tests(tests, NULL, NULL);
   if (failed) return 1;
