@@ -1,0 +1,357 @@
+/* NVFP4 kernels. One thread per 16-element block: 16-byte loads of the
+ * block, its scale, the 16 codes packed into one 8-byte store, one scale
+ * byte. The recipe is the CPU reference's (nvfp4.c), operation for
+ * operation in IEEE fp32 with explicit __fmul_rn/__frcp_rn/__fdiv_rn (no
+ * contraction into FMA), so the results match it bit for bit.
+ *
+ * Computed global scale, without a host round trip: the scale is a
+ * non-increasing function of amax, gs(a) = min(2688 / a, FLT_MAX), so
+ * gs(max of amax_b) = min over blocks of gs(amax_b). The amax kernel takes
+ * that min with atomicMin on the bits of the (non-negative) candidates,
+ * straight into *globalScale, preset to 0xFFFFFFFF ("no finite non-zero
+ * element"). The quantize kernel reads it; a thread that still finds the
+ * preset uses 1.0 and stores 1.0, which every other reader also derives. */
+#include <cuda_runtime.h>
+#include <float.h>
+
+#include "nvfp4_device.cuh"
+#include "vcoll/nvfp4.h"
+extern "C" {
+#include "nvfp4_internal.h"
+#include "vcoll_internal.h"
+}
+
+using namespace vcollNvfp4;
+
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kAmaxUnroll = 4;             /* blocks per thread in the amax kernel */
+constexpr uint32_t kNoAmax = 0xffffffffu;  /* preset of the computed scale */
+constexpr unsigned kMaxGrid = 1u << 30;
+
+struct QuantArgs {
+  const void* x;
+  uint8_t* payload;
+  uint8_t* scales;
+  float* gs;
+  size_t rows, kc, blocks; /* blocks = rows * kc */
+  size_t kTiles;           /* swizzled: ceil(kc / 4) */
+  size_t padCols;          /* swizzled: kTiles * 4 - kc */
+  size_t padRight;         /* swizzled: rows * padCols zero scales right of real ones */
+  size_t padTotal;         /* swizzled: all zero scales (right, then rows up to a multiple of 128) */
+  int swizzled;
+  int computed;
+};
+
+__device__ __forceinline__ float readGlobalScale(float* gs, int computed) {
+  uint32_t g = *(volatile uint32_t*)gs;
+  if (computed && g == kNoAmax) {
+    g = 0x3f800000u; /* 1.0f */
+    *(volatile uint32_t*)gs = g;
+  }
+  return __uint_as_float(g);
+}
+
+__device__ __forceinline__ size_t scaleIndex(const QuantArgs& a, size_t blk) {
+  if (!a.swizzled) return blk;
+  size_t m, k;
+  if (((blk | a.kc) >> 32) == 0) { /* 32-bit division when it suffices */
+    m = (uint32_t)blk / (uint32_t)a.kc;
+    k = (uint32_t)blk - (uint32_t)m * (uint32_t)a.kc;
+  } else {
+    m = blk / a.kc;
+    k = blk - m * a.kc;
+  }
+  return swizzle(m, k, a.kTiles);
+}
+
+/* Zero scale number q of the swizzled padding. */
+__device__ __forceinline__ void writePadding(const QuantArgs& a, size_t q) {
+  size_t m, k;
+  if (q < a.padRight) {
+    m = q / a.padCols;
+    k = a.kc + (q - m * a.padCols);
+  } else {
+    q -= a.padRight;
+    const size_t kp = a.kTiles * 4;
+    m = a.rows + q / kp;
+    k = q % kp;
+  }
+  a.scales[swizzle(m, k, a.kTiles)] = 0;
+}
+
+template <typename T, bool kVec>
+__global__ void __launch_bounds__(kThreads) quantizeKernel(const QuantArgs a) {
+  const float gs = readGlobalScale(a.gs, a.computed);
+  const float gsDiv6 = __fmul_rn(gs, 1.0f / 6.0f);
+  const float invGs = __frcp_rn(gs);
+  const size_t total = a.blocks + a.padTotal;
+  for (size_t blk = (size_t)blockIdx.x * kThreads + threadIdx.x; blk < total; blk += (size_t)gridDim.x * kThreads) {
+    if (blk >= a.blocks) {
+      writePadding(a, blk - a.blocks);
+      continue;
+    }
+    float v[16];
+    const float amax = Block<T, kVec>::load(a.x, blk, v);
+    const __nv_fp8_storage_t sf = __nv_cvt_float_to_fp8(__fmul_rn(amax, gsDiv6), __NV_SATFINITE, __NV_E4M3);
+    const float sfv = __half2float(__half(__nv_cvt_fp8_to_halfraw(sf, __NV_E4M3)));
+    const float outScale = amax != 0.0f ? fminf(__frcp_rn(__fmul_rn(sfv, invGs)), FLT_MAX) : 0.0f;
+    float lo[8], hi[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+      lo[i] = __fmul_rn(v[i], outScale);
+      hi[i] = __fmul_rn(v[8 + i], outScale);
+    }
+    uint32_t qlo = e2m1x8(lo), qhi = e2m1x8(hi);
+    if (!(amax <= FLT_MAX)) { /* Inf or NaN in the block: scaled values may be NaN */
+      qlo = fixNan(qlo, make_float4(lo[0], lo[1], lo[2], lo[3]), make_float4(lo[4], lo[5], lo[6], lo[7]));
+      qhi = fixNan(qhi, make_float4(hi[0], hi[1], hi[2], hi[3]), make_float4(hi[4], hi[5], hi[6], hi[7]));
+    }
+    if (kVec) {
+      ((uint2*)a.payload)[blk] = make_uint2(qlo, qhi);
+    } else {
+      uint8_t* dst = a.payload + blk * 8;
+#pragma unroll
+      for (int j = 0; j < 4; j++) {
+        dst[j] = (uint8_t)(qlo >> (8 * j));
+        dst[4 + j] = (uint8_t)(qhi >> (8 * j));
+      }
+    }
+    a.scales[scaleIndex(a, blk)] = sf;
+  }
+}
+
+/* Min over CTAs of gs(amax over the CTA's finite elements) into *gs. */
+template <typename T, bool kVec>
+__global__ void __launch_bounds__(kThreads) amaxKernel(const void* x, size_t blocks, float* gs) {
+  __shared__ float warpMax[kThreads / 32];
+  const size_t perCta = (size_t)kThreads * kAmaxUnroll;
+  for (size_t base = (size_t)blockIdx.x * perCta; base < blocks; base += (size_t)gridDim.x * perCta) {
+    float tmax = 0.0f;
+#pragma unroll
+    for (int u = 0; u < kAmaxUnroll; u++) {
+      const size_t blk = base + (size_t)u * kThreads + threadIdx.x;
+      if (blk < blocks) {
+        float v[16];
+        const float amax = Block<T, kVec>::load(x, blk, v);
+        if (amax <= FLT_MAX) {
+          tmax = fmaxf(tmax, amax);
+        } else { /* skip NaN and Inf */
+#pragma unroll
+          for (int i = 0; i < 16; i++)
+            if (fabsf(v[i]) <= FLT_MAX) tmax = fmaxf(tmax, fabsf(v[i]));
+        }
+      }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, o));
+    if ((threadIdx.x & 31) == 0) warpMax[threadIdx.x >> 5] = tmax;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      float cmax = warpMax[0];
+#pragma unroll
+      for (int w = 1; w < kThreads / 32; w++) cmax = fmaxf(cmax, warpMax[w]);
+      if (cmax > 0.0f) {
+        const uint32_t cand = __float_as_uint(fminf(__fdiv_rn(2688.0f, cmax), FLT_MAX));
+        if (cand < *(volatile uint32_t*)gs) atomicMin((unsigned int*)gs, cand);
+      }
+    }
+    __syncthreads();
+  }
+}
+
+__global__ void setOneKernel(float* gs) { *gs = 1.0f; }
+
+struct DequantArgs {
+  const uint8_t* payload;
+  const uint8_t* scales;
+  const float* gs;
+  void* out;
+  size_t kc, blocks, kTiles;
+  int swizzled;
+};
+
+template <typename T> __device__ __forceinline__ T fromFloat(float f);
+template <> __device__ __forceinline__ float fromFloat<float>(float f) { return f; }
+template <> __device__ __forceinline__ __half fromFloat<__half>(float f) { return __float2half_rn(f); }
+template <> __device__ __forceinline__ __nv_bfloat16 fromFloat<__nv_bfloat16>(float f) { return __float2bfloat16_rn(f); }
+
+template <typename T, bool kVec>
+__global__ void __launch_bounds__(kThreads) dequantizeKernel(const DequantArgs a) {
+  const float gs = *a.gs;
+  for (size_t blk = (size_t)blockIdx.x * kThreads + threadIdx.x; blk < a.blocks; blk += (size_t)gridDim.x * kThreads) {
+    uint8_t q[8];
+    if (kVec) {
+      const uint2 w = __ldg((const uint2*)a.payload + blk);
+#pragma unroll
+      for (int j = 0; j < 4; j++) {
+        q[j] = (uint8_t)(w.x >> (8 * j));
+        q[4 + j] = (uint8_t)(w.y >> (8 * j));
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; j++) q[j] = __ldg(a.payload + blk * 8 + j);
+    }
+    size_t si = blk;
+    if (a.swizzled) {
+      const size_t m = blk / a.kc;
+      si = swizzle(m, blk - m * a.kc, a.kTiles);
+    }
+    const float s = __half2float(__half(__nv_cvt_fp8_to_halfraw(__ldg(a.scales + si), __NV_E4M3)));
+    T o[16];
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+      const float2 e = __half22float2(__half2(__nv_cvt_fp4x2_to_halfraw2(q[j], __NV_E2M1)));
+      /* value * scale is exact (2 x 4 significant bits): one rounding, in the division. */
+      o[2 * j] = fromFloat<T>(__fdiv_rn(__fmul_rn(e.x, s), gs));
+      o[2 * j + 1] = fromFloat<T>(__fdiv_rn(__fmul_rn(e.y, s), gs));
+    }
+    if (kVec) {
+      uint4* dst = (uint4*)((T*)a.out + blk * 16);
+      const uint4* src = (const uint4*)o;
+#pragma unroll
+      for (int j = 0; j < (int)(16 * sizeof(T) / 16); j++) dst[j] = src[j];
+    } else {
+      T* dst = (T*)a.out + blk * 16;
+#pragma unroll
+      for (int j = 0; j < 16; j++) dst[j] = o[j];
+    }
+  }
+}
+
+/* One thread per destination byte; padding of a swizzled destination is 0. */
+__global__ void __launch_bounds__(kThreads) convertKernel(const uint8_t* src, int srcSwizzled, uint8_t* dst,
+                                                          int dstSwizzled, size_t rows, size_t kc, size_t kTiles,
+                                                          size_t dstBytes) {
+  for (size_t i = (size_t)blockIdx.x * kThreads + threadIdx.x; i < dstBytes; i += (size_t)gridDim.x * kThreads) {
+    size_t m, k;
+    if (dstSwizzled) {
+      const size_t tile = i >> 9, r = i & 511;
+      m = tile / kTiles * 128 + ((r >> 2) & 3) * 32 + (r >> 4);
+      k = tile % kTiles * 4 + (r & 3);
+    } else {
+      m = i / kc;
+      k = i - m * kc;
+    }
+    uint8_t v = 0;
+    if (m < rows && k < kc) v = src[srcSwizzled ? swizzle(m, k, kTiles) : m * kc + k];
+    dst[i] = v;
+  }
+}
+
+unsigned gridFor(size_t work, size_t perCta) {
+  const size_t g = (work + perCta - 1) / perCta;
+  return (unsigned)(g < kMaxGrid ? g : kMaxGrid);
+}
+
+#define LAUNCH_CHECK(name)                                                                              \
+  do {                                                                                                  \
+    cudaError_t err_ = cudaGetLastError();                                                              \
+    if (err_ != cudaSuccess)                                                                            \
+      return vcollSetError(NULL, vcollUnhandledCudaError, "%s: launch of %s failed: %s", op, name,      \
+                           cudaGetErrorString(err_));                                                   \
+  } while (0)
+
+template <typename T>
+vcollResult_t launchQuantize(const char* op, const QuantArgs& a, bool vec, cudaStream_t stream) {
+  if (a.computed) {
+    const unsigned g = gridFor(a.blocks, (size_t)kThreads * kAmaxUnroll);
+    if (vec) amaxKernel<T, true><<<g, kThreads, 0, stream>>>(a.x, a.blocks, a.gs);
+    else amaxKernel<T, false><<<g, kThreads, 0, stream>>>(a.x, a.blocks, a.gs);
+    LAUNCH_CHECK("amaxKernel");
+  }
+  const unsigned g = gridFor(a.blocks + a.padTotal, kThreads);
+  if (vec) quantizeKernel<T, true><<<g, kThreads, 0, stream>>>(a);
+  else quantizeKernel<T, false><<<g, kThreads, 0, stream>>>(a);
+  LAUNCH_CHECK("quantizeKernel");
+  return vcollSuccess;
+}
+
+template <typename T>
+vcollResult_t launchDequantize(const char* op, const DequantArgs& a, bool vec, cudaStream_t stream) {
+  const unsigned g = gridFor(a.blocks, kThreads);
+  if (vec) dequantizeKernel<T, true><<<g, kThreads, 0, stream>>>(a);
+  else dequantizeKernel<T, false><<<g, kThreads, 0, stream>>>(a);
+  LAUNCH_CHECK("dequantizeKernel");
+  return vcollSuccess;
+}
+
+}  // namespace
+
+extern "C" VCOLL_API vcollResult_t vcollNvfp4Quantize(const void* x, vcollDataType_t dtype, size_t rows, size_t cols,
+                                                      float* globalScale, int computeGlobalScale, void* payload,
+                                                      void* scales, vcollScaleLayout_t layout, cudaStream_t stream) {
+  const char* op = "vcollNvfp4Quantize";
+  VCOLL_CHECK_RES(vcollNvfp4CheckQuantize(op, x, dtype, rows, cols, globalScale, payload, scales, layout));
+  if (rows == 0) {
+    if (computeGlobalScale) {
+      setOneKernel<<<1, 1, 0, stream>>>(globalScale);
+      LAUNCH_CHECK("setOneKernel");
+    }
+    return vcollSuccess;
+  }
+  QuantArgs a = {};
+  a.x = x;
+  a.payload = (uint8_t*)payload;
+  a.scales = (uint8_t*)scales;
+  a.gs = globalScale;
+  a.rows = rows;
+  a.kc = cols / 16;
+  a.blocks = rows * a.kc;
+  a.swizzled = layout == vcollScaleSwizzled128x4;
+  a.computed = computeGlobalScale != 0;
+  if (a.swizzled) {
+    a.kTiles = (a.kc + 3) / 4;
+    a.padCols = a.kTiles * 4 - a.kc;
+    a.padRight = rows * a.padCols;
+    a.padTotal = vcollNvfp4ScaleBytes(rows, cols, layout) - a.blocks;
+  }
+  if (a.computed) VCOLL_CUDACHECK(NULL, cudaMemsetAsync(globalScale, 0xff, sizeof(float), stream));
+  const bool vec = (uintptr_t)x % 16 == 0 && (uintptr_t)payload % 8 == 0;
+  VCOLL_TRACE("%s: %zu x %zu %s, %s scales, %s global scale, %s path", op, rows, cols, vcollTypeName(dtype),
+              a.swizzled ? "swizzled" : "linear", a.computed ? "computed" : "given", vec ? "vector" : "scalar");
+  switch (dtype) {
+    case vcollBfloat16: return launchQuantize<__nv_bfloat16>(op, a, vec, stream);
+    case vcollFloat16: return launchQuantize<__half>(op, a, vec, stream);
+    default: return launchQuantize<float>(op, a, vec, stream);
+  }
+}
+
+extern "C" VCOLL_API vcollResult_t vcollNvfp4Dequantize(const void* payload, const void* scales,
+                                                        vcollScaleLayout_t layout, const float* globalScale,
+                                                        size_t rows, size_t cols, void* out, vcollDataType_t outType,
+                                                        cudaStream_t stream) {
+  const char* op = "vcollNvfp4Dequantize";
+  VCOLL_CHECK_RES(vcollNvfp4CheckDequantize(op, payload, scales, layout, globalScale, rows, cols, out, outType));
+  if (rows == 0) return vcollSuccess;
+  DequantArgs a = {};
+  a.payload = (const uint8_t*)payload;
+  a.scales = (const uint8_t*)scales;
+  a.gs = globalScale;
+  a.out = out;
+  a.kc = cols / 16;
+  a.blocks = rows * a.kc;
+  a.kTiles = (a.kc + 3) / 4;
+  a.swizzled = layout == vcollScaleSwizzled128x4;
+  const bool vec = (uintptr_t)payload % 8 == 0 && (uintptr_t)out % 16 == 0;
+  switch (outType) {
+    case vcollBfloat16: return launchDequantize<__nv_bfloat16>(op, a, vec, stream);
+    case vcollFloat16: return launchDequantize<__half>(op, a, vec, stream);
+    default: return launchDequantize<float>(op, a, vec, stream);
+  }
+}
+
+extern "C" VCOLL_API vcollResult_t vcollNvfp4ConvertScales(const void* src, vcollScaleLayout_t srcLayout, void* dst,
+                                                           vcollScaleLayout_t dstLayout, size_t rows, size_t cols,
+                                                           cudaStream_t stream) {
+  const char* op = "vcollNvfp4ConvertScales";
+  VCOLL_CHECK_RES(vcollNvfp4CheckConvert(op, src, srcLayout, dst, dstLayout, rows, cols));
+  if (rows == 0) return vcollSuccess;
+  const size_t kc = cols / 16, dstBytes = vcollNvfp4ScaleBytes(rows, cols, dstLayout);
+  convertKernel<<<gridFor(dstBytes, kThreads), kThreads, 0, stream>>>(
+      (const uint8_t*)src, srcLayout == vcollScaleSwizzled128x4, (uint8_t*)dst, dstLayout == vcollScaleSwizzled128x4,
+      rows, kc, (kc + 3) / 4, dstBytes);
+  LAUNCH_CHECK("convertKernel");
+  return vcollSuccess;
+}

@@ -1,0 +1,26 @@
+/* NVFP4: argument checks shared by the device entry points (nvfp4.cu) and
+ * the CPU reference (nvfp4.c). Each returns vcollSuccess or records an
+ * error naming `op` and the argument (vcollInvalidArgument). */
+#ifndef VCOLL_NVFP4_INTERNAL_H_
+#define VCOLL_NVFP4_INTERNAL_H_
+
+#include "vcoll/nvfp4.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+vcollResult_t vcollNvfp4CheckQuantize(const char* op, const void* x, vcollDataType_t dtype, size_t rows,
+                                      size_t cols, const float* globalScale, const void* payload,
+                                      const void* scales, vcollScaleLayout_t layout);
+vcollResult_t vcollNvfp4CheckDequantize(const char* op, const void* payload, const void* scales,
+                                        vcollScaleLayout_t layout, const float* globalScale, size_t rows,
+                                        size_t cols, const void* out, vcollDataType_t outType);
+vcollResult_t vcollNvfp4CheckConvert(const char* op, const void* src, vcollScaleLayout_t srcLayout,
+                                     const void* dst, vcollScaleLayout_t dstLayout, size_t rows, size_t cols);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* VCOLL_NVFP4_INTERNAL_H_ */
