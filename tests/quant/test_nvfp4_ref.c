@@ -472,6 +472,36 @@ static void test_arg_errors(void** state) {
   assert_int_equal(vcollNvfp4DequantizeRef(NULL, NULL, vcollScaleLinear, &gs, 0, 32, NULL, vcollFloat32), 0);
 }
 
+/* The device entry points validate the same way, before touching the GPU
+ * (so this runs without one): nothing is launched. */
+static void test_device_arg_errors(void** state) {
+  (void)state;
+  char buf[256] = {0};
+  float* gs = (float*)buf;
+  void* x = buf + 16;
+  expectArgErr(vcollNvfp4Quantize(x, vcollBfloat16, 1, 40, gs, 0, buf + 128, buf + 200, vcollScaleLinear, 0),
+               "vcollNvfp4Quantize", "cols");
+  expectArgErr(vcollNvfp4Quantize(x, vcollInt8, 1, 32, gs, 1, buf + 128, buf + 200, vcollScaleLinear, 0),
+               "vcollNvfp4Quantize", "dtype");
+  expectArgErr(vcollNvfp4Quantize(x, vcollBfloat16, 1, 32, NULL, 1, buf + 128, buf + 200, vcollScaleLinear, 0),
+               "vcollNvfp4Quantize", "globalScale");
+  expectArgErr(vcollNvfp4Quantize(x, vcollBfloat16, 1, 32, gs, 1, buf + 128, NULL, vcollScaleLinear, 0),
+               "vcollNvfp4Quantize", "scales");
+  expectArgErr(vcollNvfp4Quantize(x, vcollBfloat16, 1, 32, gs, 1, buf + 20, buf + 200, vcollScaleLinear, 0),
+               "vcollNvfp4Quantize", "payload");
+  expectArgErr(vcollNvfp4Dequantize(buf + 128, buf + 200, vcollScaleLinear, gs, 1, 32, NULL, vcollFloat16, 0),
+               "vcollNvfp4Dequantize", "out");
+  expectArgErr(vcollNvfp4Dequantize(buf + 128, buf + 200, (vcollScaleLayout_t)3, gs, 1, 32, x, vcollFloat16, 0),
+               "vcollNvfp4Dequantize", "layout");
+  expectArgErr(vcollNvfp4ConvertScales(buf, vcollScaleLinear, buf + 1, vcollScaleSwizzled128x4, 1, 32, 0),
+               "vcollNvfp4ConvertScales", "dst");
+  expectArgErr(vcollNvfp4ConvertScales(buf, vcollScaleLinear, NULL, vcollScaleSwizzled128x4, 1, 32, 0),
+               "vcollNvfp4ConvertScales", "dst");
+  /* nothing to do: no launch, success */
+  assert_int_equal(vcollNvfp4Quantize(NULL, vcollFloat32, 0, 32, gs, 0, NULL, NULL, vcollScaleLinear, 0), 0);
+  assert_int_equal(vcollNvfp4ConvertScales(NULL, vcollScaleLinear, NULL, vcollScaleLinear, 0, 16, 0), 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_e2m1_vectors),      cmocka_unit_test(test_e2m1_vs_cuda),
@@ -480,6 +510,7 @@ int main(void) {
       cmocka_unit_test(test_global_scale),      cmocka_unit_test(test_sizes_and_swizzle),
       cmocka_unit_test(test_layouts),           cmocka_unit_test(test_dequant_vectors),
       cmocka_unit_test(test_roundtrip_bound),   cmocka_unit_test(test_arg_errors),
+      cmocka_unit_test(test_device_arg_errors),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
