@@ -1,0 +1,117 @@
+/* Batched row gather for MoE weight layouts: dst row n = src row perm[n],
+ * for many (src, dst) tensors sharing one permutation, in one kernel.
+ * blockIdx.y picks the tensor, blockIdx.x strides over its rows x vectors.
+ * Each tensor moves in the widest vectors (16, 8, 4, 2 or 1 bytes) that
+ * its pointers and row size allow. Loads and stores are streaming
+ * (evict-first): the weights are touched once, the permutation is reused. */
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "vcoll.h"
+extern "C" {
+#include "vcoll_internal.h"
+}
+
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kUnroll = 4;     /* independent vectors in flight per thread */
+constexpr int kMaxJobs = 128;  /* tensors per launch: the parameters stay under 4 KB */
+constexpr unsigned kMaxGridX = 1u << 20;
+
+struct GatherParams {
+  const int32_t* perm;
+  uint32_t rows;
+  int numJobs;
+  const uint8_t* src[kMaxJobs];
+  uint8_t* dst[kMaxJobs];
+  uint32_t rowVecs[kMaxJobs]; /* vectors per row */
+  uint8_t shift[kMaxJobs];    /* log2 of the vector bytes */
+};
+static_assert(sizeof(GatherParams) <= 4096, "kernel parameters over 4 KB");
+
+template <typename V>
+__device__ __forceinline__ void gatherJob(const int32_t* __restrict__ perm, uint32_t rows,
+                                          const V* __restrict__ src, V* __restrict__ dst, uint32_t rowVecs) {
+  const uint64_t total = (uint64_t)rows * rowVecs;
+  const bool small = total <= 0xffffffffull; /* 32-bit division suffices */
+  const uint64_t stride = (uint64_t)gridDim.x * kThreads * kUnroll;
+  for (uint64_t base = (uint64_t)blockIdx.x * kThreads * kUnroll + threadIdx.x; base < total; base += stride) {
+    V v[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; u++) {
+      const uint64_t i = base + (uint64_t)u * kThreads;
+      if (i < total) {
+        const uint64_t n = small ? (uint64_t)((uint32_t)i / rowVecs) : i / rowVecs;
+        const uint64_t c = i - n * rowVecs;
+        const uint32_t s = (uint32_t)perm[n];
+        if (s < rows) {
+          v[u] = __ldcs(src + (uint64_t)s * rowVecs + c);
+        } else {
+          v[u] = V{}; /* out-of-range entry: zero row, never a stray read */
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; u++) {
+      const uint64_t i = base + (uint64_t)u * kThreads;
+      if (i < total) __stcs(dst + i, v[u]);
+    }
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) gatherKernel(const __grid_constant__ GatherParams p) {
+  for (int j = blockIdx.y; j < p.numJobs; j += gridDim.y) {
+    const uint8_t* s = p.src[j];
+    uint8_t* d = p.dst[j];
+    switch (p.shift[j]) {
+      case 4: gatherJob<uint4>(p.perm, p.rows, (const uint4*)s, (uint4*)d, p.rowVecs[j]); break;
+      case 3: gatherJob<uint2>(p.perm, p.rows, (const uint2*)s, (uint2*)d, p.rowVecs[j]); break;
+      case 2: gatherJob<unsigned int>(p.perm, p.rows, (const unsigned int*)s, (unsigned int*)d, p.rowVecs[j]); break;
+      case 1:
+        gatherJob<unsigned short>(p.perm, p.rows, (const unsigned short*)s, (unsigned short*)d, p.rowVecs[j]);
+        break;
+      default:
+        gatherJob<unsigned char>(p.perm, p.rows, (const unsigned char*)s, (unsigned char*)d, p.rowVecs[j]);
+        break;
+    }
+  }
+}
+
+/* Widest vector (log2 bytes, up to 16) that divides both addresses and the row size. */
+int vectorShift(const void* src, const void* dst, size_t rowBytes) {
+  const uintptr_t bits = (uintptr_t)src | (uintptr_t)dst | (uintptr_t)rowBytes;
+  int shift = 4;
+  while (shift > 0 && (bits & ((1u << shift) - 1)) != 0) shift--;
+  return shift;
+}
+
+}  // namespace
+
+/* Declared in weight_layout.c. Arguments come validated: M in 1..INT32_MAX,
+ * every rowBytes in 1..UINT32_MAX, pointers non-NULL and disjoint. */
+extern "C" vcollResult_t vcollWeightGatherRows(const int32_t* perm, size_t M, int numJobs, const void* const* src,
+                                               void* const* dst, const size_t* rowBytes, cudaStream_t stream) {
+  for (int j0 = 0; j0 < numJobs; j0 += kMaxJobs) {
+    GatherParams p;
+    p.perm = perm;
+    p.rows = (uint32_t)M;
+    p.numJobs = numJobs - j0 < kMaxJobs ? numJobs - j0 : kMaxJobs;
+    uint64_t maxTotal = 0;
+    for (int j = 0; j < p.numJobs; j++) {
+      const int shift = vectorShift(src[j0 + j], dst[j0 + j], rowBytes[j0 + j]);
+      p.src[j] = (const uint8_t*)src[j0 + j];
+      p.dst[j] = (uint8_t*)dst[j0 + j];
+      p.shift[j] = (uint8_t)shift;
+      p.rowVecs[j] = (uint32_t)(rowBytes[j0 + j] >> shift);
+      const uint64_t total = (uint64_t)M * p.rowVecs[j];
+      if (total > maxTotal) maxTotal = total;
+    }
+    const uint64_t perBlock = (uint64_t)kThreads * kUnroll;
+    const uint64_t need = (maxTotal + perBlock - 1) / perBlock;
+    const dim3 grid((unsigned)(need < kMaxGridX ? need : kMaxGridX), (unsigned)p.numJobs);
+    gatherKernel<<<grid, kThreads, 0, stream>>>(p);
+    VCOLL_CUDACHECK(NULL, cudaGetLastError());
+  }
+  return vcollSuccess;
+}
