@@ -530,9 +530,17 @@ static vcollResult_t applyChecked(const int32_t* perm, const struct weightShape*
     }
     res = vcollWeightGatherRows(perm, sh->M, (int)(2 * ne), src, dst, rowBytes, stream);
     if (res != vcollSuccess) goto exit;
-    for (size_t i = 0; swz && i < ne; i++) {
+    /* With M a multiple of 128, the swizzle of experts stacked as one
+     * [run * M, K/block] matrix is each expert's swizzle back to back: one
+     * conversion per run of experts whose outputs are contiguous. */
+    for (size_t i = 0, run; swz && i < ne; i += run) {
+      const uint8_t* first = experts[e0 + i].scalesOut;
+      for (run = 1; sh->M % 128 == 0 && i + run < ne &&
+                    (const uint8_t*)experts[e0 + i + run].scalesOut == first + run * sh->scaleOutBytes;
+           run++) {
+      }
       res = vcollNvfp4ConvertScales(ws + i * sh->scaleInBytes, vcollScaleLinear, experts[e0 + i].scalesOut,
-                                    vcollScaleSwizzled128x4, sh->M, sh->scaleRow * 16, stream);
+                                    vcollScaleSwizzled128x4, run * sh->M, sh->scaleRow * 16, stream);
       if (res != vcollSuccess) goto exit;
     }
   }

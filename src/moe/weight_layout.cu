@@ -1,6 +1,8 @@
 /* Batched row gather for MoE weight layouts: dst row n = src row perm[n],
  * for many (src, dst) tensors sharing one permutation, in one kernel.
- * blockIdx.y picks the tensor, blockIdx.x strides over its rows x vectors.
+ * The 1-D grid is split into per-tensor block ranges sized by each
+ * tensor's bytes (payload and scale tensors differ 8x or 16x), so no
+ * block idles; a block finds its tensor by binary search.
  * Each tensor moves in the widest vectors (16, 8, 4, 2 or 1 bytes) that
  * its pointers and row size allow. Loads and stores are streaming
  * (evict-first): the weights are touched once, the permutation is reused. */
@@ -17,7 +19,7 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kUnroll = 4;     /* independent vectors in flight per thread */
 constexpr int kMaxJobs = 128;  /* tensors per launch: the parameters stay under 4 KB */
-constexpr unsigned kMaxGridX = 1u << 20;
+constexpr uint32_t kMaxJobBlocks = 1u << 16; /* then blocks stride over the tensor */
 
 struct GatherParams {
   const int32_t* perm;
@@ -26,17 +28,19 @@ struct GatherParams {
   const uint8_t* src[kMaxJobs];
   uint8_t* dst[kMaxJobs];
   uint32_t rowVecs[kMaxJobs]; /* vectors per row */
-  uint8_t shift[kMaxJobs];    /* log2 of the vector bytes */
+  uint32_t blockStart[kMaxJobs + 1]; /* tensor j has blocks blockStart[j] .. blockStart[j+1] - 1 */
+  uint8_t shift[kMaxJobs];           /* log2 of the vector bytes */
 };
 static_assert(sizeof(GatherParams) <= 4096, "kernel parameters over 4 KB");
 
 template <typename V>
 __device__ __forceinline__ void gatherJob(const int32_t* __restrict__ perm, uint32_t rows,
-                                          const V* __restrict__ src, V* __restrict__ dst, uint32_t rowVecs) {
+                                          const V* __restrict__ src, V* __restrict__ dst, uint32_t rowVecs,
+                                          uint32_t block, uint32_t blocks) {
   const uint64_t total = (uint64_t)rows * rowVecs;
   const bool small = total <= 0xffffffffull; /* 32-bit division suffices */
-  const uint64_t stride = (uint64_t)gridDim.x * kThreads * kUnroll;
-  for (uint64_t base = (uint64_t)blockIdx.x * kThreads * kUnroll + threadIdx.x; base < total; base += stride) {
+  const uint64_t stride = (uint64_t)blocks * kThreads * kUnroll;
+  for (uint64_t base = (uint64_t)block * kThreads * kUnroll + threadIdx.x; base < total; base += stride) {
     V v[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; u++) {
@@ -61,20 +65,22 @@ __device__ __forceinline__ void gatherJob(const int32_t* __restrict__ perm, uint
 }
 
 __global__ void __launch_bounds__(kThreads) gatherKernel(const __grid_constant__ GatherParams p) {
-  for (int j = blockIdx.y; j < p.numJobs; j += gridDim.y) {
-    const uint8_t* s = p.src[j];
-    uint8_t* d = p.dst[j];
-    switch (p.shift[j]) {
-      case 4: gatherJob<uint4>(p.perm, p.rows, (const uint4*)s, (uint4*)d, p.rowVecs[j]); break;
-      case 3: gatherJob<uint2>(p.perm, p.rows, (const uint2*)s, (uint2*)d, p.rowVecs[j]); break;
-      case 2: gatherJob<unsigned int>(p.perm, p.rows, (const unsigned int*)s, (unsigned int*)d, p.rowVecs[j]); break;
-      case 1:
-        gatherJob<unsigned short>(p.perm, p.rows, (const unsigned short*)s, (unsigned short*)d, p.rowVecs[j]);
-        break;
-      default:
-        gatherJob<unsigned char>(p.perm, p.rows, (const unsigned char*)s, (unsigned char*)d, p.rowVecs[j]);
-        break;
-    }
+  int j = 0, hi = p.numJobs - 1; /* last tensor whose range starts at or before this block */
+  while (j < hi) {
+    const int mid = (j + hi + 1) >> 1;
+    if (p.blockStart[mid] <= blockIdx.x) j = mid;
+    else hi = mid - 1;
+  }
+  const uint32_t b = blockIdx.x - p.blockStart[j], nb = p.blockStart[j + 1] - p.blockStart[j];
+  const uint8_t* s = p.src[j];
+  uint8_t* d = p.dst[j];
+  const uint32_t rv = p.rowVecs[j];
+  switch (p.shift[j]) {
+    case 4: gatherJob<uint4>(p.perm, p.rows, (const uint4*)s, (uint4*)d, rv, b, nb); break;
+    case 3: gatherJob<uint2>(p.perm, p.rows, (const uint2*)s, (uint2*)d, rv, b, nb); break;
+    case 2: gatherJob<unsigned int>(p.perm, p.rows, (const unsigned int*)s, (unsigned int*)d, rv, b, nb); break;
+    case 1: gatherJob<unsigned short>(p.perm, p.rows, (const unsigned short*)s, (unsigned short*)d, rv, b, nb); break;
+    default: gatherJob<unsigned char>(p.perm, p.rows, (const unsigned char*)s, (unsigned char*)d, rv, b, nb); break;
   }
 }
 
@@ -97,20 +103,20 @@ extern "C" vcollResult_t vcollWeightGatherRows(const int32_t* perm, size_t M, in
     p.perm = perm;
     p.rows = (uint32_t)M;
     p.numJobs = numJobs - j0 < kMaxJobs ? numJobs - j0 : kMaxJobs;
-    uint64_t maxTotal = 0;
+    const uint64_t perBlock = (uint64_t)kThreads * kUnroll;
+    uint32_t blocks = 0; /* at most kMaxJobs * kMaxJobBlocks < 2^31 */
     for (int j = 0; j < p.numJobs; j++) {
       const int shift = vectorShift(src[j0 + j], dst[j0 + j], rowBytes[j0 + j]);
       p.src[j] = (const uint8_t*)src[j0 + j];
       p.dst[j] = (uint8_t*)dst[j0 + j];
       p.shift[j] = (uint8_t)shift;
       p.rowVecs[j] = (uint32_t)(rowBytes[j0 + j] >> shift);
-      const uint64_t total = (uint64_t)M * p.rowVecs[j];
-      if (total > maxTotal) maxTotal = total;
+      const uint64_t need = ((uint64_t)M * p.rowVecs[j] + perBlock - 1) / perBlock;
+      p.blockStart[j] = blocks;
+      blocks += (uint32_t)(need < kMaxJobBlocks ? need : kMaxJobBlocks);
     }
-    const uint64_t perBlock = (uint64_t)kThreads * kUnroll;
-    const uint64_t need = (maxTotal + perBlock - 1) / perBlock;
-    const dim3 grid((unsigned)(need < kMaxGridX ? need : kMaxGridX), (unsigned)p.numJobs);
-    gatherKernel<<<grid, kThreads, 0, stream>>>(p);
+    p.blockStart[p.numJobs] = blocks;
+    gatherKernel<<<blocks, kThreads, 0, stream>>>(p);
     VCOLL_CUDACHECK(NULL, cudaGetLastError());
   }
   return vcollSuccess;
