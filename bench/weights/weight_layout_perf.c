@@ -250,6 +250,7 @@ int main(int argc, char** argv) {
     CUDACHECK(cudaMemcpy(b.src + o, block, b.inBytes - o < blockBytes ? b.inBytes - o : blockBytes,
                          cudaMemcpyHostToDevice));
   CUDACHECK(cudaMemset(b.dst, 0xA5, b.outBytes));
+  CUDACHECK(cudaDeviceSynchronize()); /* legacy-stream work done before the non-blocking stream starts */
   free(block);
 
   b.L = (vcollWeightLayer_t){fmt, lay, tile, E, H, I,
@@ -269,6 +270,7 @@ int main(int argc, char** argv) {
   long wrong = -1;
   if (doCheck) {
     CUDACHECK(cudaMemset(b.dst, 0xA5, b.outBytes));
+    CUDACHECK(cudaDeviceSynchronize());
     VCOLLCHECK(vcollWeightPrepareLayer(&b.L, stream));
     CUDACHECK(cudaStreamSynchronize(stream));
     wrong = check(&b);

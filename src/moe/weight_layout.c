@@ -247,9 +247,21 @@ VCOLL_API vcollResult_t vcollWeightPermDevice(vcollWeightPerm_t perm, const int3
       what = "cudaMalloc";
       goto cudafail;
     }
-    if ((err = cudaMemcpy(p, perm->host, bytes, cudaMemcpyHostToDevice)) != cudaSuccess) {
+    /* A pageable cudaMemcpy may return before the data lands, and kernels
+     * on non-blocking streams are not ordered after it: copy on a private
+     * stream and wait for it. */
+    cudaStream_t s;
+    if ((err = cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking)) != cudaSuccess) {
       cudaFree(p);
-      what = "cudaMemcpy";
+      what = "cudaStreamCreateWithFlags";
+      goto cudafail;
+    }
+    err = cudaMemcpyAsync(p, perm->host, bytes, cudaMemcpyHostToDevice, s);
+    if (err == cudaSuccess) err = cudaStreamSynchronize(s);
+    cudaStreamDestroy(s);
+    if (err != cudaSuccess) {
+      cudaFree(p);
+      what = "upload";
       goto cudafail;
     }
     perm->dev[d] = p;

@@ -67,6 +67,8 @@ static void expMake(Exp* x, vtRng* r, size_t pb, size_t sIn, size_t sOut, int mi
       CUDA_OK(cudaMemset(x->dBase[i], 0xA5, b[i] + 16 + kGuard));
     }
   }
+  /* cudaMemset may still run on the legacy stream, unordered with the non-blocking test streams. */
+  CUDA_OK(cudaDeviceSynchronize());
 }
 
 static void expFree(Exp* x) {
@@ -267,6 +269,7 @@ static void runLayer(const LayerCase* c, vtRng* r, cudaStream_t stream, int grap
     CUDA_OK(cudaMemcpy(d[i], h[i], in[i] * E, cudaMemcpyHostToDevice));
     CUDA_OK(cudaMemset(dOut[i], 0xA5, out[i] * E + kGuard));
   }
+  CUDA_OK(cudaDeviceSynchronize()); /* the poison lands before the non-blocking stream writes */
   vcollWeightLayer_t L = {c->fmt, c->lay, c->tile, c->E, c->H, c->I, d[0], d[1], d[2], d[3],
                           dOut[0], dOut[1], dOut[2], dOut[3]};
   if (graph) {
@@ -274,6 +277,7 @@ static void runLayer(const LayerCase* c, vtRng* r, cudaStream_t stream, int grap
     VCOLL_OK(vcollWeightPrepareLayer(&L, stream));
     CUDA_OK(cudaStreamSynchronize(stream));
     for (int i = 0; i < 4; i++) CUDA_OK(cudaMemset(dOut[i], 0xA5, out[i] * E + kGuard));
+    CUDA_OK(cudaDeviceSynchronize());
     cudaGraph_t g;
     cudaGraphExec_t ge;
     CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
