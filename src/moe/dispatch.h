@@ -1,0 +1,32 @@
+/* MoE dispatch/combine: the small kernels of dispatch.cu, called from
+ * dispatch.c. Each enqueues on `stream`, checks its launch, and records
+ * an error naming `op` on failure. Element counts are 64-bit. */
+#ifndef VCOLL_MOE_DISPATCH_H_
+#define VCOLL_MOE_DISPATCH_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "vcoll.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* *amaxBits = bits of the largest |x| over the finite values of x[n] (bf16),
+ * 0 when there is none (non-negative floats order like their bits). */
+vcollResult_t vcollMoeAmaxBf16(const char* op, const void* x, size_t n, uint32_t* amaxBits, cudaStream_t stream);
+/* *gs = fminf(2688 / amax, FLT_MAX), amax the largest of amaxBits[nranks]
+ * as floats; 1.0 when it is 0: NVFP4's computed global scale. */
+vcollResult_t vcollMoeScaleFromAmax(const char* op, const uint32_t* amaxBits, int nranks, float* gs,
+                                    cudaStream_t stream);
+/* dst[n] fp32 = src[n] bf16, exact. */
+vcollResult_t vcollMoeBf16ToF32(const char* op, const void* src, float* dst, size_t n, cudaStream_t stream);
+/* dst[n] bf16 = src[n] fp32 rounded to nearest even. */
+vcollResult_t vcollMoeF32ToBf16(const char* op, const float* src, void* dst, size_t n, cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* VCOLL_MOE_DISPATCH_H_ */
