@@ -6,7 +6,8 @@
  *
  * For every shape of per-rank token counts and every nominal tokens-per-rank
  * T in -b..-e (times -f), it times:
- *   fp4      NVFP4 dispatch, quantize included, given (static) global scale
+ *   fp4      NVFP4 dispatch, quantize included, given (static) global scale,
+ *            kept in the output's globalScale (no copy)
  *   fp4c     NVFP4 dispatch with the global scale computed over all ranks
  *   bf16     bf16 dispatch (same API, no quantization)
  *   comb     combine, bf16 reduce-scatter of [N, H] bf16 partials
@@ -118,7 +119,6 @@ struct ctx {
   vcollMoeWorkspace_t wsFp4, wsFp4c, wsBf16;
   vcollMoeBuffers_t bFp4, bFp4c, bBf16;
   vcollMoeLocal_t in;
-  float* givenGs;
   void *copySrc, *copyDst;
   size_t copyBytes;
 };
@@ -289,14 +289,15 @@ int main(int argc, char** argv) {
   CUCHECK(cudaMalloc(&dX, maxMine * H * 2));
   CUCHECK(cudaMalloc(&dIds, maxMine * topk * 4));
   CUCHECK(cudaMalloc(&dW, maxMine * topk * 4));
-  CUCHECK(cudaMalloc((void**)&c.givenGs, 4));
   const float gs = 2688.0f / 4.0f;
-  CUCHECK(cudaMemcpy(c.givenGs, &gs, 4, cudaMemcpyHostToDevice));
   CUCHECK(benchMoeFill(dX, maxMine * H, SEED_HIDDEN + (uint64_t)rank, 0, stream));
   CUCHECK(benchMoeFillWords(dIds, maxMine * topk, SEED_IDS + (uint64_t)rank, (uint32_t)nExperts, stream));
   CUCHECK(benchMoeFillWords(dW, maxMine * topk, SEED_W + (uint64_t)rank, 0, stream));
   CUCHECK(benchMoeFill(c.bFp4.partials, maxN * H, SEED_PARTIAL + (uint64_t)rank, 1, stream));
-  c.in = (vcollMoeLocal_t){dX, dIds, dW, NULL, c.givenGs};
+  /* The static scale lives in the output's globalScale, as a server keeps it:
+   * in->globalScale == out->globalScale, so dispatch does not copy it. */
+  CUCHECK(cudaMemcpy(c.bFp4.tokens.globalScale, &gs, 4, cudaMemcpyHostToDevice));
+  c.in = (vcollMoeLocal_t){dX, dIds, dW, NULL, c.bFp4.tokens.globalScale};
   const size_t bf16Row = H * 2 + (size_t)topk * 8, fp4Row = H / 2 + H / 16 + (size_t)topk * 8;
   CUCHECK(cudaMalloc(&c.copySrc, maxN * bf16Row));
   CUCHECK(cudaMalloc(&c.copyDst, maxN * bf16Row));
@@ -375,7 +376,7 @@ int main(int argc, char** argv) {
     printf("# min speedup fp4/bf16 dispatch (computed scale): %.2f over all sizes\n", minSpeedCAll);
     printf("# check: %s (%llu wrong)\n", check ? (wrongTotal ? "FAILED" : "OK") : "off", wrongTotal);
   }
-  cudaFree(dX); cudaFree(dIds); cudaFree(dW); cudaFree(c.givenGs); cudaFree(c.copySrc); cudaFree(c.copyDst);
+  cudaFree(dX); cudaFree(dIds); cudaFree(dW); cudaFree(c.copySrc); cudaFree(c.copyDst);
   cudaFree(dWrong); cudaFree(dScratchGs); cudaFree(dScratchX); cudaFree(dScratchP); cudaFree(dScratchS);
   vcollMoeWorkspaceDestroy(c.wsFp4);
   vcollMoeWorkspaceDestroy(c.wsFp4c);
