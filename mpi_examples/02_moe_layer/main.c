@@ -198,9 +198,9 @@ int main(int argc, char** argv) {
   /* --backend nccl without a GPU: exit 77 on every rank (Meson: SKIP). */
   int ndev = 0;
   if (cudaGetDeviceCount(&ndev) != cudaSuccess) ndev = 0;
-  int anyNoGpu = ndev == 0, allOk;
-  MPI_Allreduce(&anyNoGpu, &allOk, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  if (backend == vcollBackendNccl && allOk) {
+  int noGpu = ndev == 0, someNoGpu;
+  MPI_Allreduce(&noGpu, &someNoGpu, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  if (backend == vcollBackendNccl && someNoGpu) {
     if (rank == 0) printf("moe layer: --backend nccl but a rank sees no GPU: skipped\n");
     MPI_Finalize();
     return 77;
