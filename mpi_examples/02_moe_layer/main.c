@@ -195,13 +195,17 @@ int main(int argc, char** argv) {
     if (rank == 0) fprintf(stderr, "need hidden a multiple of 16, 1 <= topk <= experts <= 256, ffn >= 1\n");
     MPI_Abort(MPI_COMM_WORLD, 2);
   }
-  /* --backend nccl without a GPU: exit 77 on every rank (Meson: SKIP). */
-  int ndev = 0;
+  /* --backend nccl without one GPU per rank: exit 77 on every rank (Meson: SKIP). */
+  int ndev = 0, localSize = 1;
   if (cudaGetDeviceCount(&ndev) != cudaSuccess) ndev = 0;
-  int noGpu = ndev == 0, someNoGpu;
+  MPI_Comm local;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &local);
+  MPI_Comm_size(local, &localSize);
+  MPI_Comm_free(&local);
+  int noGpu = ndev < localSize, someNoGpu;
   MPI_Allreduce(&noGpu, &someNoGpu, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
   if (backend == vcollBackendNccl && someNoGpu) {
-    if (rank == 0) printf("moe layer: --backend nccl but a rank sees no GPU: skipped\n");
+    if (rank == 0) printf("moe layer: --backend nccl needs one GPU per rank (%d visible here): skipped\n", ndev);
     MPI_Finalize();
     return 77;
   }

@@ -258,19 +258,47 @@ static vcollResult_t initHost(MPI_Comm mpiComm, vcollComm_t* out) {
   return vcollSuccess;
 }
 
+/* Rank and size among the ranks of mpiComm on this node. */
+static int localRanks(MPI_Comm mpiComm, int* localRank, int* localSize) {
+  int rank, err;
+  MPI_Comm local;
+  if ((err = MPI_Comm_rank(mpiComm, &rank)) != MPI_SUCCESS) return err;
+  if ((err = MPI_Comm_split_type(mpiComm, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &local)) != MPI_SUCCESS) return err;
+  MPI_Comm_rank(local, localRank);
+  MPI_Comm_size(local, localSize);
+  MPI_Comm_free(&local);
+  return MPI_SUCCESS;
+}
+
+static int visibleGpus(void) {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    n = 0;
+  }
+  return n;
+}
+
 static vcollResult_t initNccl(MPI_Comm mpiComm, vcollComm_t* out) {
-  int rank, size, localRank, ndev = 0;
+  int rank, size, localRank, localSize, ndev;
   MPICHECK(NULL, MPI_Comm_rank(mpiComm, &rank));
   MPICHECK(NULL, MPI_Comm_size(mpiComm, &size));
-  MPI_Comm local;
-  MPICHECK(NULL, MPI_Comm_split_type(mpiComm, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &local));
-  MPI_Comm_rank(local, &localRank);
-  MPI_Comm_free(&local);
-  if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
-    cudaGetLastError();
-    return vcollSetError(NULL, vcollInvalidUsage, "vcollCommInitMPI : backend nccl asked for but no GPU is visible");
+  MPICHECK(NULL, localRanks(mpiComm, &localRank, &localSize));
+  ndev = visibleGpus();
+  /* One GPU per rank: decide together, so that no rank enters NCCL's
+   * initialization alone (it would wait for the others forever). */
+  int ok = ndev >= localSize;
+  MPICHECK(NULL, MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, mpiComm));
+  if (!ok) {
+    if (ndev < localSize)
+      return vcollSetError(NULL, vcollInvalidUsage,
+                           "vcollCommInitMPI : backend nccl needs one GPU per rank, but %d ranks share this node and "
+                           "%d GPU(s) are visible",
+                           localSize, ndev);
+    return vcollSetError(NULL, vcollInvalidUsage,
+                         "vcollCommInitMPI : backend nccl needs one GPU per rank, and another node has too few");
   }
-  int dev = localRank % ndev;
+  int dev = localRank;
   if (cudaSetDevice(dev) != cudaSuccess)
     return vcollSetError(NULL, vcollUnhandledCudaError, "vcollCommInitMPI : cudaSetDevice(%d) failed", dev);
   struct { int ok; ncclUniqueId id; } uid;
@@ -304,10 +332,15 @@ VCOLL_API vcollResult_t vcollCommInitMPI(MPI_Comm mpiComm, vcollBackend_t backen
     else if (env && strcmp(env, "host") == 0) backend = vcollBackendHost;
     else {
       if (env && strcmp(env, "auto") != 0) VCOLL_WARN("VCOLL_BACKEND=%s is not nccl, host or auto; ignored", env);
-      int ndev = 0;
-      if (cudaGetDeviceCount(&ndev) != cudaSuccess) { cudaGetLastError(); ndev = 0; }
-      int all = ndev > 0;
+      int localRank, localSize;
+      MPICHECK(NULL, localRanks(mpiComm, &localRank, &localSize));
+      int ndev = visibleGpus();
+      int all = ndev > 0 && ndev >= localSize;
       MPICHECK(NULL, MPI_Allreduce(MPI_IN_PLACE, &all, 1, MPI_INT, MPI_MIN, mpiComm));
+      if (!all && ndev > 0)
+        VCOLL_WARN("vcollCommInitMPI : %d ranks on this node but %d GPU(s) visible; backend auto uses the host backend "
+                   "(NCCL needs one GPU per rank)",
+                   localSize, ndev);
       backend = all ? vcollBackendNccl : vcollBackendHost;
     }
   }

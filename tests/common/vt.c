@@ -48,6 +48,21 @@ int vtHaveGpu(void) {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) { cudaGetLastError(); n = 0; }
     have = n > 0;
+    if (have && mpiOn) {
+      /* Multi-rank GPU tests need one GPU per rank on every node; decided
+       * together so that all ranks skip or none does. */
+      MPI_Comm local;
+      int localSize = 1;
+      MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local);
+      MPI_Comm_size(local, &localSize);
+      MPI_Comm_free(&local);
+      int ok = n >= localSize;
+      MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+      if (!ok && vtRank() == 0)
+        fprintf(stderr, "vt: %d GPU(s) for %d ranks on a node: the GPU tests need one GPU per rank, skipped\n", n,
+                localSize);
+      have = ok;
+    }
   }
   return have;
 }
@@ -55,6 +70,7 @@ int vtHaveGpu(void) {
 void vtMpiInit(int* argc, char*** argv) {
   MPI_Init(argc, argv);
   mpiOn = 1;
+  (void)vtHaveGpu(); /* collective the first time: every rank calls it here */
 }
 
 int vtMpiFinalize(int failed) {
