@@ -12,6 +12,10 @@
  *   copy    = cudaMemcpyAsync of the logits bytes (device to device); its
  *             bandwidth counts read + write (2 x bytes / time)
  *   %copy   = GB/s / copy GB/s
+ *   graph   = time per call inside a CUDA graph of 20 back-to-back calls
+ *             (median over replays / 20): the per-call device time without
+ *             the launch gap of an isolated call, as a runtime that
+ *             captures its decode step sees it
  * -c 1 (default) checks each size against vcollMoeGateRef (ids exact,
  * weights within 1 ulp) and prints the count of wrong slots. */
 #include <cuda_runtime_api.h>
@@ -103,8 +107,8 @@ int main(int argc, char** argv) {
   CUDACHECK(cudaGetDeviceProperties(&prop, dev));
   printf("# gate_perf: %s, E %zu groups %d topk_group %d topk %d shared %d renormalize %d, %d iters (%d warm-up)\n",
          prop.name, E, p.numExpertGroup, p.topkGroup, p.topk, p.numFusedSharedExperts, p.renormalize, iters, warmup);
-  printf("# %5s %8s %12s %10s %9s %10s %9s %6s %6s\n", "type", "T", "bytes", "time(us)", "GB/s", "copy(us)",
-         "copyGB/s", "%copy", "#wrong");
+  printf("# %5s %8s %12s %10s %9s %10s %9s %10s %9s %6s %6s\n", "type", "T", "bytes", "time(us)", "GB/s", "graph(us)",
+         "GB/s", "copy(us)", "copyGB/s", "%copy", "#wrong");
 
   /* One allocation for the largest size; random normal logits, never zeros. */
   const size_t inMax = maxT * E * 4;
@@ -159,6 +163,27 @@ int main(int argc, char** argv) {
         samples[i] = ms * 1000.0f;
       }
       const float tGate = median(samples, iters);
+      /* The same call, 20 times back to back in one CUDA graph. */
+      enum { kGraphCalls = 20 };
+      cudaGraph_t graph;
+      cudaGraphExec_t exec;
+      CUDACHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+      for (int i = 0; i < kGraphCalls; i++) VCOLLCHECK(vcollMoeGate(dIn, type, dBias, T, &p, dIds, dW, stream));
+      CUDACHECK(cudaStreamEndCapture(stream, &graph));
+      CUDACHECK(cudaGraphInstantiate(&exec, graph, 0));
+      for (int i = 0; i < 3; i++) CUDACHECK(cudaGraphLaunch(exec, stream));
+      const int graphIters = iters < 50 ? iters : 50;
+      for (int i = 0; i < graphIters; i++) {
+        CUDACHECK(cudaEventRecord(ev0, stream));
+        CUDACHECK(cudaGraphLaunch(exec, stream));
+        CUDACHECK(cudaEventRecord(ev1, stream));
+        CUDACHECK(cudaEventSynchronize(ev1));
+        CUDACHECK(cudaEventElapsedTime(&ms, ev0, ev1));
+        samples[i] = ms * 1000.0f / kGraphCalls;
+      }
+      const float tGraph = median(samples, graphIters);
+      CUDACHECK(cudaGraphExecDestroy(exec));
+      CUDACHECK(cudaGraphDestroy(graph));
       for (int i = 0; i < warmup; i++)
         CUDACHECK(cudaMemcpyAsync(dCopy, dIn, inBytes, cudaMemcpyDeviceToDevice, stream));
       for (int i = 0; i < iters; i++) {
@@ -185,8 +210,8 @@ int main(int argc, char** argv) {
         if (wrong) anyWrong = 1;
       }
       const double gbs = bytes / (tGate * 1e3), copyGbs = 2.0 * (double)inBytes / (tCopy * 1e3);
-      printf("  %5s %8zu %12.0f %10.2f %9.1f %10.2f %9.1f %5.1f%% %6ld\n", ti == 0 ? "f32" : "bf16", T, bytes,
-             tGate, gbs, tCopy, copyGbs, 100.0 * gbs / copyGbs, wrong);
+      printf("  %5s %8zu %12.0f %10.2f %9.1f %10.2f %9.1f %10.2f %9.1f %5.1f%% %6ld\n", ti == 0 ? "f32" : "bf16", T,
+             bytes, tGate, gbs, tGraph, bytes / (tGraph * 1e3), tCopy, copyGbs, 100.0 * gbs / copyGbs, wrong);
       fflush(stdout);
       if (T > maxT / 2) break; /* T *= 2 would overflow past maxT */
     }

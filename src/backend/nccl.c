@@ -24,6 +24,16 @@ static vcollResult_t ncclAgv(vcollComm_t comm, const struct vcollAgvCall* call) 
 
 static vcollResult_t ncclRsv(vcollComm_t comm, const struct vcollRsvCall* call) {
   int idx = vcollAlgoChoose(comm, vcollCollReduceScatterV, call, vcollRsvSelect(comm, call));
+  if (comm->nranks == 1) {
+    /* Reducing over one rank is the identity for every op (avg included):
+     * a copy, or nothing in place. NCCL 2.28's one-rank path rejects avg on
+     * fp8 types (it has no pre-multiply kernel for them). */
+    size_t bytes = call->counts[0] * call->rowBytes;
+    if (!call->inPlace && bytes > 0)
+      VCOLL_CUDACHECK(comm, cudaMemcpyAsync(call->recvbuff, call->sendbuff, bytes, cudaMemcpyDeviceToDevice,
+                                            call->stream));
+    return vcollSuccess;
+  }
   VCOLL_INFO("reducescatterv rows %zu (max %zu) width %zu %s %s algo %s", call->totalRows, call->maxRows,
               call->width, vcollTypeName(call->datatype), vcollOpName(call->op), vcollRsvAlgos[idx].name);
   return vcollRsvAlgos[idx].run(comm, call);

@@ -13,6 +13,7 @@
  * preset uses 1.0 and stores 1.0, which every other reader also derives. */
 #include <cuda_runtime.h>
 #include <float.h>
+#include <stdlib.h>
 
 #include "nvfp4_device.cuh"
 #include "vcoll/nvfp4.h"
@@ -81,44 +82,62 @@ __device__ __forceinline__ void writePadding(const QuantArgs& a, size_t q) {
   a.scales[swizzle(m, k, a.kTiles)] = 0;
 }
 
-template <typename T, bool kVec>
+/* Quantizes block blk whose 16 values and amax are loaded. */
+template <bool kVec>
+__device__ __forceinline__ void quantizeBlock(const QuantArgs& a, size_t blk, const float (&v)[16], float amax,
+                                              float gsDiv6, float invGs) {
+  const __nv_fp8_storage_t sf = __nv_cvt_float_to_fp8(__fmul_rn(amax, gsDiv6), __NV_SATFINITE, __NV_E4M3);
+  const float sfv = __half2float(__half(__nv_cvt_fp8_to_halfraw(sf, __NV_E4M3)));
+  const float outScale = amax != 0.0f ? fminf(__frcp_rn(__fmul_rn(sfv, invGs)), FLT_MAX) : 0.0f;
+  float lo[8], hi[8];
+#pragma unroll
+  for (int i = 0; i < 8; i++) {
+    lo[i] = __fmul_rn(v[i], outScale);
+    hi[i] = __fmul_rn(v[8 + i], outScale);
+  }
+  uint32_t qlo = e2m1x8(lo), qhi = e2m1x8(hi);
+  if (!(amax <= FLT_MAX)) { /* Inf or NaN in the block: scaled values may be NaN */
+    qlo = fixNan(qlo, make_float4(lo[0], lo[1], lo[2], lo[3]), make_float4(lo[4], lo[5], lo[6], lo[7]));
+    qhi = fixNan(qhi, make_float4(hi[0], hi[1], hi[2], hi[3]), make_float4(hi[4], hi[5], hi[6], hi[7]));
+  }
+  if (kVec) {
+    ((uint2*)a.payload)[blk] = make_uint2(qlo, qhi);
+  } else {
+    uint8_t* dst = a.payload + blk * 8;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      dst[j] = (uint8_t)(qlo >> (8 * j));
+      dst[4 + j] = (uint8_t)(qhi >> (8 * j));
+    }
+  }
+  a.scales[scaleIndex(a, blk)] = sf;
+}
+
+/* U blocks per thread and iteration, all loads issued before any is used:
+ * more bytes in flight per thread and fewer threads (more registers, so
+ * lower occupancy). U = 1 or 2, from quantUnroll(). */
+template <typename T, bool kVec, int U>
 __global__ void __launch_bounds__(kThreads) quantizeKernel(const QuantArgs a) {
   const float gs = readGlobalScale(a.gs, a.computed);
   const float gsDiv6 = __fmul_rn(gs, 1.0f / 6.0f);
   const float invGs = __frcp_rn(gs);
   const size_t total = a.blocks + a.padTotal;
-  for (size_t blk = (size_t)blockIdx.x * kThreads + threadIdx.x; blk < total; blk += (size_t)gridDim.x * kThreads) {
-    if (blk >= a.blocks) {
-      writePadding(a, blk - a.blocks);
-      continue;
-    }
-    float v[16];
-    const float amax = Block<T, kVec>::load(a.x, blk, v);
-    const __nv_fp8_storage_t sf = __nv_cvt_float_to_fp8(__fmul_rn(amax, gsDiv6), __NV_SATFINITE, __NV_E4M3);
-    const float sfv = __half2float(__half(__nv_cvt_fp8_to_halfraw(sf, __NV_E4M3)));
-    const float outScale = amax != 0.0f ? fminf(__frcp_rn(__fmul_rn(sfv, invGs)), FLT_MAX) : 0.0f;
-    float lo[8], hi[8];
+  const size_t stride = (size_t)gridDim.x * kThreads;
+  for (size_t base = (size_t)blockIdx.x * kThreads + threadIdx.x; base < total; base += stride * U) {
+    float v[U][16];
+    float amax[U];
 #pragma unroll
-    for (int i = 0; i < 8; i++) {
-      lo[i] = __fmul_rn(v[i], outScale);
-      hi[i] = __fmul_rn(v[8 + i], outScale);
+    for (int u = 0; u < U; u++) {
+      const size_t blk = base + (size_t)u * stride;
+      amax[u] = 0.0f;
+      if (blk < a.blocks) amax[u] = Block<T, kVec>::load(a.x, blk, v[u]);
     }
-    uint32_t qlo = e2m1x8(lo), qhi = e2m1x8(hi);
-    if (!(amax <= FLT_MAX)) { /* Inf or NaN in the block: scaled values may be NaN */
-      qlo = fixNan(qlo, make_float4(lo[0], lo[1], lo[2], lo[3]), make_float4(lo[4], lo[5], lo[6], lo[7]));
-      qhi = fixNan(qhi, make_float4(hi[0], hi[1], hi[2], hi[3]), make_float4(hi[4], hi[5], hi[6], hi[7]));
-    }
-    if (kVec) {
-      ((uint2*)a.payload)[blk] = make_uint2(qlo, qhi);
-    } else {
-      uint8_t* dst = a.payload + blk * 8;
 #pragma unroll
-      for (int j = 0; j < 4; j++) {
-        dst[j] = (uint8_t)(qlo >> (8 * j));
-        dst[4 + j] = (uint8_t)(qhi >> (8 * j));
-      }
+    for (int u = 0; u < U; u++) {
+      const size_t blk = base + (size_t)u * stride;
+      if (blk < a.blocks) quantizeBlock<kVec>(a, blk, v[u], amax[u], gsDiv6, invGs);
+      else if (blk < total) writePadding(a, blk - a.blocks);
     }
-    a.scales[scaleIndex(a, blk)] = sf;
   }
 }
 
@@ -220,6 +239,48 @@ __global__ void __launch_bounds__(kThreads) dequantizeKernel(const DequantArgs a
   }
 }
 
+/* Linear to swizzled, one thread per 16-byte chunk of the destination: the
+ * chunk of tile (mt, kt) at r = m % 32 holds rows mt*128 + g*32 + r
+ * (g = 0..3), 4 scales each from column kt*4 on. Threads run kt fastest,
+ * so a warp's loads of one g are consecutive words of the same rows
+ * (coalesced) and every store is 16 bytes. Padding rows and columns get 0.
+ * vec4: kc % 4 == 0 and src 4-byte aligned (word loads); vec16: dst
+ * 16-byte aligned. */
+template <bool kVec4, bool kVec16>
+__global__ void __launch_bounds__(kThreads) toSwizzledKernel(const uint8_t* __restrict__ src,
+                                                             uint8_t* __restrict__ dst, size_t rows, size_t kc,
+                                                             size_t kTiles, size_t chunks) {
+  for (size_t i = (size_t)blockIdx.x * kThreads + threadIdx.x; i < chunks; i += (size_t)gridDim.x * kThreads) {
+    const size_t line = i / kTiles, kt = i - line * kTiles; /* line = mt * 32 + r */
+    const size_t mt = line >> 5, r = line & 31, k0 = kt * 4;
+    uint32_t w[4];
+#pragma unroll
+    for (int g = 0; g < 4; g++) {
+      const size_t m = mt * 128 + (size_t)g * 32 + r;
+      w[g] = 0;
+      if (m < rows) {
+        const uint8_t* p = src + m * kc + k0;
+        if (kVec4) {
+          w[g] = __ldg((const uint32_t*)p);
+        } else {
+#pragma unroll
+          for (int kk = 0; kk < 4; kk++)
+            if (k0 + kk < kc) w[g] |= (uint32_t)__ldg(p + kk) << (8 * kk);
+        }
+      }
+    }
+    const size_t off = (mt * kTiles + kt) * 512 + r * 16;
+    if (kVec16) {
+      *(uint4*)(dst + off) = make_uint4(w[0], w[1], w[2], w[3]);
+    } else {
+#pragma unroll
+      for (int g = 0; g < 4; g++)
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) dst[off + g * 4 + kk] = (uint8_t)(w[g] >> (8 * kk));
+    }
+  }
+}
+
 /* One thread per destination byte; padding of a swizzled destination is 0. */
 __global__ void __launch_bounds__(kThreads) convertKernel(const uint8_t* src, int srcSwizzled, uint8_t* dst,
                                                           int dstSwizzled, size_t rows, size_t kc, size_t kTiles,
@@ -238,6 +299,17 @@ __global__ void __launch_bounds__(kThreads) convertKernel(const uint8_t* src, in
     if (m < rows && k < kc) v = src[srcSwizzled ? swizzle(m, k, kTiles) : m * kc + k];
     dst[i] = v;
   }
+}
+
+/* Blocks per thread of the quantize kernel: VCOLL_NVFP4_UNROLL (1 or 2, a
+ * tuning knob for benchmarks), default 1. Read once. */
+int quantUnroll() {
+  static int u = 0;
+  if (u == 0) {
+    const char* e = getenv("VCOLL_NVFP4_UNROLL");
+    u = (e && atoi(e) == 2) ? 2 : 1;
+  }
+  return u;
 }
 
 unsigned gridFor(size_t work, size_t perCta) {
@@ -261,9 +333,15 @@ vcollResult_t launchQuantize(const char* op, const QuantArgs& a, bool vec, cudaS
     else amaxKernel<T, false><<<g, kThreads, 0, stream>>>(a.x, a.blocks, a.gs);
     LAUNCH_CHECK("amaxKernel");
   }
-  const unsigned g = gridFor(a.blocks + a.padTotal, kThreads);
-  if (vec) quantizeKernel<T, true><<<g, kThreads, 0, stream>>>(a);
-  else quantizeKernel<T, false><<<g, kThreads, 0, stream>>>(a);
+  const int u = quantUnroll();
+  const unsigned g = gridFor(a.blocks + a.padTotal, (size_t)kThreads * u);
+  if (u == 2) {
+    if (vec) quantizeKernel<T, true, 2><<<g, kThreads, 0, stream>>>(a);
+    else quantizeKernel<T, false, 2><<<g, kThreads, 0, stream>>>(a);
+  } else {
+    if (vec) quantizeKernel<T, true, 1><<<g, kThreads, 0, stream>>>(a);
+    else quantizeKernel<T, false, 1><<<g, kThreads, 0, stream>>>(a);
+  }
   LAUNCH_CHECK("quantizeKernel");
   return vcollSuccess;
 }
@@ -349,6 +427,19 @@ extern "C" VCOLL_API vcollResult_t vcollNvfp4ConvertScales(const void* src, vcol
   VCOLL_CHECK_RES(vcollNvfp4CheckConvert(op, src, srcLayout, dst, dstLayout, rows, cols));
   if (rows == 0) return vcollSuccess;
   const size_t kc = cols / 16, dstBytes = vcollNvfp4ScaleBytes(rows, cols, dstLayout);
+  if (srcLayout == vcollScaleLinear && dstLayout == vcollScaleSwizzled128x4) {
+    const size_t kTiles = (kc + 3) / 4, chunks = dstBytes / 16;
+    const bool v4 = kc % 4 == 0 && (uintptr_t)src % 4 == 0, v16 = (uintptr_t)dst % 16 == 0;
+    const unsigned g = gridFor(chunks, kThreads);
+    const uint8_t* s = (const uint8_t*)src;
+    uint8_t* d = (uint8_t*)dst;
+    if (v4 && v16) toSwizzledKernel<true, true><<<g, kThreads, 0, stream>>>(s, d, rows, kc, kTiles, chunks);
+    else if (v4) toSwizzledKernel<true, false><<<g, kThreads, 0, stream>>>(s, d, rows, kc, kTiles, chunks);
+    else if (v16) toSwizzledKernel<false, true><<<g, kThreads, 0, stream>>>(s, d, rows, kc, kTiles, chunks);
+    else toSwizzledKernel<false, false><<<g, kThreads, 0, stream>>>(s, d, rows, kc, kTiles, chunks);
+    LAUNCH_CHECK("toSwizzledKernel");
+    return vcollSuccess;
+  }
   convertKernel<<<gridFor(dstBytes, kThreads), kThreads, 0, stream>>>(
       (const uint8_t*)src, srcLayout == vcollScaleSwizzled128x4, (uint8_t*)dst, dstLayout == vcollScaleSwizzled128x4,
       rows, kc, (kc + 3) / 4, dstBytes);

@@ -244,16 +244,20 @@ static void test_convert_scales(void** state) {
   (void)state;
   VT_REQUIRE_GPU();
   vtRng rng = vtRngMake(vtSeed(), 12);
-  static const size_t shapes[][2] = {{1, 16}, {127, 48}, {128, 64}, {129, 7168}, {1000, 80}};
-  for (size_t si = 0; si < sizeof(shapes) / sizeof(shapes[0]); si++) {
+  static const size_t shapes[][2] = {{1, 16}, {127, 48}, {128, 64}, {129, 7168}, {1000, 80}, {300, 1024}};
+  /* Every shape with aligned and misaligned source and destination (the
+   * kernels take word loads and 16-byte stores only where both fit). */
+  for (size_t sa = 0; sa < 4 * sizeof(shapes) / sizeof(shapes[0]); sa++) {
+    const size_t si = sa / 4, al = sa % 4;
+    const size_t srcOff = (al & 1) ? 1 + si % 3 : 0, dstOff = (al & 2) ? 4 * (1 + si % 3) : 0;
     const size_t R = shapes[si][0], C = shapes[si][1];
     const size_t lin = vcollNvfp4ScaleBytes(R, C, vcollScaleLinear), swz = vcollNvfp4ScaleBytes(R, C, vcollScaleSwizzled128x4);
     uint8_t *hl = malloc(lin), *hsw = malloc(swz), *rsw = malloc(swz), *hl2 = malloc(lin);
     for (size_t i = 0; i < lin; i++) hl[i] = (uint8_t)vtNext(&rng);
     void *bl, *bs, *bl2;
-    uint8_t* dl = devAlloc(lin, 0, &bl);
-    uint8_t* ds = devAlloc(swz, 0, &bs);
-    uint8_t* dl2 = devAlloc(lin, 0, &bl2);
+    uint8_t* dl = devAlloc(lin, srcOff, &bl);
+    uint8_t* ds = devAlloc(swz, dstOff, &bs);
+    uint8_t* dl2 = devAlloc(lin, srcOff, &bl2);
     CUDA_OK(cudaMemcpy(dl, hl, lin, cudaMemcpyHostToDevice));
     assert_int_equal(vcollNvfp4ConvertScales(dl, vcollScaleLinear, ds, vcollScaleSwizzled128x4, R, C, 0), 0);
     assert_int_equal(vcollNvfp4ConvertScales(ds, vcollScaleSwizzled128x4, dl2, vcollScaleLinear, R, C, 0), 0);
