@@ -13,7 +13,6 @@
  * preset uses 1.0 and stores 1.0, which every other reader also derives. */
 #include <cuda_runtime.h>
 #include <float.h>
-#include <stdlib.h>
 
 #include "nvfp4_device.cuh"
 #include "vcoll/nvfp4.h"
@@ -113,31 +112,20 @@ __device__ __forceinline__ void quantizeBlock(const QuantArgs& a, size_t blk, co
   a.scales[scaleIndex(a, blk)] = sf;
 }
 
-/* U blocks per thread and iteration, all loads issued before any is used:
- * more bytes in flight per thread and fewer threads (more registers, so
- * lower occupancy). U = 1 or 2, from quantUnroll(). */
-template <typename T, bool kVec, int U>
+template <typename T, bool kVec>
 __global__ void __launch_bounds__(kThreads) quantizeKernel(const QuantArgs a) {
   const float gs = readGlobalScale(a.gs, a.computed);
   const float gsDiv6 = __fmul_rn(gs, 1.0f / 6.0f);
   const float invGs = __frcp_rn(gs);
   const size_t total = a.blocks + a.padTotal;
-  const size_t stride = (size_t)gridDim.x * kThreads;
-  for (size_t base = (size_t)blockIdx.x * kThreads + threadIdx.x; base < total; base += stride * U) {
-    float v[U][16];
-    float amax[U];
-#pragma unroll
-    for (int u = 0; u < U; u++) {
-      const size_t blk = base + (size_t)u * stride;
-      amax[u] = 0.0f;
-      if (blk < a.blocks) amax[u] = Block<T, kVec>::load(a.x, blk, v[u]);
+  for (size_t blk = (size_t)blockIdx.x * kThreads + threadIdx.x; blk < total; blk += (size_t)gridDim.x * kThreads) {
+    if (blk >= a.blocks) {
+      writePadding(a, blk - a.blocks);
+      continue;
     }
-#pragma unroll
-    for (int u = 0; u < U; u++) {
-      const size_t blk = base + (size_t)u * stride;
-      if (blk < a.blocks) quantizeBlock<kVec>(a, blk, v[u], amax[u], gsDiv6, invGs);
-      else if (blk < total) writePadding(a, blk - a.blocks);
-    }
+    float v[16];
+    const float amax = Block<T, kVec>::load(a.x, blk, v);
+    quantizeBlock<kVec>(a, blk, v, amax, gsDiv6, invGs);
   }
 }
 
@@ -301,17 +289,6 @@ __global__ void __launch_bounds__(kThreads) convertKernel(const uint8_t* src, in
   }
 }
 
-/* Blocks per thread of the quantize kernel: VCOLL_NVFP4_UNROLL (1 or 2, a
- * tuning knob for benchmarks), default 1. Read once. */
-int quantUnroll() {
-  static int u = 0;
-  if (u == 0) {
-    const char* e = getenv("VCOLL_NVFP4_UNROLL");
-    u = (e && atoi(e) == 2) ? 2 : 1;
-  }
-  return u;
-}
-
 unsigned gridFor(size_t work, size_t perCta) {
   const size_t g = (work + perCta - 1) / perCta;
   return (unsigned)(g < kMaxGrid ? g : kMaxGrid);
@@ -333,15 +310,9 @@ vcollResult_t launchQuantize(const char* op, const QuantArgs& a, bool vec, cudaS
     else amaxKernel<T, false><<<g, kThreads, 0, stream>>>(a.x, a.blocks, a.gs);
     LAUNCH_CHECK("amaxKernel");
   }
-  const int u = quantUnroll();
-  const unsigned g = gridFor(a.blocks + a.padTotal, (size_t)kThreads * u);
-  if (u == 2) {
-    if (vec) quantizeKernel<T, true, 2><<<g, kThreads, 0, stream>>>(a);
-    else quantizeKernel<T, false, 2><<<g, kThreads, 0, stream>>>(a);
-  } else {
-    if (vec) quantizeKernel<T, true, 1><<<g, kThreads, 0, stream>>>(a);
-    else quantizeKernel<T, false, 1><<<g, kThreads, 0, stream>>>(a);
-  }
+  const unsigned g = gridFor(a.blocks + a.padTotal, kThreads);
+  if (vec) quantizeKernel<T, true><<<g, kThreads, 0, stream>>>(a);
+  else quantizeKernel<T, false><<<g, kThreads, 0, stream>>>(a);
   LAUNCH_CHECK("quantizeKernel");
   return vcollSuccess;
 }
