@@ -45,10 +45,10 @@ template <> __device__ __forceinline__ float rawToFloat<__nv_bfloat16>(uint32_t 
   return __bfloat162float(__ushort_as_bfloat16((unsigned short)u));
 }
 
-template <typename TIn, int NR>
+template <typename TIn, int NR, bool FULL>
 __device__ __forceinline__ void loadRow(uint32_t (&raw)[NR], const TIn* row, int E, int lane) {
 #pragma unroll
-  for (int j = 0; j < NR; j++) raw[j] = (j * 32 + lane < E) ? loadRaw<TIn>(row + j * 32 + lane) : 0u;
+  for (int j = 0; j < NR; j++) raw[j] = (FULL || j * 32 + lane < E) ? loadRaw<TIn>(row + j * 32 + lane) : 0u;
 }
 
 /* Top-2 of the candidate rows `rows` (bit j: row j), by key then lower expert. */
@@ -69,7 +69,11 @@ __device__ __forceinline__ void laneTop2(const uint32_t (&k)[NR], const float (&
   }
 }
 
-template <typename TIn, int NR, int MODE>
+/* FULL: E == NR * 32 (every row holds 32 experts), known at compile time so
+ * that no bounds check remains and the group loop below unrolls with its
+ * warp reductions outside any runtime condition. RPG > 0 (kRows with FULL
+ * only): groups of RPG rows, so G = NR / RPG at compile time; 0: from `a`. */
+template <typename TIn, int NR, int MODE, bool FULL, int RPG>
 __global__ void __launch_bounds__(kWarps * 32) moeGateKernel(const GateArgs a) {
   extern __shared__ uint32_t smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -77,28 +81,31 @@ __global__ void __launch_bounds__(kWarps * 32) moeGateKernel(const GateArgs a) {
   const TIn* logits = (const TIn*)a.logits;
   const int E = a.E;
   /* Rows holding at least one expert. */
-  const int nRows = (E + 31) / 32;
+  const int nRows = FULL ? NR : (E + 31) / 32;
+  const int rowsPerGroup = RPG > 0 ? RPG : a.rowsPerGroup;
+  const int G = RPG > 0 ? NR / RPG : a.G;
   const uint32_t validRows = nRows >= 32 ? kFull : (1u << nRows) - 1u;
 
   float bias[NR];
 #pragma unroll
-  for (int j = 0; j < NR; j++) bias[j] = (a.bias != nullptr && j * 32 + lane < E) ? __ldg(a.bias + j * 32 + lane) : 0.0f;
+  for (int j = 0; j < NR; j++)
+    bias[j] = (a.bias != nullptr && (FULL || j * 32 + lane < E)) ? __ldg(a.bias + j * 32 + lane) : 0.0f;
 
   size_t t = (size_t)blockIdx.x * kWarps + warp;
   uint32_t next[NR];
-  if (t < a.T) loadRow<TIn, NR>(next, logits + t * E, E, lane);
+  if (t < a.T) loadRow<TIn, NR, FULL>(next, logits + t * E, E, lane);
   for (; t < a.T; t += stride) {
     uint32_t raw[NR];
 #pragma unroll
     for (int j = 0; j < NR; j++) raw[j] = next[j];
-    if (t + stride < a.T) loadRow<TIn, NR>(next, logits + (t + stride) * E, E, lane);
+    if (t + stride < a.T) loadRow<TIn, NR, FULL>(next, logits + (t + stride) * E, E, lane);
 
     float s[NR];
     uint32_t k[NR];
 #pragma unroll
     for (int j = 0; j < NR; j++) {
       s[j] = vgSigmoid(rawToFloat<TIn>(raw[j]));
-      k[j] = (j * 32 + lane < E) ? vgKey(__fadd_rn(s[j], bias[j])) : 0u;
+      k[j] = (FULL || j * 32 + lane < E) ? vgKey(__fadd_rn(s[j], bias[j])) : 0u;
     }
 
     uint32_t rows = validRows; /* rows whose lane-experts are candidates */
@@ -110,10 +117,10 @@ __global__ void __launch_bounds__(kWarps * 32) moeGateKernel(const GateArgs a) {
       int q = 0, g = 0;
 #pragma unroll
       for (int j = 0; j < NR; j++) {
-        if (j < nRows) {
+        if (FULL || j < nRows) {
           a2 = max(a2, min(a1, k[j]));
           a1 = max(a1, k[j]);
-          if (++q == a.rowsPerGroup) {
+          if (++q == rowsPerGroup) {
             uint32_t m1 = __reduce_max_sync(kFull, a1);
             int first = __ffs(__ballot_sync(kFull, a1 == m1)) - 1;
             uint32_t m2 = __reduce_max_sync(kFull, lane == first ? a2 : a1);
@@ -125,19 +132,20 @@ __global__ void __launch_bounds__(kWarps * 32) moeGateKernel(const GateArgs a) {
         }
       }
       /* Lane g < G holds group g's score; rank = groups that beat it. */
-      const uint32_t gk = lane < a.G ? vgGroupKey(gm1, gm2) : 0u;
+      const uint32_t gk = lane < G ? vgGroupKey(gm1, gm2) : 0u;
       int rank = 0;
-      for (int o = 0; o < a.G; o++) {
+#pragma unroll
+      for (int o = 0; o < G; o++) {
         uint32_t ok = __shfl_sync(kFull, gk, o);
         rank += ok > gk || (ok == gk && o < lane);
       }
-      const uint32_t kept = __ballot_sync(kFull, lane < a.G && rank < a.topkGroup);
-      if (a.rowsPerGroup == 1) {
+      const uint32_t kept = __ballot_sync(kFull, lane < G && rank < a.topkGroup);
+      if (rowsPerGroup == 1) {
         rows = kept;
       } else {
         rows = 0;
-        for (int g2 = 0; g2 < a.G; g2++)
-          if ((kept >> g2) & 1u) rows |= ((1u << a.rowsPerGroup) - 1u) << (g2 * a.rowsPerGroup);
+        for (int g2 = 0; g2 < G; g2++)
+          if ((kept >> g2) & 1u) rows |= ((1u << rowsPerGroup) - 1u) << (g2 * rowsPerGroup);
       }
     } else if (MODE == kSmem) {
       uint32_t* kb = smem + (size_t)warp * (NR * 32 + a.G);
@@ -214,9 +222,9 @@ __global__ void __launch_bounds__(kWarps * 32) moeGateKernel(const GateArgs a) {
   }
 }
 
-template <typename TIn, int NR, int MODE>
+template <typename TIn, int NR, int MODE, bool FULL, int RPG>
 vcollResult_t launchGate(const GateArgs& a, cudaStream_t stream) {
-  /* Resident blocks per SM, per device (benign race: same value written). */
+  /* Resident blocks per SM, per device and kernel (benign race: same value written). */
   static int occupancy[64];
   int dev = 0, sms = 0;
   VCOLL_CUDACHECK(NULL, cudaGetDevice(&dev));
@@ -225,7 +233,7 @@ vcollResult_t launchGate(const GateArgs& a, cudaStream_t stream) {
   const size_t smem = MODE == kSmem ? (size_t)kWarps * (NR * 32 + a.G) * 4 : 0;
   int occ = dev < 64 ? occupancy[dev] : 0;
   if (occ == 0) {
-    VCOLL_CUDACHECK(NULL, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, moeGateKernel<TIn, NR, MODE>,
+    VCOLL_CUDACHECK(NULL, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, moeGateKernel<TIn, NR, MODE, FULL, RPG>,
                                                                         kWarps * 32, smemMax));
     if (occ < 1) occ = 1;
     if (dev < 64) occupancy[dev] = occ;
@@ -233,16 +241,22 @@ vcollResult_t launchGate(const GateArgs& a, cudaStream_t stream) {
   const size_t need = (a.T + kWarps - 1) / kWarps;
   const size_t cap = (size_t)occ * (size_t)sms;
   const unsigned blocks = (unsigned)(need < cap ? need : cap);
-  moeGateKernel<TIn, NR, MODE><<<blocks, kWarps * 32, smem, stream>>>(a);
+  moeGateKernel<TIn, NR, MODE, FULL, RPG><<<blocks, kWarps * 32, smem, stream>>>(a);
   VCOLL_CUDACHECK(NULL, cudaGetLastError());
   return vcollSuccess;
 }
 
 template <typename TIn, int NR>
 vcollResult_t launchMode(const GateArgs& a, cudaStream_t stream) {
-  if (a.topkGroup == a.G) return launchGate<TIn, NR, kAllKept>(a, stream);
-  if (a.gs % 32 == 0) return launchGate<TIn, NR, kRows>(a, stream);
-  return launchGate<TIn, NR, kSmem>(a, stream);
+  const bool full = a.E == NR * 32;
+  if (a.topkGroup == a.G)
+    return full ? launchGate<TIn, NR, kAllKept, true, 0>(a, stream) : launchGate<TIn, NR, kAllKept, false, 0>(a, stream);
+  if (a.gs % 32 == 0) {
+    if (full && a.rowsPerGroup == 1) return launchGate<TIn, NR, kRows, true, 1>(a, stream);
+    if (full && a.rowsPerGroup == 2) return launchGate<TIn, NR, kRows, true, 2>(a, stream); /* NR is even */
+    return launchGate<TIn, NR, kRows, false, 0>(a, stream);
+  }
+  return launchGate<TIn, NR, kSmem, false, 0>(a, stream);
 }
 
 template <typename TIn>
