@@ -45,10 +45,12 @@ template <> __device__ __forceinline__ float rawToFloat<__nv_bfloat16>(uint32_t 
   return __bfloat162float(__ushort_as_bfloat16((unsigned short)u));
 }
 
+/* One pointer per lane and constant offsets j * 32: no per-row address arithmetic. */
 template <typename TIn, int NR, bool FULL>
 __device__ __forceinline__ void loadRow(uint32_t (&raw)[NR], const TIn* row, int E, int lane) {
+  const TIn* p = row + lane;
 #pragma unroll
-  for (int j = 0; j < NR; j++) raw[j] = (FULL || j * 32 + lane < E) ? loadRaw<TIn>(row + j * 32 + lane) : 0u;
+  for (int j = 0; j < NR; j++) raw[j] = (FULL || j * 32 + lane < E) ? loadRaw<TIn>(p + j * 32) : 0u;
 }
 
 /* Top-2 of the candidate rows `rows` (bit j: row j), by key then lower expert. */
@@ -93,12 +95,15 @@ __global__ void __launch_bounds__(kWarps * 32) moeGateKernel(const GateArgs a) {
 
   size_t t = (size_t)blockIdx.x * kWarps + warp;
   uint32_t next[NR];
-  if (t < a.T) loadRow<TIn, NR, FULL>(next, logits + t * E, E, lane);
+  const TIn* nextRow = logits + t * E;           /* row of token t + stride, advanced by rowStep */
+  const size_t rowStep = stride * (size_t)E;
+  if (t < a.T) loadRow<TIn, NR, FULL>(next, nextRow, E, lane);
   for (; t < a.T; t += stride) {
     uint32_t raw[NR];
 #pragma unroll
     for (int j = 0; j < NR; j++) raw[j] = next[j];
-    if (t + stride < a.T) loadRow<TIn, NR, FULL>(next, logits + (t + stride) * E, E, lane);
+    nextRow += rowStep;
+    if (t + stride < a.T) loadRow<TIn, NR, FULL>(next, nextRow, E, lane);
 
     float s[NR];
     uint32_t k[NR];

@@ -63,7 +63,7 @@ VG_FN float vgFloat(uint32_t u) {
  * k = rint(y / ln 2), r = y - k ln 2 (two-constant Cody-Waite reduction) and
  * e^r from Cephes' expf polynomial. NaN gives NaN. */
 VG_FN float vgSigmoid(float x) {
-  if (x != x) return vgFloat(VG_NAN_BITS);
+  /* NaN flows through the arithmetic below (no branch) and is replaced at the end. */
   float y = -x;
   y = y > 80.0f ? 80.0f : y;   /* keeps 1 + exp(y) and its reciprocal normal floats */
   y = y < -20.0f ? -20.0f : y;
@@ -83,7 +83,8 @@ VG_FN float vgSigmoid(float x) {
   /* The low mantissa bits of tm hold k; shifting them into the exponent
    * field and adding the bias gives 2^k (k in -29..116). */
   float scale = vgFloat((vgBits(tm) << 23) + 0x3f800000u);
-  return VG_RCP(VG_FMA(e, scale, 1.0f)); /* e * 2^k is exact, so one rounding */
+  const float sig = VG_RCP(VG_FMA(e, scale, 1.0f)); /* e * 2^k is exact, so one rounding */
+  return x != x ? vgFloat(VG_NAN_BITS) : sig;
 }
 
 /* A total order on fp32 scores as unsigned keys: larger float, larger key;
