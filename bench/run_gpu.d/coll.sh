@@ -29,7 +29,7 @@ run() { # name np json-suffix args...
     >>"$TXT" 2>&1 || { echo "### $bin -np $np FAILED (exit $?)" | tee -a "$TXT"; rc=1; }
   echo "### $bin -np $np took $((SECONDS - t0)) s" | tee -a "$TXT"
 }
-for np in 4 2; do
+for np in 8 4 2; do
   run allgatherv_perf $np agv_np$np "${SWEEP[@]}" -d bfloat16 -c 1
   run reducescatterv_perf $np rsv_np$np "${SWEEP[@]}" -d bfloat16 -o sum -c 1
 done

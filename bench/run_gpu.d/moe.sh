@@ -13,7 +13,7 @@ TXT=$OUT/moe.txt
 MPI=(mpirun --allow-run-as-root --oversubscribe -x NCCL_NVLS_ENABLE=0 -x VCOLL_DEBUG=WARN)
 NGPU=$(nvidia-smi -L 2>/dev/null | wc -l)
 rc=0
-for np in 4 2; do
+for np in 8 4 2; do
   if [ "$NGPU" -lt "$np" ]; then echo "# skipped -np $np: $NGPU GPUs" | tee -a "$TXT"; continue; fi
   devs=$(seq -s, 0 $((np - 1)))
   echo "### moe_dispatch_perf -np $np ($(date -u +%H:%M:%S))" | tee -a "$TXT"
