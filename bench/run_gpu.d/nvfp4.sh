@@ -18,12 +18,6 @@ for args in "-t bf16 -l linear" "-t bf16 -l swizzled" "-t fp16 -e 4096" "-t f32 
   # shellcheck disable=SC2086
   CUDA_VISIBLE_DEVICES=0 "$BIN" $args -n 100 -w 10 >>"$TXT" 2>&1 || rc=$?
 done
-# The previous one-block-per-thread kernel for 16-bit inputs (VCOLL_NVFP4_PAIRED=0), for comparison.
-for args in "-t bf16 -l linear" "-t bf16 -l swizzled"; do
-  echo "# VCOLL_NVFP4_PAIRED=0" >>"$TXT"
-  # shellcheck disable=SC2086
-  VCOLL_NVFP4_PAIRED=0 CUDA_VISIBLE_DEVICES=0 "$BIN" $args -n 100 -w 10 >>"$TXT" 2>&1 || rc=$?
-done
 echo "# nvfp4_perf exit $rc, took $((SECONDS - t0)) s" >>"$TXT"
 cat "$TXT"
 exit $rc

@@ -13,7 +13,6 @@
  * preset uses 1.0 and stores 1.0, which every other reader also derives. */
 #include <cuda_runtime.h>
 #include <float.h>
-#include <stdlib.h>
 
 #include "nvfp4_device.cuh"
 #include "vcoll/nvfp4.h"
@@ -128,69 +127,6 @@ __global__ void __launch_bounds__(kThreads) quantizeKernel(const QuantArgs a) {
     const float amax = Block<T, kVec>::load(a.x, blk, v);
     quantizeBlock<kVec>(a, blk, v, amax, gsDiv6, invGs);
   }
-}
-
-/* 16-bit inputs, 16-byte aligned: a warp quantizes 32 consecutive blocks
- * (1 KB of input) with two fully coalesced 512-byte loads. Lane l loads
- * 16-byte chunks l and 32 + l; the pair (l, l ^ 1) swaps one chunk, so that
- * even lanes hold block l / 2 and odd lanes block 16 + l / 2. (One block
- * per thread as two loads strided by 32 bytes reads every sector twice from
- * L2.) Blocks past the input are swizzled padding, as in quantizeKernel. */
-template <typename T>
-__global__ void __launch_bounds__(kThreads) quantizePairedKernel(const QuantArgs a) {
-  const float gs = readGlobalScale(a.gs, a.computed);
-  const float gsDiv6 = __fmul_rn(gs, 1.0f / 6.0f);
-  const float invGs = __frcp_rn(gs);
-  const size_t total = a.blocks + a.padTotal;
-  const int lane = threadIdx.x & 31;
-  const bool odd = lane & 1;
-  const size_t warpStride = (size_t)gridDim.x * kThreads; /* blocks per pass of the grid */
-  for (size_t base = ((size_t)blockIdx.x * kThreads + threadIdx.x - lane); base < total; base += warpStride) {
-    const uint4* src = (const uint4*)a.x + 2 * base;
-    uint4 lo = make_uint4(0, 0, 0, 0), hi = lo;
-    if (base + lane / 2 < a.blocks) lo = __ldg(src + lane);           /* chunk lane */
-    if (base + 16 + lane / 2 < a.blocks) hi = __ldg(src + 32 + lane); /* chunk 32 + lane */
-    /* even lane: keeps lo, needs chunk lane + 1 (partner's lo);
-     * odd lane: keeps hi, needs chunk 32 + lane - 1 (partner's hi). */
-    const uint4 give = odd ? lo : hi;
-    uint4 got;
-    got.x = __shfl_xor_sync(0xffffffffu, give.x, 1);
-    got.y = __shfl_xor_sync(0xffffffffu, give.y, 1);
-    got.z = __shfl_xor_sync(0xffffffffu, give.z, 1);
-    got.w = __shfl_xor_sync(0xffffffffu, give.w, 1);
-    const uint4 c0 = odd ? got : lo, c1 = odd ? hi : got;
-    const size_t blk = base + (odd ? 16 : 0) + lane / 2;
-    if (blk < a.blocks) {
-      const uint32_t w[8] = {c0.x, c0.y, c0.z, c0.w, c1.x, c1.y, c1.z, c1.w};
-      float v[16];
-      const float amax = Block<T, true>::fromWords(w, v);
-      quantizeBlock<true>(a, blk, v, amax, gsDiv6, invGs);
-    } else if (blk < total) {
-      writePadding(a, blk - a.blocks);
-    }
-  }
-}
-
-/* Launches quantizePairedKernel where it applies (16-bit inputs). */
-template <typename T>
-bool launchPaired(const QuantArgs& a, unsigned g, cudaStream_t stream) {
-  quantizePairedKernel<T><<<g, kThreads, 0, stream>>>(a);
-  return true;
-}
-template <>
-bool launchPaired<float>(const QuantArgs&, unsigned, cudaStream_t) {
-  return false;
-}
-
-/* VCOLL_NVFP4_PAIRED=0 selects the one-block-per-thread kernel for 16-bit
- * inputs too (a benchmark comparison knob). Read once. */
-static int usePaired() {
-  static int p = -1;
-  if (p < 0) {
-    const char* e = getenv("VCOLL_NVFP4_PAIRED");
-    p = !(e && e[0] == '0');
-  }
-  return p;
 }
 
 /* Min over CTAs of gs(amax over the CTA's finite elements) into *gs. */
@@ -375,8 +311,7 @@ vcollResult_t launchQuantize(const char* op, const QuantArgs& a, bool vec, cudaS
     LAUNCH_CHECK("amaxKernel");
   }
   const unsigned g = gridFor(a.blocks + a.padTotal, kThreads);
-  if (vec && usePaired() && launchPaired<T>(a, g, stream)) {
-  } else if (vec) quantizeKernel<T, true><<<g, kThreads, 0, stream>>>(a);
+  if (vec) quantizeKernel<T, true><<<g, kThreads, 0, stream>>>(a);
   else quantizeKernel<T, false><<<g, kThreads, 0, stream>>>(a);
   LAUNCH_CHECK("quantizeKernel");
   return vcollSuccess;

@@ -103,10 +103,6 @@ template <bool kVec> struct Block<__nv_bfloat16, kVec> {
 #pragma unroll
       for (int j = 0; j < 8; j++) w[j] = __ldg(src + 2 * j) | ((uint32_t)__ldg(src + 2 * j + 1) << 16);
     }
-    return fromWords(w, v);
-  }
-  /* The 16 inputs as 8 words (two elements each, element 2j low). */
-  static __device__ __forceinline__ float fromWords(const uint32_t (&w)[8], float (&v)[16]) {
     uint32_t mx = 0;
 #pragma unroll
     for (int j = 0; j < 8; j++) {
@@ -134,9 +130,6 @@ template <bool kVec> struct Block<__half, kVec> {
 #pragma unroll
       for (int j = 0; j < 8; j++) w[j] = __ldg(src + 2 * j) | ((uint32_t)__ldg(src + 2 * j + 1) << 16);
     }
-    return fromWords(w, v);
-  }
-  static __device__ __forceinline__ float fromWords(const uint32_t (&w)[8], float (&v)[16]) {
     uint32_t mx = 0;
 #pragma unroll
     for (int j = 0; j < 8; j++) {
