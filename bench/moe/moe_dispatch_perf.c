@@ -179,9 +179,12 @@ static void checkFp4(const size_t* counts, const vcollMoeTokens_t* t, int comput
   }
   if (computed && row > 0 && gs != minGs) {
     unsigned long long one = 1, w;
-    CUCHECK(cudaMemcpy(&w, dWrong, 8, cudaMemcpyDeviceToHost));
+    /* on `stream`, after the diff kernels above */
+    CUCHECK(cudaMemcpyAsync(&w, dWrong, 8, cudaMemcpyDeviceToHost, stream));
+    CUCHECK(cudaStreamSynchronize(stream));
     w += one;
-    CUCHECK(cudaMemcpy(dWrong, &w, 8, cudaMemcpyHostToDevice));
+    CUCHECK(cudaMemcpyAsync(dWrong, &w, 8, cudaMemcpyHostToDevice, stream));
+    CUCHECK(cudaStreamSynchronize(stream));
   }
 }
 
@@ -338,7 +341,7 @@ int main(int argc, char** argv) {
       double t[NV];
       const runFn fns[NV] = {runFp4, runFp4c, runBf16, runComb, runComb32, runD2d};
       char agvFp4[24] = "-", agvBf16[24] = "-";
-      CUCHECK(cudaMemset(dWrong, 0, 8));
+      CUCHECK(cudaMemsetAsync(dWrong, 0, 8, stream));
       for (int v = 0; v < NV; v++) {
         t[v] = timeIt(fns[v], &c);
         if (v == V_FP4 || v == V_BF16) {
@@ -353,6 +356,8 @@ int main(int argc, char** argv) {
         if (v == V_COMB32) checkCombine(counts, c.bBf16.combined);
       }
       unsigned long long w = 0, wAll = 0;
+      /* the check kernels run on the non-blocking `stream`: wait for them */
+      CUCHECK(cudaStreamSynchronize(stream));
       CUCHECK(cudaMemcpy(&w, dWrong, 8, cudaMemcpyDeviceToHost));
       MPI_Allreduce(&w, &wAll, 1, MPI_UNSIGNED_LONG_LONG, MPI_SUM, MPI_COMM_WORLD);
       wrongTotal += wAll;

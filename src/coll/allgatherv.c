@@ -235,7 +235,7 @@ static const struct agvRule agvRules229[] = {
     {SIZE_MAX, DBL_MAX, "bcast"},
 };
 
-static int agvAllRegistered(vcollComm_t comm, const struct vcollAgvCall* c) {
+int vcollAgvAllRegistered(vcollComm_t comm, const struct vcollAgvCall* c) {
   if (comm->windows == NULL) return 0;
   for (int i = 0; i < c->ntensors; i++) {
     size_t rb = rowBytesOf(c->tensors + i);
@@ -254,7 +254,7 @@ int vcollAgvSelect(vcollComm_t comm, const struct vcollAgvCall* call) {
   const size_t perRank = call->totalBytes / (size_t)n;
   const char* algo = NULL;
   const char* why = "table";
-  if (equal && agvAllRegistered(comm, call)) {
+  if (equal && vcollAgvAllRegistered(comm, call)) {
     algo = "native";
     why = "registered buffers";
   } else if (!equal && imbalance >= 0.75 * n) {

@@ -4,8 +4,13 @@
 
 #include "vcoll_internal.h"
 
-static uint64_t agvDigest(const struct vcollAgvCall* c, int nranks) {
+/* What every rank must pass alike: sizes, types, and whether its buffers
+ * are registered (registered buffers on some ranks only would make ranks
+ * pick different NCCL calls). */
+static uint64_t agvDigest(vcollComm_t comm, const struct vcollAgvCall* c, int nranks) {
   uint64_t h = vcollHashBytes(0, "agv", 3);
+  const int reg = comm->backend == vcollBackendNccl && vcollAgvAllRegistered(comm, c);
+  h = vcollHashBytes(h, &reg, sizeof(reg));
   h = vcollHashBytes(h, &c->ntensors, sizeof(c->ntensors));
   for (int i = 0; i < c->ntensors; i++) {
     h = vcollHashBytes(h, &c->tensors[i].width, sizeof(size_t));
@@ -14,8 +19,10 @@ static uint64_t agvDigest(const struct vcollAgvCall* c, int nranks) {
   return vcollHashBytes(h, c->counts, sizeof(size_t) * (size_t)nranks);
 }
 
-static uint64_t rsvDigest(const struct vcollRsvCall* c, int nranks) {
+static uint64_t rsvDigest(vcollComm_t comm, const struct vcollRsvCall* c, int nranks) {
   uint64_t h = vcollHashBytes(0, "rsv", 3);
+  const int reg = comm->backend == vcollBackendNccl && vcollRsvAllRegistered(comm, c);
+  h = vcollHashBytes(h, &reg, sizeof(reg));
   h = vcollHashBytes(h, &c->width, sizeof(c->width));
   h = vcollHashBytes(h, &c->datatype, sizeof(c->datatype));
   h = vcollHashBytes(h, &c->op, sizeof(c->op));
@@ -36,7 +43,7 @@ VCOLL_API vcollResult_t vcollAllGatherV(const vcollTensor_t* tensors, int ntenso
   }
   vcollResult_t res = vcollCheckAllGatherV(comm, tensors, ntensors, counts, stream, &call, inPlace);
   if (comm->checked && !vcollStreamCapturing(comm, stream))
-    res = vcollCheckAgreement(comm, op, res == vcollSuccess ? agvDigest(&call, comm->nranks) : 0, res, stream);
+    res = vcollCheckAgreement(comm, op, res == vcollSuccess ? agvDigest(comm, &call, comm->nranks) : 0, res, stream);
   if (res == vcollSuccess) res = comm->ops->allgatherv(comm, &call);
   if (inPlace != inPlaceSmall) free(inPlace);
   return res;
@@ -52,7 +59,7 @@ VCOLL_API vcollResult_t vcollReduceScatterV(const void* sendbuff, void* recvbuff
   vcollResult_t res = vcollCheckReduceScatterV(comm, sendbuff, recvbuff, counts, width, datatype,
                                                redop, stream, &call);
   if (comm->checked && !vcollStreamCapturing(comm, stream))
-    res = vcollCheckAgreement(comm, op, res == vcollSuccess ? rsvDigest(&call, comm->nranks) : 0, res, stream);
+    res = vcollCheckAgreement(comm, op, res == vcollSuccess ? rsvDigest(comm, &call, comm->nranks) : 0, res, stream);
   if (res != vcollSuccess) return res;
   return comm->ops->reducescatterv(comm, &call);
 }

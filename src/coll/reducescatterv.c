@@ -159,6 +159,11 @@ static int rsvSymmOp(const struct vcollRsvCall* c) {
   }
 }
 
+int vcollRsvAllRegistered(vcollComm_t comm, const struct vcollRsvCall* call) {
+  return comm->windows && vcollInWindow(comm, call->sendbuff, call->totalRows * call->rowBytes) &&
+         vcollInWindow(comm, call->recvbuff, call->maxRows * call->rowBytes);
+}
+
 int vcollRsvSelect(vcollComm_t comm, const struct vcollRsvCall* call) {
   const int n = comm->nranks;
   const int equal = rsvEqualSupported(comm, call);
@@ -168,8 +173,7 @@ int vcollRsvSelect(vcollComm_t comm, const struct vcollRsvCall* call) {
   const int symmOp = rsvSymmOp(call);
   const char* algo = NULL;
   const char* why = "table";
-  if (equal && comm->windows && vcollInWindow(comm, call->sendbuff, call->totalRows * call->rowBytes) &&
-      vcollInWindow(comm, call->recvbuff, call->maxRows * call->rowBytes)) {
+  if (equal && vcollRsvAllRegistered(comm, call)) {
     algo = "native";
     why = "registered buffers";
   } else if (!equal && imbalance >= 0.75 * n) {

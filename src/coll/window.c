@@ -11,7 +11,8 @@
 struct vcollWindow {
   void* ptr;
   size_t size;
-  ncclWindow_t win; /* NULL for a plain cudaMalloc buffer */
+  ncclWindow_t win; /* NULL for a plain cudaMalloc buffer (and when NCCL registered nothing) */
+  int fromNccl;     /* allocated by ncclMemAlloc: freed by ncclMemFree */
   struct vcollWindow* next;
 };
 
@@ -54,6 +55,7 @@ static vcollResult_t winAlloc(vcollComm_t comm, size_t size, int symmetric, stru
     return vcollSetError(comm, vcollNcclError, "%s : ncclMemAlloc of %zu bytes failed: %s", op, size,
                          ncclGetErrorString(nr));
   }
+  w->fromNccl = 1;
   nr = ncclCommWindowRegister(comm->nccl, w->ptr, size, &w->win, NCCL_WIN_COLL_SYMMETRIC);
   if (nr != ncclSuccess && nr != ncclInProgress) {
     ncclMemFree(w->ptr);
@@ -74,8 +76,9 @@ static vcollResult_t winAlloc(vcollComm_t comm, size_t size, int symmetric, stru
 static void winRelease(vcollComm_t comm, struct vcollWindow* w) {
   if (w->ptr == NULL) return;
 #if NCCL_VERSION_CODE >= 22700
-  if (w->win) {
-    ncclResult_t nr = ncclCommWindowDeregister(comm->nccl, w->win);
+  if (w->fromNccl) {
+    /* NCCL may register nothing (no symmetric support) and leave win NULL. */
+    ncclResult_t nr = w->win ? ncclCommWindowDeregister(comm->nccl, w->win) : ncclSuccess;
     if (nr != ncclSuccess) VCOLL_WARN("ncclCommWindowDeregister(%p) failed: %s", w->ptr, ncclGetErrorString(nr));
     nr = ncclMemFree(w->ptr);
     if (nr != ncclSuccess) VCOLL_WARN("ncclMemFree(%p) failed: %s", w->ptr, ncclGetErrorString(nr));
@@ -87,6 +90,7 @@ static void winRelease(vcollComm_t comm, struct vcollWindow* w) {
   }
   w->ptr = NULL;
   w->win = NULL;
+  w->fromNccl = 0;
   w->size = 0;
 }
 

@@ -145,6 +145,11 @@ extern const int vcollRsvAlgoCount;
 /* Picks the algorithm index for a call on the NCCL backend. */
 int vcollAgvSelect(vcollComm_t comm, const struct vcollAgvCall* call);
 int vcollRsvSelect(vcollComm_t comm, const struct vcollRsvCall* call);
+/* 1 when this rank's buffers of the call lie in windows from vcollMemAlloc
+ * (then equal counts run the native call on them). Every rank must agree:
+ * checked mode includes it in the digest. */
+int vcollAgvAllRegistered(vcollComm_t comm, const struct vcollAgvCall* call);
+int vcollRsvAllRegistered(vcollComm_t comm, const struct vcollRsvCall* call);
 int vcollAlgoFind(vcollCollective_t coll, const char* name);
 /* The algorithm to run: the forced one (comm, then VCOLL_ALGO) when it
  * supports the call, else autoIdx. Records it as the last algorithm. */

@@ -156,7 +156,7 @@ vcollResult_t vcollCheckAgreement(vcollComm_t comm, const char* op, uint64_t dig
     return VCOLL_ARGERR(comm, op, "another rank's arguments failed validation (checked mode); nothing was communicated");
   if (vals[0] != digest || vals[1] != ~digest)
     return vcollSetError(comm, vcollArgumentMismatch,
-                         "%s : ranks passed different counts, widths, types or tensor counts "
-                         "(checked mode, VCOLL_CHECK=1); nothing was communicated", op);
+                         "%s : ranks passed different counts, widths, types or tensor counts, or registered "
+                         "buffers on some ranks only (checked mode, VCOLL_CHECK=1); nothing was communicated", op);
   return vcollSuccess;
 }

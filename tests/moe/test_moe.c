@@ -649,6 +649,7 @@ static void test_graph_capture(void** state) {
     bufPoison(b.tokens.scales, N * H / 16);
     bufPoison(b.tokens.scalesSwizzled, swzBytes);
     bufPoison(b.combined, n * H * 2);
+    sync(); /* inputs and poison (legacy stream) land before the replay on s */
     assert_int_equal(cudaGraphLaunch(exec, s), cudaSuccess);
     assert_int_equal(cudaStreamSynchronize(s), cudaSuccess);
     float gs = 0, gotGs;

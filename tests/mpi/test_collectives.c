@@ -79,13 +79,29 @@ static void encode(vcollDataType_t t, void* p, double v) {
     case vcollFloat32: *(float*)p = (float)v; break;
     case vcollFloat64: *(double*)p = v; break;
     case vcollFloat16: case vcollBfloat16: case vcollFloat8e4m3: case vcollFloat8e5m2: {
-      /* Small integers and their halves: search the code whose value is v. */
-      unsigned lim = vcollTypeSize(t) == 1 ? 256 : 65536;
-      for (unsigned c = 0; c < lim; c++) {
-        unsigned char b[8] = {(unsigned char)(c & 0xff), (unsigned char)(c >> 8)};
-        if (decode(t, b) == v && (v != 0 || !(c & (lim >> 1)))) { memcpy(p, b, vcollTypeSize(t)); return; }
+      /* Small integers and their halves: search the code whose value is v,
+       * remembered per type for |v| <= 256 (the search costs up to 65536
+       * decodes, and GPU cases encode millions of elements). */
+      static int cache[4][1025];
+      static int cacheReady[4];
+      const int ti = t == vcollFloat16 ? 0 : t == vcollBfloat16 ? 1 : t == vcollFloat8e4m3 ? 2 : 3;
+      const double k = v * 2;
+      const int cached = k == floor(k) && fabs(k) <= 512;
+      if (!cacheReady[ti]) {
+        for (int i = 0; i < 1025; i++) cache[ti][i] = -1;
+        cacheReady[ti] = 1;
       }
-      fail_msg("value %g not representable in %s", v, vcollTypeName(t));
+      unsigned lim = vcollTypeSize(t) == 1 ? 256 : 65536;
+      int code = cached ? cache[ti][(int)k + 512] : -1;
+      for (unsigned c = 0; code < 0 && c < lim; c++) {
+        unsigned char b[8] = {(unsigned char)(c & 0xff), (unsigned char)(c >> 8)};
+        if (decode(t, b) == v && (v != 0 || !(c & (lim >> 1)))) code = (int)c;
+      }
+      if (code < 0) fail_msg("value %g not representable in %s", v, vcollTypeName(t));
+      if (cached) cache[ti][(int)k + 512] = code;
+      unsigned char b[2] = {(unsigned char)(code & 0xff), (unsigned char)(code >> 8)};
+      memcpy(p, b, vcollTypeSize(t));
+      break;
     }
     default: fail_msg("bad type");
   }
