@@ -32,16 +32,41 @@ struct vcollCollState {
 
 /* ---- buffers of one window: allocate, register, release ----------------- */
 
+/* Whether the allocation succeeded on every rank: one small blocking
+ * allreduce on `stream`, so that a failure on some ranks only (one GPU
+ * short of memory) makes every rank give up together instead of leaving
+ * the others waiting in the collective that follows. Sets *allOk. */
+static vcollResult_t agreeAllocated(vcollComm_t comm, int localOk, cudaStream_t stream, int* allOk) {
+  uint64_t failed = localOk ? 0 : 1;
+  vcollResult_t res = comm->ops->allreduceMaxU64(comm, &failed, 1, stream);
+  *allOk = res == vcollSuccess && failed == 0;
+  return res;
+}
+
+/* Allocates (and for `symmetric` registers) a buffer of `size` bytes on
+ * every rank of comm; collective. On failure nothing stays allocated on
+ * any rank and every rank returns an error. */
 static vcollResult_t winAlloc(vcollComm_t comm, size_t size, int symmetric, struct vcollWindow* w,
-                              const char* op) {
+                              cudaStream_t stream, const char* op) {
   memset(w, 0, sizeof(*w));
+  int allOk;
   if (!symmetric) {
     cudaError_t err = cudaMalloc(&w->ptr, size);
     if (err != cudaSuccess) {
       cudaGetLastError();
       w->ptr = NULL;
-      return vcollSetError(comm, vcollUnhandledCudaError, "%s : cudaMalloc of %zu staging bytes failed: %s", op,
-                           size, cudaGetErrorString(err));
+    }
+    vcollResult_t ares = agreeAllocated(comm, err == cudaSuccess, stream, &allOk);
+    if (!allOk) {
+      if (w->ptr && cudaFree(w->ptr) != cudaSuccess) cudaGetLastError();
+      w->ptr = NULL;
+      if (err != cudaSuccess)
+        return vcollSetError(comm, vcollUnhandledCudaError, "%s : cudaMalloc of %zu staging bytes failed: %s", op,
+                             size, cudaGetErrorString(err));
+      return ares != vcollSuccess ? ares
+                                  : vcollSetError(comm, vcollUnhandledCudaError,
+                                                  "%s : cudaMalloc of %zu staging bytes failed on another rank", op,
+                                                  size);
     }
     w->size = size;
     return vcollSuccess;
@@ -50,10 +75,18 @@ static vcollResult_t winAlloc(vcollComm_t comm, size_t size, int symmetric, stru
   /* Windows are registered in whole pages of NCCL_WIN_REQUIRED_ALIGNMENT. */
   size = (size + NCCL_WIN_REQUIRED_ALIGNMENT - 1) / NCCL_WIN_REQUIRED_ALIGNMENT * NCCL_WIN_REQUIRED_ALIGNMENT;
   ncclResult_t nr = ncclMemAlloc(&w->ptr, size);
-  if (nr != ncclSuccess) {
+  if (nr != ncclSuccess) w->ptr = NULL;
+  /* Registration is collective: enter it only where every rank has memory. */
+  vcollResult_t ares = agreeAllocated(comm, nr == ncclSuccess, stream, &allOk);
+  if (!allOk) {
+    if (w->ptr) ncclMemFree(w->ptr);
     w->ptr = NULL;
-    return vcollSetError(comm, vcollNcclError, "%s : ncclMemAlloc of %zu bytes failed: %s", op, size,
-                         ncclGetErrorString(nr));
+    if (nr != ncclSuccess)
+      return vcollSetError(comm, vcollNcclError, "%s : ncclMemAlloc of %zu bytes failed: %s", op, size,
+                           ncclGetErrorString(nr));
+    return ares != vcollSuccess ? ares
+                                : vcollSetError(comm, vcollNcclError, "%s : ncclMemAlloc of %zu bytes failed on another rank",
+                                                op, size);
   }
   w->fromNccl = 1;
   nr = ncclCommWindowRegister(comm->nccl, w->ptr, size, &w->win, NCCL_WIN_COLL_SYMMETRIC);
@@ -61,12 +94,15 @@ static vcollResult_t winAlloc(vcollComm_t comm, size_t size, int symmetric, stru
     ncclMemFree(w->ptr);
     w->ptr = NULL;
     w->win = NULL;
+    w->fromNccl = 0;
     return vcollSetError(comm, vcollNcclError, "%s : ncclCommWindowRegister of %zu bytes failed: %s", op, size,
                          ncclGetErrorString(nr));
   }
   w->size = size;
   return vcollSuccess;
 #else
+  (void)stream;
+  (void)allOk;
   return vcollSetError(comm, vcollNotSupported, "%s : vcoll was built against NCCL %d, symmetric windows need 2.27",
                        op, NCCL_VERSION_CODE);
 #endif
@@ -112,7 +148,7 @@ VCOLL_API vcollResult_t vcollMemAlloc(vcollComm_t comm, size_t size, void** ptr)
                          op, comm->ncclVersion);
   struct vcollWindow* w = calloc(1, sizeof(*w));
   if (w == NULL) return vcollSetError(comm, vcollSystemError, "%s : out of host memory", op);
-  vcollResult_t res = winAlloc(comm, size, 1, w, op);
+  vcollResult_t res = winAlloc(comm, size, 1, w, 0, op);
   if (res != vcollSuccess) {
     free(w);
     return res;
@@ -243,7 +279,7 @@ vcollResult_t vcollStagingAcquire(vcollComm_t comm, int kind, size_t bytes, cuda
     }
     struct vcollWindow fresh;
     size_t size = nextPow2(bytes);
-    vcollResult_t res = winAlloc(comm, size, kind == vcollStagingSymm, &fresh, opName);
+    vcollResult_t res = winAlloc(comm, size, kind == vcollStagingSymm, &fresh, stream, opName);
     if (res != vcollSuccess) {
       free(old);
       if (kind == vcollStagingSymm) st->symmFailed = 1;
