@@ -2,7 +2,7 @@
  * call them, one GPU per rank (NCCL backend).
  *
  *   mpirun -np N moe_dispatch_perf [-b 1] [-e 16384] [-f 2] [-H 7168] [-k 8] [-E 256]
- *                                  [-s equal,skew,moe] [-n 30] [-w 5] [-c 1]
+ *                                  [-s equal,skew,moe] [-n 30] [-w 5] [-c 1] [-G 0]
  *
  * For every shape of per-rank token counts and every nominal tokens-per-rank
  * T in -b..-e (times -f), it times:
@@ -16,6 +16,11 @@
  *            (N x bf16 row), the local-memory reference
  * Each time: per iteration, host barrier, CUDA events around one call, the
  * max over ranks; the median over -n iterations after -w warm-up ones.
+ * Those events also enclose the host's time to issue the call, which at a
+ * few tokens is most of it. -G n (n > 0) instead captures n back-to-back
+ * calls in one CUDA graph (after the eager warm-up) and times its replays,
+ * per call: device time without launch gaps, as a runtime that captures
+ * its decode step sees it.
  * Inputs are non-zero pseudo-random data; with -c 1 every output of every
  * point is checked on the device (#wrong, summed over ranks).
  * Shapes (mean T tokens per rank): equal; skew, a linear ramp (rank r:
@@ -62,7 +67,7 @@ int benchMoeCheckCombine(const void* got, size_t n, size_t e0, uint64_t seed0, i
 
 enum { V_FP4, V_FP4C, V_BF16, V_COMB, V_COMB32, V_D2D, NV };
 
-static int rank, nranks, iters = 30, warmup = 5, check = 1;
+static int rank, nranks, iters = 30, warmup = 5, check = 1, graphCalls = 0;
 static size_t H = 7168;
 static int topk = 8, nExperts = 256;
 static cudaStream_t stream;
@@ -90,17 +95,31 @@ typedef void (*runFn)(void* ctx);
 static double timeIt(runFn fn, void* ctx) {
   double* t = malloc(sizeof(double) * (size_t)iters);
   double* tmax = malloc(sizeof(double) * (size_t)iters);
+  cudaGraphExec_t exec = NULL;
   for (int i = -warmup; i < iters; i++) {
+    if (i == 0 && graphCalls > 0) { /* the eager warm-up grew every buffer: capture now */
+      cudaGraph_t graph;
+      CUCHECK(cudaStreamSynchronize(stream));
+      MPI_Barrier(MPI_COMM_WORLD);
+      CUCHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed));
+      for (int k = 0; k < graphCalls; k++) fn(ctx);
+      CUCHECK(cudaStreamEndCapture(stream, &graph));
+      CUCHECK(cudaGraphInstantiate(&exec, graph, 0));
+      CUCHECK(cudaGraphDestroy(graph));
+      CUCHECK(cudaGraphLaunch(exec, stream)); /* warm-up replay */
+    }
     CUCHECK(cudaStreamSynchronize(stream));
     MPI_Barrier(MPI_COMM_WORLD);
     CUCHECK(cudaEventRecord(ev0, stream));
-    fn(ctx);
+    if (exec) CUCHECK(cudaGraphLaunch(exec, stream));
+    else fn(ctx);
     CUCHECK(cudaEventRecord(ev1, stream));
     CUCHECK(cudaEventSynchronize(ev1));
     float ms;
     CUCHECK(cudaEventElapsedTime(&ms, ev0, ev1));
-    if (i >= 0) t[i] = ms * 1000.0;
+    if (i >= 0) t[i] = ms * 1000.0 / (exec ? graphCalls : 1);
   }
+  if (exec) CUCHECK(cudaGraphExecDestroy(exec));
   MPI_Allreduce(t, tmax, iters, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
   for (int i = 1; i < iters; i++) /* insertion sort: iters is small */
     for (int j = i; j > 0 && tmax[j] < tmax[j - 1]; j--) {
@@ -237,14 +256,16 @@ int main(int argc, char** argv) {
     else if (!strcmp(a, "-n")) iters = atoi(v);
     else if (!strcmp(a, "-w")) warmup = atoi(v);
     else if (!strcmp(a, "-c")) check = atoi(v);
+    else if (!strcmp(a, "-G")) graphCalls = atoi(v);
     else {
       if (rank == 0) fprintf(stderr, "unknown option %s\n", a);
       MPI_Abort(MPI_COMM_WORLD, 2);
     }
   }
   if (tMin < 1 || factor < 2 || H % 16 || H == 0 || topk < 1 || nExperts < 1 || iters < 1 || warmup < 0 ||
+      graphCalls < 0 || (graphCalls > 0 && warmup < 1) ||
       nranks > 64) {
-    if (rank == 0) fprintf(stderr, "bad options (need -b >= 1, -f >= 2, -H a multiple of 16, at most 64 ranks)\n");
+    if (rank == 0) fprintf(stderr, "bad options (need -b >= 1, -f >= 2, -H a multiple of 16, at most 64 ranks, -w >= 1 with -G)\n");
     MPI_Abort(MPI_COMM_WORLD, 2);
   }
   vcollComm_t comm;
@@ -320,6 +341,11 @@ int main(int argc, char** argv) {
     printf("# bytes per token: fp4 %zu (payload %zu + scales %zu + routing %d), bf16 %zu (hidden %zu + routing %d)\n",
            fp4Row, H / 2, H / 16, topk * 8, bf16Row, H * 2, topk * 8);
     printf("# times in us: median over iterations of the max over ranks; speedup = bf16 / fp4 (fp4c: computed scale)\n");
+    if (graphCalls > 0)
+      printf("# timing: per call inside a CUDA graph of %d back-to-back calls (replays after eager warm-up)\n",
+             graphCalls);
+    else
+      printf("# timing: one eager call between two events (includes the host's time to issue it)\n");
     printf("# d2d: cudaMemcpy of the bytes bf16 dispatch gathers (N x %zu) on one GPU\n", bf16Row);
     printf("#%7s %7s %8s %7s %12s %12s %9s %9s %9s %8s %8s %9s %9s %9s %-8s %-8s %6s\n", "shape", "tok/rk", "N",
            "maxrk", "fp4_bytes", "bf16_bytes", "fp4", "fp4c", "bf16", "speedup", "spd_c", "comb", "comb32", "d2d",

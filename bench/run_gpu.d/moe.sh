@@ -22,6 +22,13 @@ for np in 8 4 2; do
     -b 1 -e 16384 -f 2 -H 7168 -k 8 -s equal,skew,moe -n 30 -w 5 -c 1 >>"$TXT" 2>&1 ||
     { echo "### moe_dispatch_perf -np $np FAILED (exit $?)" | tee -a "$TXT"; rc=1; }
   echo "### moe_dispatch_perf -np $np took $((SECONDS - t0)) s" | tee -a "$TXT"
+  # The same inside CUDA graphs of 10 calls: device time without launch gaps.
+  echo "### moe_dispatch_perf -np $np -G 10 ($(date -u +%H:%M:%S))" | tee -a "$TXT"
+  t0=$SECONDS
+  CUDA_VISIBLE_DEVICES=$devs timeout 100 "${MPI[@]}" -np "$np" "$BUILD/bench/moe/moe_dispatch_perf" \
+    -b 1 -e 16384 -f 4 -H 7168 -k 8 -s equal,moe -n 20 -w 3 -c 1 -G 10 >>"$TXT" 2>&1 ||
+    { echo "### moe_dispatch_perf -np $np -G 10 FAILED (exit $?)" | tee -a "$TXT"; rc=1; }
+  echo "### moe_dispatch_perf -np $np -G 10 took $((SECONDS - t0)) s" | tee -a "$TXT"
 done
 grep -E "^# (min speedup|check)|^###" "$TXT"
 exit $rc
