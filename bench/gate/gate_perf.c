@@ -27,52 +27,9 @@
 #include <unistd.h>
 
 #include "vcoll/gate.h"
+#include "bench_util.h"
 
-#define CUDACHECK(cmd)                                                                        \
-  do {                                                                                        \
-    cudaError_t e_ = (cmd);                                                                   \
-    if (e_ != cudaSuccess) {                                                                  \
-      fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #cmd, cudaGetErrorString(e_)); \
-      exit(1);                                                                                \
-    }                                                                                         \
-  } while (0)
-#define VCOLLCHECK(cmd)                                                                       \
-  do {                                                                                        \
-    vcollResult_t r_ = (cmd);                                                                 \
-    if (r_ != vcollSuccess) {                                                                 \
-      fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #cmd, vcollGetLastError(NULL)); \
-      exit(1);                                                                                \
-    }                                                                                         \
-  } while (0)
 
-static uint64_t rngState = 0x2545f4914f6cdd1dull;
-static double uniform(void) {
-  uint64_t z = (rngState += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return (double)((z ^ (z >> 31)) >> 11) * (1.0 / 9007199254740992.0);
-}
-static double normal(void) {
-  double u1 = uniform(), u2 = uniform();
-  if (u1 < 1e-300) u1 = 1e-300;
-  return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
-}
-
-static int cmpFloat(const void* a, const void* b) {
-  float x = *(const float*)a, y = *(const float*)b;
-  return (x > y) - (x < y);
-}
-static float median(float* v, int n) {
-  qsort(v, n, sizeof(float), cmpFloat);
-  return n % 2 ? v[n / 2] : 0.5f * (v[n / 2 - 1] + v[n / 2]);
-}
-
-static uint16_t toBf16(float f) {
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return (uint16_t)(u >> 16);
-}
 
 int main(int argc, char** argv) {
   size_t minT = 1, maxT = 65536;
@@ -120,10 +77,10 @@ int main(int argc, char** argv) {
   float* samples = malloc((size_t)iters * sizeof(float));
   if (!hX || !hXb || !hBias || !hIds || !rIds || !hW || !rW || !samples) { fprintf(stderr, "out of memory\n"); return 1; }
   for (size_t i = 0; i < maxT * E; i++) {
-    hX[i] = (float)(normal() * 2.0);
-    hXb[i] = toBf16(hX[i]);
+    hX[i] = (float)(benchNormal() * 2.0);
+    hXb[i] = benchToBf16(hX[i]);
   }
-  for (size_t e = 0; e < E; e++) hBias[e] = (float)(normal() * 0.1);
+  for (size_t e = 0; e < E; e++) hBias[e] = (float)(benchNormal() * 0.1);
 
   void *dX, *dXb, *dCopy, *dBias, *dIds, *dW;
   CUDACHECK(cudaMalloc(&dX, inMax));
@@ -162,7 +119,7 @@ int main(int argc, char** argv) {
         CUDACHECK(cudaEventElapsedTime(&ms, ev0, ev1));
         samples[i] = ms * 1000.0f;
       }
-      const float tGate = median(samples, iters);
+      const float tGate = benchMedian(samples, iters);
       /* The same call, 20 times back to back in one CUDA graph. */
       enum { kGraphCalls = 20 };
       cudaGraph_t graph;
@@ -181,7 +138,7 @@ int main(int argc, char** argv) {
         CUDACHECK(cudaEventElapsedTime(&ms, ev0, ev1));
         samples[i] = ms * 1000.0f / kGraphCalls;
       }
-      const float tGraph = median(samples, graphIters);
+      const float tGraph = benchMedian(samples, graphIters);
       CUDACHECK(cudaGraphExecDestroy(exec));
       CUDACHECK(cudaGraphDestroy(graph));
       for (int i = 0; i < warmup; i++)
@@ -194,7 +151,7 @@ int main(int argc, char** argv) {
         CUDACHECK(cudaEventElapsedTime(&ms, ev0, ev1));
         samples[i] = ms * 1000.0f;
       }
-      const float tCopy = median(samples, iters);
+      const float tCopy = benchMedian(samples, iters);
       long wrong = -1;
       if (check) {
         CUDACHECK(cudaMemcpy(hIds, dIds, T * K * 4, cudaMemcpyDeviceToHost));

@@ -27,52 +27,9 @@
 #include <unistd.h>
 
 #include "vcoll/nvfp4.h"
+#include "bench_util.h"
 
-#define CUDACHECK(cmd)                                                                                \
-  do {                                                                                                \
-    cudaError_t e_ = (cmd);                                                                           \
-    if (e_ != cudaSuccess) {                                                                          \
-      fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #cmd, cudaGetErrorString(e_));    \
-      exit(1);                                                                                        \
-    }                                                                                                 \
-  } while (0)
-#define VCOLLCHECK(cmd)                                                                               \
-  do {                                                                                                \
-    vcollResult_t r_ = (cmd);                                                                         \
-    if (r_ != vcollSuccess) {                                                                         \
-      fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #cmd, vcollGetLastError(NULL));   \
-      exit(1);                                                                                        \
-    }                                                                                                 \
-  } while (0)
 
-static uint64_t rngState = 0x2545f4914f6cdd1dull;
-static double uniform(void) {
-  uint64_t z = (rngState += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return (double)((z ^ (z >> 31)) >> 11) * (1.0 / 9007199254740992.0);
-}
-static double normal(void) {
-  double u1 = uniform(), u2 = uniform();
-  if (u1 < 1e-300) u1 = 1e-300;
-  return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
-}
-
-static int cmpFloat(const void* a, const void* b) {
-  float x = *(const float*)a, y = *(const float*)b;
-  return (x > y) - (x < y);
-}
-static float median(float* v, int n) {
-  qsort(v, n, sizeof(float), cmpFloat);
-  return n % 2 ? v[n / 2] : 0.5f * (v[n / 2 - 1] + v[n / 2]);
-}
-
-static uint16_t toBf16(float f) {
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return (uint16_t)(u >> 16);
-}
 static uint16_t toF16(float f) { /* |f| < 8 here: normal range of half, round to nearest even */
   uint32_t u;
   memcpy(&u, &f, 4);
@@ -129,10 +86,10 @@ int main(int argc, char** argv) {
   if (!hx || !hp || !rp || !hs || !rs || !samples) { fprintf(stderr, "out of memory\n"); return 1; }
   float amax = 0.0f;
   for (size_t i = 0; i < nMax; i++) {
-    float f = (float)normal();
+    float f = (float)benchNormal();
     if (type == vcollFloat32) memcpy(hx + 4 * i, &f, 4);
     else {
-      const uint16_t h = type == vcollBfloat16 ? toBf16(f) : toF16(f);
+      const uint16_t h = type == vcollBfloat16 ? benchToBf16(f) : toF16(f);
       memcpy(hx + 2 * i, &h, 2);
     }
     if (fabsf(f) > amax) amax = fabsf(f);
@@ -178,7 +135,7 @@ int main(int argc, char** argv) {
         CUDACHECK(cudaEventElapsedTime(&ms, ev0, ev1));
         if (it >= 0) samples[it] = ms * 1000.0f;
       }
-      t[op] = median(samples, iters);
+      t[op] = benchMedian(samples, iters);
     }
     long wrong = -1;
     if (check) { /* the last quantize ran with the computed scale; then dequant, copy: outputs intact */

@@ -29,32 +29,8 @@
 #include <unistd.h>
 
 #include "vcoll/weight_layout.h"
+#include "bench_util.h"
 
-#define CUDACHECK(cmd)                                                                              \
-  do {                                                                                              \
-    cudaError_t e_ = (cmd);                                                                         \
-    if (e_ != cudaSuccess) {                                                                        \
-      fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #cmd, cudaGetErrorString(e_));  \
-      exit(1);                                                                                      \
-    }                                                                                               \
-  } while (0)
-#define VCOLLCHECK(cmd)                                                                             \
-  do {                                                                                              \
-    vcollResult_t r_ = (cmd);                                                                       \
-    if (r_ != vcollSuccess) {                                                                       \
-      fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #cmd, vcollGetLastError(NULL)); \
-      exit(1);                                                                                      \
-    }                                                                                               \
-  } while (0)
-
-static int cmpFloat(const void* a, const void* b) {
-  float x = *(const float*)a, y = *(const float*)b;
-  return (x > y) - (x < y);
-}
-static float median(float* v, int n) {
-  qsort(v, n, sizeof(float), cmpFloat);
-  return n % 2 ? v[n / 2] : 0.5f * (v[n / 2 - 1] + v[n / 2]);
-}
 
 static void* xmalloc(size_t n) {
   void* p = malloc(n);
@@ -121,7 +97,7 @@ static float timeIt(Bench* b, int what, int reps, int warmup, float* samples) {
     const float ms = elapsedMs();
     if (i >= 0) samples[i] = ms;
   }
-  return median(samples, reps);
+  return benchMedian(samples, reps);
 }
 
 /* A model of `layers` layers on the same buffers, one timed run. */
