@@ -51,6 +51,11 @@ build() {
   if [ ! -f "$BUILD_DIR/build.ninja" ]; then
     # shellcheck disable=SC2086
     meson setup "$BUILD_DIR" ${MESON_ARGS:-}
+  else
+    # Programs (python3 with numpy and ml_dtypes for a test) are found on this
+    # script's PATH, also when an earlier regeneration ran with another one.
+    # shellcheck disable=SC2086
+    meson setup --reconfigure "$BUILD_DIR" ${MESON_ARGS:-} >/dev/null
   fi
   ninja -C "$BUILD_DIR"
 }
