@@ -572,6 +572,77 @@ static void test_checked_mode(void** state) {
 
 /* ---- CUDA graph capture (NCCL backend) ----------------------------------- */
 
+/* A graph captured with a staging algorithm forced, then an eager call large
+ * enough to replace the staging buffer: replaying the graph must still give
+ * the right rows (it keeps using the retired buffer). */
+static void test_graph_staging_growth(void** state) {
+  (void)state;
+  if (!onGpu()) skip(); /* the host backend has no staging buffers */
+  VT_REQUIRE_GPU();
+  const uint64_t seed = vtSeed();
+  static const char* algos[] = {"pad", "pad_symm"};
+  const size_t width = 256, rb = width * 2, grow = 64;
+  size_t counts[64], big[64], total = 0, bigTotal = 0;
+  for (int r = 0; r < nranks_; r++) {
+    total += counts[r] = 50 + 13 * (size_t)r;
+    bigTotal += big[r] = counts[r] * grow;
+  }
+  cudaStream_t s;
+  assert_int_equal(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+  int ok = 1;
+  for (int a = 0; a < 2; a++) {
+    assert_int_equal(vcollCommSetAlgo(comm, vcollCollAllGatherV, algos[a]), vcollSuccess);
+    char *aSend = bufAlloc(counts[rank_] * rb), *aRecv = bufAlloc(total * rb);
+    char *bSend = bufAlloc(big[rank_] * rb), *bRecv = bufAlloc(bigTotal * rb);
+    unsigned char* h = malloc(bigTotal * rb + 1);
+    assert_non_null(h);
+    vcollTensor_t t = {aSend, aRecv, width, vcollBfloat16}, tb = {bSend, bRecv, width, vcollBfloat16};
+    assert_int_equal(vcollAllGatherV(&t, 1, counts, comm, s), vcollSuccess); /* staging sized for `counts` */
+    assert_int_equal(cudaStreamSynchronize(s), cudaSuccess);
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    assert_int_equal(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed), cudaSuccess);
+    vcollResult_t rc = vcollAllGatherV(&t, 1, counts, comm, s);
+    assert_int_equal(cudaStreamEndCapture(s, &graph), cudaSuccess);
+    assert_int_equal(rc, vcollSuccess);
+    const char* captured = vcollCommLastAlgo(comm, vcollCollAllGatherV);
+    assert_int_equal(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+    /* The large eager call grows (replaces) the staging buffer. */
+    for (size_t j = 0; j < big[rank_] * rb; j++) h[j] = agvByte(seed, 800 + a, 1, rank_, j);
+    bufPut(bSend, h, big[rank_] * rb);
+    bufPoison(bRecv, bigTotal * rb);
+    sync();
+    assert_int_equal(vcollAllGatherV(&tb, 1, big, comm, s), vcollSuccess);
+    assert_int_equal(cudaStreamSynchronize(s), cudaSuccess);
+    bufGet(h, bRecv, bigTotal * rb);
+    size_t pos = 0;
+    for (int r = 0; r < nranks_; r++)
+      for (size_t j = 0; j < big[r] * rb; j++) ok &= h[pos++] == agvByte(seed, 800 + a, 1, r, j);
+    /* Replay the small graph on new data. */
+    for (size_t j = 0; j < counts[rank_] * rb; j++) h[j] = agvByte(seed, 810 + a, 0, rank_, j);
+    bufPut(aSend, h, counts[rank_] * rb);
+    bufPoison(aRecv, total * rb);
+    sync();
+    assert_int_equal(cudaGraphLaunch(exec, s), cudaSuccess);
+    assert_int_equal(cudaStreamSynchronize(s), cudaSuccess);
+    bufGet(h, aRecv, total * rb);
+    pos = 0;
+    int okReplay = 1;
+    for (int r = 0; r < nranks_; r++)
+      for (size_t j = 0; j < counts[r] * rb; j++) okReplay &= h[pos++] == agvByte(seed, 810 + a, 0, r, j);
+    if (!okReplay) fprintf(stderr, "[rank %d] replay after staging growth wrong (forced %s, captured %s)\n", rank_,
+                           algos[a], captured);
+    ok &= okReplay;
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+    free(h);
+    bufFree(aSend); bufFree(aRecv); bufFree(bSend); bufFree(bRecv);
+    vcollCommSetAlgo(comm, vcollCollAllGatherV, NULL);
+  }
+  cudaStreamDestroy(s);
+  VT_ASSERT_ALL(ok, "graph replay or large call after staging growth gave wrong rows (see above)");
+}
+
 /* Buffers from vcollMemAlloc (NCCL symmetric windows) on every rank, equal
  * counts: the automatic choice is the native call on the user's buffers.
  * Checked element by element; the host backend must refuse vcollMemAlloc. */
@@ -738,6 +809,7 @@ int main(int argc, char** argv) {
       cmocka_unit_test(test_checked_mode),
       cmocka_unit_test(test_graph_capture),
       cmocka_unit_test(test_registered_buffers),
+      cmocka_unit_test(test_graph_staging_growth),
   };
   char name[64];
   snprintf(name, sizeof(name), "collectives_%s_np%d", onGpu() ? "nccl" : "host", nranks_);
