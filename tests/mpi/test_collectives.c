@@ -206,6 +206,8 @@ static const vcollDataType_t allTypes[] = {vcollInt8, vcollUint8, vcollInt32, vc
                                            vcollFloat8e4m3, vcollFloat8e5m2};
 #define NTYPES ((int)(sizeof(allTypes) / sizeof(allTypes[0])))
 
+#define AGV_GUARD 64 /* poisoned bytes after every output, checked untouched */
+
 static int runAgvCase(uint64_t seed, int iter, const char* algo) {
   vtRng g = vtRngMake(seed, 1000 + (uint64_t)iter);
   size_t maxRows = onGpu() ? (vtRange(&g, 0, 3) ? 64 : 3000) : 40;
@@ -227,16 +229,16 @@ static int runAgvCase(uint64_t seed, int iter, const char* algo) {
     off[i] = es * (size_t)vtRange(&g, 0, 7); /* misaligned starts, element-aligned */
     size_t recvBytes = total * rowBytes[i];
     if (inPlace[i]) {
-      bases[i] = bufAlloc(off[i] + recvBytes);
+      bases[i] = bufAlloc(off[i] + recvBytes + AGV_GUARD);
       t[i].recvbuff = (char*)bases[i] + off[i];
       t[i].sendbuff = (char*)t[i].recvbuff + displ * rowBytes[i];
     } else {
       size_t sendBytes = counts[rank_] * rowBytes[i];
-      bases[i] = bufAlloc(off[i] + sendBytes + 16 + off[i] + recvBytes);
+      bases[i] = bufAlloc(off[i] + sendBytes + 16 + off[i] + recvBytes + AGV_GUARD);
       t[i].sendbuff = (char*)bases[i] + off[i];
       t[i].recvbuff = (char*)bases[i] + off[i] + sendBytes + 16 + off[i];
     }
-    bufPoison(t[i].recvbuff, recvBytes);
+    bufPoison(t[i].recvbuff, recvBytes + AGV_GUARD); /* and a guard zone after it */
     size_t mine = counts[rank_] * rowBytes[i];
     unsigned char* h = malloc(mine + 1);
     for (size_t j = 0; j < mine; j++) h[j] = agvByte(seed, iter, i, rank_, j);
@@ -256,6 +258,10 @@ static int runAgvCase(uint64_t seed, int iter, const char* algo) {
     for (int r = 0; r < nranks_; r++)
       for (size_t j = 0; j < counts[r] * rowBytes[i]; j++, pos++)
         if (h[pos] != agvByte(seed, iter, i, r, j)) wrong++;
+    if (!bufPoisoned((char*)t[i].recvbuff + recvBytes, AGV_GUARD)) {
+      fprintf(stderr, "[rank %d] allgatherv case %d tensor %d: write past the end of recvbuff\n", rank_, iter, i);
+      wrong++;
+    }
     free(h);
     bufFree(bases[i]);
   }
