@@ -2,6 +2,7 @@
  * Byte-level: the gather never looks at element values, so every tensor
  * travels as ncclUint8 and any vcoll type (or packed FP4) works. */
 #include <float.h>
+#include <limits.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -123,6 +124,9 @@ static vcollResult_t agvPadRunKind(vcollComm_t comm, const struct vcollAgvCall* 
   }
   VCOLL_CHECK_RES(res);
   struct vcollCopyDesc* d;
+  if ((size_t)n * (size_t)c->ntensors > (size_t)INT_MAX)
+    return vcollSetError(comm, vcollInvalidArgument, "vcollAllGatherV : %d ranks x %d tensors is too many for pad",
+                         n, c->ntensors);
   VCOLL_CHECK_RES(vcollCopyDescs(comm, n * c->ntensors, &d));
 
   /* Pack this rank's rows of every tensor into segment 0. */
