@@ -9,7 +9,7 @@
  * pick different NCCL calls). */
 static uint64_t agvDigest(vcollComm_t comm, const struct vcollAgvCall* c, int nranks) {
   uint64_t h = vcollHashBytes(0, "agv", 3);
-  const int reg = comm->backend == vcollBackendNccl && vcollAgvAllRegistered(comm, c);
+  const int reg = vcollAgvAllRegistered(comm, c); /* 0 without windows (host backend) */
   h = vcollHashBytes(h, &reg, sizeof(reg));
   h = vcollHashBytes(h, &c->ntensors, sizeof(c->ntensors));
   for (int i = 0; i < c->ntensors; i++) {
@@ -21,7 +21,7 @@ static uint64_t agvDigest(vcollComm_t comm, const struct vcollAgvCall* c, int nr
 
 static uint64_t rsvDigest(vcollComm_t comm, const struct vcollRsvCall* c, int nranks) {
   uint64_t h = vcollHashBytes(0, "rsv", 3);
-  const int reg = comm->backend == vcollBackendNccl && vcollRsvAllRegistered(comm, c);
+  const int reg = vcollRsvAllRegistered(comm, c);
   h = vcollHashBytes(h, &reg, sizeof(reg));
   h = vcollHashBytes(h, &c->width, sizeof(c->width));
   h = vcollHashBytes(h, &c->datatype, sizeof(c->datatype));

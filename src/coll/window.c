@@ -101,8 +101,6 @@ static vcollResult_t winAlloc(vcollComm_t comm, size_t size, int symmetric, stru
   w->size = size;
   return vcollSuccess;
 #else
-  (void)stream;
-  (void)allOk;
   return vcollSetError(comm, vcollNotSupported, "%s : vcoll was built against NCCL %d, symmetric windows need 2.27",
                        op, NCCL_VERSION_CODE);
 #endif
