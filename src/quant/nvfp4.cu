@@ -13,6 +13,7 @@
  * preset uses 1.0 and stores 1.0, which every other reader also derives. */
 #include <cuda_runtime.h>
 #include <float.h>
+#include <stdlib.h>
 
 #include "nvfp4_device.cuh"
 #include "vcoll/nvfp4.h"
@@ -81,10 +82,14 @@ __device__ __forceinline__ void writePadding(const QuantArgs& a, size_t q) {
   a.scales[swizzle(m, k, a.kTiles)] = 0;
 }
 
-/* Quantizes block blk whose 16 values and amax are loaded. */
-template <bool kVec>
+/* Quantizes block blk whose 16 values and amax are loaded. kSigns: sg holds
+ * the signs of the inputs, which are those of the scaled values since
+ * outScale is never negative: sfv and invGs both carry the sign of gs (or
+ * sfv is NaN, or their product is NaN), so their product is >= +0 or NaN,
+ * and fminf(rcp, FLT_MAX) maps NaN to FLT_MAX. */
+template <bool kVec, bool kSigns>
 __device__ __forceinline__ void quantizeBlock(const QuantArgs& a, size_t blk, const float (&v)[16], float amax,
-                                              float gsDiv6, float invGs) {
+                                              const uint32_t (&sg)[4], float gsDiv6, float invGs) {
   const __nv_fp8_storage_t sf = __nv_cvt_float_to_fp8(__fmul_rn(amax, gsDiv6), __NV_SATFINITE, __NV_E4M3);
   const float sfv = __half2float(__half(__nv_cvt_fp8_to_halfraw(sf, __NV_E4M3)));
   const float outScale = amax != 0.0f ? fminf(__frcp_rn(__fmul_rn(sfv, invGs)), FLT_MAX) : 0.0f;
@@ -94,7 +99,7 @@ __device__ __forceinline__ void quantizeBlock(const QuantArgs& a, size_t blk, co
     lo[i] = __fmul_rn(v[i], outScale);
     hi[i] = __fmul_rn(v[8 + i], outScale);
   }
-  uint32_t qlo = e2m1x8(lo), qhi = e2m1x8(hi);
+  uint32_t qlo = e2m1x8(lo, kSigns, sg[0], sg[1]), qhi = e2m1x8(hi, kSigns, sg[2], sg[3]);
   if (!(amax <= FLT_MAX)) { /* Inf or NaN in the block: scaled values may be NaN */
     qlo = fixNan(qlo, make_float4(lo[0], lo[1], lo[2], lo[3]), make_float4(lo[4], lo[5], lo[6], lo[7]));
     qhi = fixNan(qhi, make_float4(hi[0], hi[1], hi[2], hi[3]), make_float4(hi[4], hi[5], hi[6], hi[7]));
@@ -112,8 +117,8 @@ __device__ __forceinline__ void quantizeBlock(const QuantArgs& a, size_t blk, co
   a.scales[scaleIndex(a, blk)] = sf;
 }
 
-template <typename T, bool kVec>
-__global__ void __launch_bounds__(kThreads) quantizeKernel(const QuantArgs a) {
+template <typename T, bool kVec, int kMinBlocks>
+__global__ void __launch_bounds__(kThreads, kMinBlocks) quantizeKernel(const QuantArgs a) {
   const float gs = readGlobalScale(a.gs, a.computed);
   const float gsDiv6 = __fmul_rn(gs, 1.0f / 6.0f);
   const float invGs = __frcp_rn(gs);
@@ -124,8 +129,9 @@ __global__ void __launch_bounds__(kThreads) quantizeKernel(const QuantArgs a) {
       continue;
     }
     float v[16];
-    const float amax = Block<T, kVec>::load(a.x, blk, v);
-    quantizeBlock<kVec>(a, blk, v, amax, gsDiv6, invGs);
+    uint32_t sg[4];
+    const float amax = Block<T, kVec>::load(a.x, blk, v, sg);
+    quantizeBlock<kVec, Block<T, kVec>::kSigns>(a, blk, v, amax, sg, gsDiv6, invGs);
   }
 }
 
@@ -141,7 +147,8 @@ __global__ void __launch_bounds__(kThreads) amaxKernel(const void* x, size_t blo
       const size_t blk = base + (size_t)u * kThreads + threadIdx.x;
       if (blk < blocks) {
         float v[16];
-        const float amax = Block<T, kVec>::load(x, blk, v);
+        uint32_t sg[4];
+        const float amax = Block<T, kVec>::load(x, blk, v, sg);
         if (amax <= FLT_MAX) {
           tmax = fmaxf(tmax, amax);
         } else { /* skip NaN and Inf */
@@ -311,8 +318,14 @@ vcollResult_t launchQuantize(const char* op, const QuantArgs& a, bool vec, cudaS
     LAUNCH_CHECK("amaxKernel");
   }
   const unsigned g = gridFor(a.blocks + a.padTotal, kThreads);
-  if (vec) quantizeKernel<T, true><<<g, kThreads, 0, stream>>>(a);
-  else quantizeKernel<T, false><<<g, kThreads, 0, stream>>>(a);
+  static const int occ = getenv("VCOLL_NVFP4_EXP_OCC") ? atoi(getenv("VCOLL_NVFP4_EXP_OCC")) : 8; /* EXPERIMENT */
+  if (occ != 8) {
+    if (vec) quantizeKernel<T, true, 1><<<g, kThreads, 0, stream>>>(a);
+    else quantizeKernel<T, false, 1><<<g, kThreads, 0, stream>>>(a);
+  } else {
+    if (vec) quantizeKernel<T, true, 8><<<g, kThreads, 0, stream>>>(a);
+    else quantizeKernel<T, false, 8><<<g, kThreads, 0, stream>>>(a);
+  }
   LAUNCH_CHECK("quantizeKernel");
   return vcollSuccess;
 }

@@ -27,46 +27,83 @@
 
 namespace vcollNvfp4 {
 
+/* prmt.b32 with the full selector: a nibble with bit 3 set replicates the
+ * sign bit of the byte it selects over the result byte (0xFF or 0x00). */
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
+  uint32_t d;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
+  return d;
+}
+
+/* E2M1 magnitude code (0..7) of min(|p|, 6) in the low byte of the result
+ * (the bits above it are not part of the code), round to nearest even.
+ *
+ * Below sm_100a, cuda_fp4.h emulates the conversion in double precision
+ * (about 60 instructions per element), which would make the kernel compute
+ * bound. Instead one fused multiply-add rounds: m = min(|p|, 6) has the
+ * E2M1 binade e = floor(log2(max(m, 1))) in 0..2, spacing 2^(e-1). With
+ * t = 2^e as bits, F = float(t + 256 + 2e) = 2^e (1 + (256 + 2e) 2^-23), so
+ * F * 2^22 = 2^(e+22) + (256 + 2e) 2^(e-1), whose ulp is that spacing. The
+ * FMA adds m and rounds once, ties to even (the offset 256 + 2e is even),
+ * giving mantissa 256 + 2e + round(m / 2^(e-1)); its low byte is
+ * 2e + round(m / 2^(e-1)), the E2M1 code (codes 0-4, 4-6, 6-7 per binade).
+ * F's bits come from t | 2 plus (t | 2) >> 22 = 254 + 2e. A NaN p gives
+ * m = 6 (fminf returns the number), code 7. The GPU test checks e2m1x8
+ * against __nv_cvt_float_to_fp4 for all 2^32 floats. */
+__device__ __forceinline__ uint32_t e2m1MagByte(float p) {
+  const float m = fminf(fabsf(p), 6.0f);
+  uint32_t t; /* (bits & 0xff800000) | 2 in one lop3 (the compiler would split it in two) */
+  asm("lop3.b32 %0, %1, 0xff800000, %2, 0xea;" : "=r"(t) : "r"(__float_as_uint(fmaxf(m, 1.0f))), "r"(2u));
+  return __float_as_uint(__fmaf_rn(__uint_as_float(t + (t >> 22)), 4194304.0f, m));
+}
+
+/* 8 magnitude bytes (low byte of b[i], element i) and the replicated sign
+ * bytes of the even (sEven byte j: element 2j) and odd (sOdd byte j:
+ * element 2j + 1) elements -> 8 codes, element i in bits 4i..4i+3. */
+__device__ __forceinline__ uint32_t packCodes(const uint32_t (&b)[8], uint32_t sEven, uint32_t sOdd) {
+  const uint32_t even = prmt(prmt(b[0], b[2], 0x0040u), prmt(b[4], b[6], 0x4000u), 0x7610u);
+  const uint32_t odd = prmt(prmt(b[1], b[3], 0x0040u), prmt(b[5], b[7], 0x4000u), 0x7610u);
+  return (even | (sEven & 0x08080808u)) + ((odd | (sOdd & 0x08080808u)) << 4);
+}
+
 /* Codes of p[0..7] (element i in bits 4i..4i+3), round to nearest even,
  * saturated at +-6, negative values that round to zero -> 0x8. A NaN gives
  * 0x7 or 0xF here; fixNan() clears the sign (callers run it only for blocks
  * holding a non-finite value, the only ones whose scaled values can be NaN).
- *
- * Below sm_100a, cuda_fp4.h emulates the conversion in double precision
- * (about 60 instructions per element), which would make the kernel compute
- * bound. Instead: m = min(|p|, 6) has a binade e (clamped to [1, 2) below 1);
- * adding C = 2^(e+22), whose ulp is the E2M1 spacing in that binade (0.5,
- * 1 or 2), makes the FP32 adder round m to that spacing, ties to even, and
- * bits(m + C) - bits(C) is m rounded, in units of the spacing. The code is
- * that count plus 2 per binade above [1, 2) (codes 0-4, 4-6, 6-7). The GPU
- * test checks this against __nv_cvt_float_to_fp4 for all 2^32 floats. */
-__device__ __forceinline__ uint32_t e2m1x8(const float (&p)[8]) {
+ * signs: nonzero when the caller passes the signs of the 8 values as
+ * sEven/sOdd (packCodes), which saves extracting them from p. */
+__device__ __forceinline__ uint32_t e2m1x8(const float (&p)[8], bool haveSigns = false, uint32_t sEven = 0,
+                                           uint32_t sOdd = 0) {
   uint32_t r = 0;
 #if VCOLL_NVFP4_HW_E2M1
 #pragma unroll
   for (int j = 0; j < 4; j++)
     r |= (uint32_t)__nv_cvt_float2_to_fp4x2(make_float2(p[2 * j], p[2 * j + 1]), __NV_E2M1, cudaRoundNearest)
          << (8 * j);
+  (void)haveSigns; (void)sEven; (void)sOdd;
 #else
-  /* code_i = bits(m + C) - bits(C) + 2 * (e - 127) + 8 * sign, bits(C) = (e + 22) << 23,
-   * summed as code_i << 4i; the parts that do not depend on the element are
-   * folded into kBias (all arithmetic mod 2^32, the total is the exact sum). */
-  constexpr uint32_t kPer = 0u - (22u << 23) - 254u;
-  constexpr uint32_t kBias = kPer * 0x11111111u;
-  r = kBias;
-  uint32_t signs = 0;
+  uint32_t b[8];
 #pragma unroll
-  for (int i = 0; i < 8; i++) {
-    const float m = fminf(fabsf(p[i]), 6.0f);
-    const uint32_t e = max(__float_as_uint(m) >> 23, 127u);
-    const float c = __uint_as_float((e << 23) + (22u << 23));
-    r += __float_as_uint(__fadd_rn(m, c)) << (4 * i);
-    r += e * ((2u - (1u << 23)) << (4 * i));
-    signs |= (__float_as_uint(p[i]) >> (28 - 4 * i)) & (8u << (4 * i));
+  for (int i = 0; i < 8; i++) b[i] = e2m1MagByte(p[i]);
+  if (!haveSigns) { /* byte 3 of each float, sign replicated */
+    uint32_t u[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) u[i] = __float_as_uint(p[i]);
+    sEven = prmt(prmt(u[0], u[2], 0x00fbu), prmt(u[4], u[6], 0xfb00u), 0x7610u);
+    sOdd = prmt(prmt(u[1], u[3], 0x00fbu), prmt(u[5], u[7], 0xfb00u), 0x7610u);
   }
-  r |= signs; /* codes are <= 7: bit 3 of each nibble is free */
+  r = packCodes(b, sEven, sOdd);
 #endif
   return r;
+}
+
+/* Replicated sign bytes (for e2m1x8) of 8 16-bit values in w[0..3] (value
+ * 2j in the low half of w[j]): the signs of x * s for any s >= +0. */
+__device__ __forceinline__ void signs16(const uint32_t* w, uint32_t& sEven, uint32_t& sOdd) {
+  const uint32_t lo = prmt(w[0], w[1], 0xfbd9u); /* values 0, 1, 2, 3 */
+  const uint32_t hi = prmt(w[2], w[3], 0xfbd9u); /* values 4, 5, 6, 7 */
+  sEven = prmt(lo, hi, 0x6420u);
+  sOdd = prmt(lo, hi, 0x7531u);
 }
 
 /* NaN -> 0x7 (positive), as cuda_fp4.h does, for the 8 values of e2m1x8.
@@ -87,49 +124,48 @@ __device__ __forceinline__ size_t swizzle(size_t m, size_t k, size_t kTiles) {
 }
 
 /* One block of 16 inputs: values as float and the NaN-dominant absolute
- * maximum (max of |x| bit patterns: NaN > Inf > finite). kVec: x is 16-byte
- * aligned, so the block is 2 (16-bit types) or 4 (fp32) 16-byte loads. */
+ * maximum (max of |x| bit patterns: NaN > Inf > finite); with kSigns, also
+ * the replicated sign bytes of values 0-7 (sg[0], sg[1]) and 8-15 (sg[2],
+ * sg[3]) for e2m1x8. kVec: x is 16-byte aligned, so the block is 2 (16-bit
+ * types) or 4 (fp32) 16-byte loads. */
 template <typename T, bool kVec> struct Block;
 
-template <bool kVec> struct Block<__nv_bfloat16, kVec> {
-  static __device__ __forceinline__ float load(const void* x, size_t blk, float (&v)[16]) {
-    uint32_t w[8];
-    if (kVec) {
-      const uint4* src = (const uint4*)x + blk * 2;
-      const uint4 a = __ldg(src), b = __ldg(src + 1);
-      w[0] = a.x; w[1] = a.y; w[2] = a.z; w[3] = a.w; w[4] = b.x; w[5] = b.y; w[6] = b.z; w[7] = b.w;
-    } else {
-      const unsigned short* src = (const unsigned short*)x + blk * 16;
+/* The 16 16-bit values of block blk as 8 words (value 2j in the low half of w[j]). */
+__device__ __forceinline__ void load16(const void* x, size_t blk, bool vec, uint32_t (&w)[8]) {
+  if (vec) {
+    const uint4* src = (const uint4*)x + blk * 2;
+    const uint4 a = __ldg(src), b = __ldg(src + 1);
+    w[0] = a.x; w[1] = a.y; w[2] = a.z; w[3] = a.w; w[4] = b.x; w[5] = b.y; w[6] = b.z; w[7] = b.w;
+  } else {
+    const unsigned short* src = (const unsigned short*)x + blk * 16;
 #pragma unroll
-      for (int j = 0; j < 8; j++) w[j] = __ldg(src + 2 * j) | ((uint32_t)__ldg(src + 2 * j + 1) << 16);
-    }
+    for (int j = 0; j < 8; j++) w[j] = __ldg(src + 2 * j) | ((uint32_t)__ldg(src + 2 * j + 1) << 16);
+  }
+}
+
+template <bool kVec> struct Block<__nv_bfloat16, kVec> {
+  static constexpr bool kSigns = true;
+  static __device__ __forceinline__ float load(const void* x, size_t blk, float (&v)[16], uint32_t (&sg)[4]) {
+    uint32_t w[8];
+    load16(x, blk, kVec, w);
     uint32_t mx = 0;
 #pragma unroll
     for (int j = 0; j < 8; j++) {
       mx = __vmaxu2(mx, w[j] & 0x7fff7fffu);
-      __nv_bfloat162 h;
-      memcpy(&h, &w[j], 4);
-      const float2 f = __bfloat1622float2(h);
-      v[2 * j] = f.x;
-      v[2 * j + 1] = f.y;
+      v[2 * j] = __uint_as_float(w[j] << 16); /* bf16 -> fp32 is a shift */
+      v[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
     }
-    const __nv_bfloat16 amax = __ushort_as_bfloat16((unsigned short)max(mx & 0xffffu, mx >> 16));
-    return __bfloat162float(amax);
+    signs16(w, sg[0], sg[1]);
+    signs16(w + 4, sg[2], sg[3]);
+    return __uint_as_float(max(mx & 0xffffu, mx >> 16) << 16);
   }
 };
 
 template <bool kVec> struct Block<__half, kVec> {
-  static __device__ __forceinline__ float load(const void* x, size_t blk, float (&v)[16]) {
+  static constexpr bool kSigns = true;
+  static __device__ __forceinline__ float load(const void* x, size_t blk, float (&v)[16], uint32_t (&sg)[4]) {
     uint32_t w[8];
-    if (kVec) {
-      const uint4* src = (const uint4*)x + blk * 2;
-      const uint4 a = __ldg(src), b = __ldg(src + 1);
-      w[0] = a.x; w[1] = a.y; w[2] = a.z; w[3] = a.w; w[4] = b.x; w[5] = b.y; w[6] = b.z; w[7] = b.w;
-    } else {
-      const unsigned short* src = (const unsigned short*)x + blk * 16;
-#pragma unroll
-      for (int j = 0; j < 8; j++) w[j] = __ldg(src + 2 * j) | ((uint32_t)__ldg(src + 2 * j + 1) << 16);
-    }
+    load16(x, blk, kVec, w);
     uint32_t mx = 0;
 #pragma unroll
     for (int j = 0; j < 8; j++) {
@@ -140,12 +176,15 @@ template <bool kVec> struct Block<__half, kVec> {
       v[2 * j] = f.x;
       v[2 * j + 1] = f.y;
     }
+    signs16(w, sg[0], sg[1]);
+    signs16(w + 4, sg[2], sg[3]);
     return __half2float(__ushort_as_half((unsigned short)max(mx & 0xffffu, mx >> 16)));
   }
 };
 
 template <bool kVec> struct Block<float, kVec> {
-  static __device__ __forceinline__ float load(const void* x, size_t blk, float (&v)[16]) {
+  static constexpr bool kSigns = false; /* e2m1x8 takes them from the scaled values */
+  static __device__ __forceinline__ float load(const void* x, size_t blk, float (&v)[16], uint32_t (&)[4]) {
     if (kVec) {
       const float4* src = (const float4*)x + blk * 4;
 #pragma unroll
