@@ -117,22 +117,29 @@ __device__ __forceinline__ void quantizeBlock(const QuantArgs& a, size_t blk, co
   a.scales[scaleIndex(a, blk)] = sf;
 }
 
+/* Grid-stride over the blocks, the next block's loads issued before the
+ * current block is quantized (so that every thread keeps a load in flight
+ * while it computes), then the swizzled layout's zero padding. */
 template <typename T, bool kVec, int kMinBlocks>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) quantizeKernel(const QuantArgs a) {
+  typedef Block<T, kVec> B;
   const float gs = readGlobalScale(a.gs, a.computed);
   const float gsDiv6 = __fmul_rn(gs, 1.0f / 6.0f);
   const float invGs = __frcp_rn(gs);
-  const size_t total = a.blocks + a.padTotal;
-  for (size_t blk = (size_t)blockIdx.x * kThreads + threadIdx.x; blk < total; blk += (size_t)gridDim.x * kThreads) {
-    if (blk >= a.blocks) {
-      writePadding(a, blk - a.blocks);
-      continue;
-    }
+  const size_t first = (size_t)blockIdx.x * kThreads + threadIdx.x, stride = (size_t)gridDim.x * kThreads;
+  typename B::Raw cur = {};
+  if (first < a.blocks) B::loadRaw(a.x, first, cur);
+#pragma unroll 1
+  for (size_t blk = first; blk < a.blocks; blk += stride) {
+    typename B::Raw next = {};
+    if (blk + stride < a.blocks) B::loadRaw(a.x, blk + stride, next);
     float v[16];
     uint32_t sg[4];
-    const float amax = Block<T, kVec>::load(a.x, blk, v, sg);
-    quantizeBlock<kVec, Block<T, kVec>::kSigns>(a, blk, v, amax, sg, gsDiv6, invGs);
+    const float amax = B::decode(cur, v, sg);
+    quantizeBlock<kVec, B::kSigns>(a, blk, v, amax, sg, gsDiv6, invGs);
+    cur = next;
   }
+  for (size_t q = first; q < a.padTotal; q += stride) writePadding(a, q);
 }
 
 /* Min over CTAs of gs(amax over the CTA's finite elements) into *gs. */
@@ -148,7 +155,7 @@ __global__ void __launch_bounds__(kThreads) amaxKernel(const void* x, size_t blo
       if (blk < blocks) {
         float v[16];
         uint32_t sg[4];
-        const float amax = Block<T, kVec>::load(x, blk, v, sg);
+        const float amax = loadBlock<T, kVec>(x, blk, v, sg);
         if (amax <= FLT_MAX) {
           tmax = fmaxf(tmax, amax);
         } else { /* skip NaN and Inf */
@@ -309,6 +316,27 @@ unsigned gridFor(size_t work, size_t perCta) {
                            cudaGetErrorString(err_));                                                   \
   } while (0)
 
+/* The quantize kernel on at most the blocks the device holds at once (SMs x
+ * resident blocks per SM, queried once per device), since each thread
+ * loops over blocks; need: blocks for one block of input per thread. */
+template <typename T, bool kVec, int kMinBlocks>
+vcollResult_t launchQuantizeKernel(const QuantArgs& a, unsigned need, bool fullGrid, cudaStream_t stream) {
+  static int perSm[64]; /* benign race: every thread writes the same value */
+  int dev = 0, sms = 0, occ = 0;
+  VCOLL_CUDACHECK(NULL, cudaGetDevice(&dev));
+  VCOLL_CUDACHECK(NULL, cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  if (dev < 64) occ = perSm[dev];
+  if (occ == 0) {
+    VCOLL_CUDACHECK(NULL, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, quantizeKernel<T, kVec, kMinBlocks>,
+                                                                        kThreads, 0));
+    if (occ < 1) occ = 1;
+    if (dev < 64) perSm[dev] = occ;
+  }
+  const unsigned cap = (unsigned)occ * (unsigned)sms;
+  quantizeKernel<T, kVec, kMinBlocks><<<(need > cap && !fullGrid) ? cap : need, kThreads, 0, stream>>>(a);
+  return vcollSuccess;
+}
+
 template <typename T>
 vcollResult_t launchQuantize(const char* op, const QuantArgs& a, bool vec, cudaStream_t stream) {
   if (a.computed) {
@@ -317,15 +345,17 @@ vcollResult_t launchQuantize(const char* op, const QuantArgs& a, bool vec, cudaS
     else amaxKernel<T, false><<<g, kThreads, 0, stream>>>(a.x, a.blocks, a.gs);
     LAUNCH_CHECK("amaxKernel");
   }
-  const unsigned g = gridFor(a.blocks + a.padTotal, kThreads);
-  static const int occ = getenv("VCOLL_NVFP4_EXP_OCC") ? atoi(getenv("VCOLL_NVFP4_EXP_OCC")) : 8; /* EXPERIMENT */
-  if (occ != 8) {
-    if (vec) quantizeKernel<T, true, 1><<<g, kThreads, 0, stream>>>(a);
-    else quantizeKernel<T, false, 1><<<g, kThreads, 0, stream>>>(a);
-  } else {
-    if (vec) quantizeKernel<T, true, 8><<<g, kThreads, 0, stream>>>(a);
-    else quantizeKernel<T, false, 8><<<g, kThreads, 0, stream>>>(a);
-  }
+  static const int occ = getenv("VCOLL_NVFP4_EXP_OCC") ? atoi(getenv("VCOLL_NVFP4_EXP_OCC")) : 5; /* EXPERIMENT */
+  static const bool fullGrid = getenv("VCOLL_NVFP4_EXP_FULLGRID") != NULL;                        /* EXPERIMENT */
+  const unsigned g = gridFor(a.blocks > a.padTotal ? a.blocks : a.padTotal, kThreads);
+  vcollResult_t r;
+  if (occ == 8) r = vec ? launchQuantizeKernel<T, true, 8>(a, g, fullGrid, stream)
+                        : launchQuantizeKernel<T, false, 8>(a, g, fullGrid, stream);
+  else if (occ == 4) r = vec ? launchQuantizeKernel<T, true, 4>(a, g, fullGrid, stream)
+                             : launchQuantizeKernel<T, false, 4>(a, g, fullGrid, stream);
+  else r = vec ? launchQuantizeKernel<T, true, 5>(a, g, fullGrid, stream)
+               : launchQuantizeKernel<T, false, 5>(a, g, fullGrid, stream);
+  if (r != vcollSuccess) return r;
   LAUNCH_CHECK("quantizeKernel");
   return vcollSuccess;
 }

@@ -100,8 +100,8 @@ __device__ __forceinline__ uint32_t e2m1x8(const float (&p)[8], bool haveSigns =
 /* Replicated sign bytes (for e2m1x8) of 8 16-bit values in w[0..3] (value
  * 2j in the low half of w[j]): the signs of x * s for any s >= +0. */
 __device__ __forceinline__ void signs16(const uint32_t* w, uint32_t& sEven, uint32_t& sOdd) {
-  const uint32_t lo = prmt(w[0], w[1], 0xfbd9u); /* values 0, 1, 2, 3 */
-  const uint32_t hi = prmt(w[2], w[3], 0xfbd9u); /* values 4, 5, 6, 7 */
+  const uint32_t lo = prmt(w[0], w[1], 0xfdb9u); /* values 0, 1, 2, 3 */
+  const uint32_t hi = prmt(w[2], w[3], 0xfdb9u); /* values 4, 5, 6, 7 */
   sEven = prmt(lo, hi, 0x6420u);
   sOdd = prmt(lo, hi, 0x7531u);
 }
@@ -123,86 +123,112 @@ __device__ __forceinline__ size_t swizzle(size_t m, size_t k, size_t kTiles) {
   return ((m >> 7) * kTiles + (k >> 2)) * 512 + (m & 31) * 16 + ((m >> 5) & 3) * 4 + (k & 3);
 }
 
-/* One block of 16 inputs: values as float and the NaN-dominant absolute
- * maximum (max of |x| bit patterns: NaN > Inf > finite); with kSigns, also
- * the replicated sign bytes of values 0-7 (sg[0], sg[1]) and 8-15 (sg[2],
- * sg[3]) for e2m1x8. kVec: x is 16-byte aligned, so the block is 2 (16-bit
- * types) or 4 (fp32) 16-byte loads. */
+/* One block of 16 inputs, in two steps so that a kernel can issue the
+ * loads of its next block before working on the current one: loadRaw()
+ * reads the block's 32 (16-bit types) or 64 (fp32) bytes into a Raw (kVec:
+ * x is 16-byte aligned, so 2 or 4 16-byte loads); decode() gives the values
+ * as float and the NaN-dominant absolute maximum (max of |x| bit patterns:
+ * NaN > Inf > finite), and with kSigns the replicated sign bytes of values
+ * 0-7 (sg[0], sg[1]) and 8-15 (sg[2], sg[3]) for e2m1x8. */
 template <typename T, bool kVec> struct Block;
 
-/* The 16 16-bit values of block blk as 8 words (value 2j in the low half of w[j]). */
-__device__ __forceinline__ void load16(const void* x, size_t blk, bool vec, uint32_t (&w)[8]) {
-  if (vec) {
+/* 16 16-bit values as 8 words (value 2j in the low half of w[j]). */
+struct Raw16 {
+  uint32_t w[8];
+};
+
+template <bool kVec>
+__device__ __forceinline__ void loadRaw16(const void* x, size_t blk, Raw16& r) {
+  if (kVec) {
     const uint4* src = (const uint4*)x + blk * 2;
     const uint4 a = __ldg(src), b = __ldg(src + 1);
-    w[0] = a.x; w[1] = a.y; w[2] = a.z; w[3] = a.w; w[4] = b.x; w[5] = b.y; w[6] = b.z; w[7] = b.w;
+    r.w[0] = a.x; r.w[1] = a.y; r.w[2] = a.z; r.w[3] = a.w; r.w[4] = b.x; r.w[5] = b.y; r.w[6] = b.z; r.w[7] = b.w;
   } else {
     const unsigned short* src = (const unsigned short*)x + blk * 16;
 #pragma unroll
-    for (int j = 0; j < 8; j++) w[j] = __ldg(src + 2 * j) | ((uint32_t)__ldg(src + 2 * j + 1) << 16);
+    for (int j = 0; j < 8; j++) r.w[j] = __ldg(src + 2 * j) | ((uint32_t)__ldg(src + 2 * j + 1) << 16);
   }
 }
 
+__device__ __forceinline__ uint32_t absMax16(const Raw16& r) {
+  uint32_t mx = 0;
+#pragma unroll
+  for (int j = 0; j < 8; j++) mx = __vmaxu2(mx, r.w[j] & 0x7fff7fffu);
+  return max(mx & 0xffffu, mx >> 16);
+}
+
 template <bool kVec> struct Block<__nv_bfloat16, kVec> {
+  typedef Raw16 Raw;
   static constexpr bool kSigns = true;
-  static __device__ __forceinline__ float load(const void* x, size_t blk, float (&v)[16], uint32_t (&sg)[4]) {
-    uint32_t w[8];
-    load16(x, blk, kVec, w);
-    uint32_t mx = 0;
+  static __device__ __forceinline__ void loadRaw(const void* x, size_t blk, Raw& r) { loadRaw16<kVec>(x, blk, r); }
+  static __device__ __forceinline__ float decode(const Raw& r, float (&v)[16], uint32_t (&sg)[4]) {
 #pragma unroll
     for (int j = 0; j < 8; j++) {
-      mx = __vmaxu2(mx, w[j] & 0x7fff7fffu);
-      v[2 * j] = __uint_as_float(w[j] << 16); /* bf16 -> fp32 is a shift */
-      v[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
+      v[2 * j] = __uint_as_float(r.w[j] << 16); /* bf16 -> fp32 is a shift */
+      v[2 * j + 1] = __uint_as_float(r.w[j] & 0xffff0000u);
     }
-    signs16(w, sg[0], sg[1]);
-    signs16(w + 4, sg[2], sg[3]);
-    return __uint_as_float(max(mx & 0xffffu, mx >> 16) << 16);
+    signs16(r.w, sg[0], sg[1]);
+    signs16(r.w + 4, sg[2], sg[3]);
+    return __uint_as_float(absMax16(r) << 16);
   }
 };
 
 template <bool kVec> struct Block<__half, kVec> {
+  typedef Raw16 Raw;
   static constexpr bool kSigns = true;
-  static __device__ __forceinline__ float load(const void* x, size_t blk, float (&v)[16], uint32_t (&sg)[4]) {
-    uint32_t w[8];
-    load16(x, blk, kVec, w);
-    uint32_t mx = 0;
+  static __device__ __forceinline__ void loadRaw(const void* x, size_t blk, Raw& r) { loadRaw16<kVec>(x, blk, r); }
+  static __device__ __forceinline__ float decode(const Raw& r, float (&v)[16], uint32_t (&sg)[4]) {
 #pragma unroll
     for (int j = 0; j < 8; j++) {
-      mx = __vmaxu2(mx, w[j] & 0x7fff7fffu);
       __half2 h;
-      memcpy(&h, &w[j], 4);
+      memcpy(&h, &r.w[j], 4);
       const float2 f = __half22float2(h);
       v[2 * j] = f.x;
       v[2 * j + 1] = f.y;
     }
-    signs16(w, sg[0], sg[1]);
-    signs16(w + 4, sg[2], sg[3]);
-    return __half2float(__ushort_as_half((unsigned short)max(mx & 0xffffu, mx >> 16)));
+    signs16(r.w, sg[0], sg[1]);
+    signs16(r.w + 4, sg[2], sg[3]);
+    return __half2float(__ushort_as_half((unsigned short)absMax16(r)));
   }
 };
 
 template <bool kVec> struct Block<float, kVec> {
+  struct Raw {
+    float v[16];
+  };
   static constexpr bool kSigns = false; /* e2m1x8 takes them from the scaled values */
-  static __device__ __forceinline__ float load(const void* x, size_t blk, float (&v)[16], uint32_t (&)[4]) {
+  static __device__ __forceinline__ void loadRaw(const void* x, size_t blk, Raw& r) {
     if (kVec) {
       const float4* src = (const float4*)x + blk * 4;
 #pragma unroll
       for (int j = 0; j < 4; j++) {
         const float4 a = __ldg(src + j);
-        v[4 * j] = a.x; v[4 * j + 1] = a.y; v[4 * j + 2] = a.z; v[4 * j + 3] = a.w;
+        r.v[4 * j] = a.x; r.v[4 * j + 1] = a.y; r.v[4 * j + 2] = a.z; r.v[4 * j + 3] = a.w;
       }
     } else {
       const float* src = (const float*)x + blk * 16;
 #pragma unroll
-      for (int j = 0; j < 16; j++) v[j] = __ldg(src + j);
+      for (int j = 0; j < 16; j++) r.v[j] = __ldg(src + j);
     }
+  }
+  static __device__ __forceinline__ float decode(const Raw& r, float (&v)[16], uint32_t (&)[4]) {
     uint32_t mx = 0;
 #pragma unroll
-    for (int j = 0; j < 16; j++) mx = max(mx, __float_as_uint(v[j]) & 0x7fffffffu);
+    for (int j = 0; j < 16; j++) {
+      v[j] = r.v[j];
+      mx = max(mx, __float_as_uint(v[j]) & 0x7fffffffu);
+    }
     return __uint_as_float(mx);
   }
 };
+
+/* Both steps at once. */
+template <typename T, bool kVec>
+__device__ __forceinline__ float loadBlock(const void* x, size_t blk, float (&v)[16], uint32_t (&sg)[4]) {
+  typename Block<T, kVec>::Raw r;
+  Block<T, kVec>::loadRaw(x, blk, r);
+  return Block<T, kVec>::decode(r, v, sg);
+}
 
 }  // namespace vcollNvfp4
 
