@@ -120,24 +120,31 @@ __device__ __forceinline__ void quantizeBlock(const QuantArgs& a, size_t blk, co
 /* Grid-stride over the blocks, the next block's loads issued before the
  * current block is quantized (so that every thread keeps a load in flight
  * while it computes), then the swizzled layout's zero padding. */
-template <typename T, bool kVec, int kMinBlocks>
+template <typename T, bool kVec, int kMinBlocks, int kDepth>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) quantizeKernel(const QuantArgs a) {
   typedef Block<T, kVec> B;
+  const size_t first = (size_t)blockIdx.x * kThreads + threadIdx.x, stride = (size_t)gridDim.x * kThreads;
+  typename B::Raw cur = {}, n1 = {}; /* the block being quantized and (kDepth 2) the next one */
+  if (first < a.blocks) B::loadRaw(a.x, first, cur);
+  if (kDepth > 1 && first + stride < a.blocks) B::loadRaw(a.x, first + stride, n1);
+  /* The global scale after the first loads are issued: its latency overlaps theirs. */
   const float gs = readGlobalScale(a.gs, a.computed);
   const float gsDiv6 = __fmul_rn(gs, 1.0f / 6.0f);
   const float invGs = __frcp_rn(gs);
-  const size_t first = (size_t)blockIdx.x * kThreads + threadIdx.x, stride = (size_t)gridDim.x * kThreads;
-  typename B::Raw cur = {};
-  if (first < a.blocks) B::loadRaw(a.x, first, cur);
 #pragma unroll 1
   for (size_t blk = first; blk < a.blocks; blk += stride) {
-    typename B::Raw next = {};
-    if (blk + stride < a.blocks) B::loadRaw(a.x, blk + stride, next);
+    typename B::Raw ahead = {};
+    if (blk + kDepth * stride < a.blocks) B::loadRaw(a.x, blk + kDepth * stride, ahead);
     float v[16];
     uint32_t sg[4];
     const float amax = B::decode(cur, v, sg);
     quantizeBlock<kVec, B::kSigns>(a, blk, v, amax, sg, gsDiv6, invGs);
-    cur = next;
+    if (kDepth > 1) {
+      cur = n1;
+      n1 = ahead;
+    } else {
+      cur = ahead;
+    }
   }
   for (size_t q = first; q < a.padTotal; q += stride) writePadding(a, q);
 }
@@ -319,7 +326,7 @@ unsigned gridFor(size_t work, size_t perCta) {
 /* The quantize kernel on at most the blocks the device holds at once (SMs x
  * resident blocks per SM, queried once per device), since each thread
  * loops over blocks; need: blocks for one block of input per thread. */
-template <typename T, bool kVec, int kMinBlocks>
+template <typename T, bool kVec, int kMinBlocks, int kDepth>
 vcollResult_t launchQuantizeKernel(const QuantArgs& a, unsigned need, bool fullGrid, cudaStream_t stream) {
   static int perSm[64]; /* benign race: every thread writes the same value */
   int dev = 0, sms = 0, occ = 0;
@@ -327,13 +334,13 @@ vcollResult_t launchQuantizeKernel(const QuantArgs& a, unsigned need, bool fullG
   VCOLL_CUDACHECK(NULL, cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   if (dev < 64) occ = perSm[dev];
   if (occ == 0) {
-    VCOLL_CUDACHECK(NULL, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, quantizeKernel<T, kVec, kMinBlocks>,
+    VCOLL_CUDACHECK(NULL, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, quantizeKernel<T, kVec, kMinBlocks, kDepth>,
                                                                         kThreads, 0));
     if (occ < 1) occ = 1;
     if (dev < 64) perSm[dev] = occ;
   }
   const unsigned cap = (unsigned)occ * (unsigned)sms;
-  quantizeKernel<T, kVec, kMinBlocks><<<(need > cap && !fullGrid) ? cap : need, kThreads, 0, stream>>>(a);
+  quantizeKernel<T, kVec, kMinBlocks, kDepth><<<(need > cap && !fullGrid) ? cap : need, kThreads, 0, stream>>>(a);
   return vcollSuccess;
 }
 
@@ -349,12 +356,12 @@ vcollResult_t launchQuantize(const char* op, const QuantArgs& a, bool vec, cudaS
   static const bool fullGrid = getenv("VCOLL_NVFP4_EXP_FULLGRID") != NULL;                        /* EXPERIMENT */
   const unsigned g = gridFor(a.blocks > a.padTotal ? a.blocks : a.padTotal, kThreads);
   vcollResult_t r;
-  if (occ == 8) r = vec ? launchQuantizeKernel<T, true, 8>(a, g, fullGrid, stream)
-                        : launchQuantizeKernel<T, false, 8>(a, g, fullGrid, stream);
-  else if (occ == 4) r = vec ? launchQuantizeKernel<T, true, 4>(a, g, fullGrid, stream)
-                             : launchQuantizeKernel<T, false, 4>(a, g, fullGrid, stream);
-  else r = vec ? launchQuantizeKernel<T, true, 5>(a, g, fullGrid, stream)
-               : launchQuantizeKernel<T, false, 5>(a, g, fullGrid, stream);
+  if (occ == 4) r = vec ? launchQuantizeKernel<T, true, 4, 2>(a, g, fullGrid, stream)
+                        : launchQuantizeKernel<T, false, 4, 2>(a, g, fullGrid, stream);
+  else if (occ == 3) r = vec ? launchQuantizeKernel<T, true, 3, 2>(a, g, fullGrid, stream)
+                             : launchQuantizeKernel<T, false, 3, 2>(a, g, fullGrid, stream);
+  else r = vec ? launchQuantizeKernel<T, true, 5, 1>(a, g, fullGrid, stream)
+               : launchQuantizeKernel<T, false, 5, 1>(a, g, fullGrid, stream);
   if (r != vcollSuccess) return r;
   LAUNCH_CHECK("quantizeKernel");
   return vcollSuccess;
