@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Routing gate benchmark on GPU 0: DeepSeek-V3's shape (E 256, 8 groups,
 # topk_group 4, topk 8, one shared expert), T = 1 .. 65536, fp32 and bf16,
-# each size checked against the CPU reference. Raw table in OUT_DIR/gate.txt.
+# each size checked against the CPU reference; then the same with
+# VCOLL_GATE_KERNEL=warp (the one-warp-per-token kernel, for comparison with
+# the default 8-lanes-per-token one). Raw tables in OUT_DIR/gate.txt.
 #   bench/run_gpu.d/gate.sh BUILD_DIR OUT_DIR
 set -uo pipefail
 BUILD=${1:?usage: gate.sh BUILD_DIR OUT_DIR}
@@ -9,8 +11,11 @@ OUT=${2:?usage: gate.sh BUILD_DIR OUT_DIR}
 mkdir -p "$OUT"
 TXT=$OUT/gate.txt
 t0=$SECONDS
-CUDA_VISIBLE_DEVICES=0 "$BUILD/bench/gate/gate_perf" -n 200 -w 20 >"$TXT" 2>&1
+echo "# default kernel selection" >"$TXT"
+CUDA_VISIBLE_DEVICES=0 "$BUILD/bench/gate/gate_perf" -n 200 -w 20 >>"$TXT" 2>&1
 rc=$?
+echo "# VCOLL_GATE_KERNEL=warp" >>"$TXT"
+VCOLL_GATE_KERNEL=warp CUDA_VISIBLE_DEVICES=0 "$BUILD/bench/gate/gate_perf" -n 200 -w 20 >>"$TXT" 2>&1 || rc=$?
 echo "# gate_perf exit $rc, took $((SECONDS - t0)) s" >>"$TXT"
 cat "$TXT"
 exit $rc

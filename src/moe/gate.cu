@@ -5,6 +5,8 @@
  * (gate_common.h); the selections are warp reductions on them. */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "vcoll.h"
 #include "gate_common.h"
@@ -251,6 +253,234 @@ vcollResult_t launchGate(const GateArgs& a, cudaStream_t stream) {
   return vcollSuccess;
 }
 
+/* DeepSeek-V3's shape (E = 256 in 8 groups of 32, topk <= 8) with 8 lanes
+ * per token: lane g of a token's 8-lane segment holds group g's 32 experts
+ * (one 128-byte or 64-byte contiguous load), so the group scores need no
+ * warp reductions and every selection step is 3 shuffle levels among 8
+ * lanes instead of 5 among 32 for 4 times fewer tokens per warp.
+ *
+ * Scores are the reference's exact keys (gate_common.h). Group top-2 and
+ * group ranks are computed on them. The top-k runs on packed keys, the key
+ * with its low 5 bits replaced by 31 - j (j: the expert's place in its
+ * group), so that one 32-bit max carries the expert with it; each lane
+ * caches its 4 best packed keys (a rescan of its 32 keys only when it wins
+ * a fifth time). Packing cannot reorder keys whose top 27 bits differ, so
+ * the chosen set is exact when the last chosen and the best one left differ
+ * there; otherwise (and for tokens with NaN scores, whose key 1 packs to
+ * the range of "no candidate") the segment redoes the selection on unique
+ * 64-bit (key, expert) values, which is exact but slower. The chosen
+ * experts' scores and weights are then recomputed exactly from their logits
+ * and sorted by (key, expert) across the segment, so slot order is exact
+ * either way. */
+constexpr int kSegExperts = 256, kSegGroups = 8, kSegGroupSize = 32;
+
+template <typename TIn> __device__ __forceinline__ void loadGroup(const TIn* p, float (&x)[32]);
+template <> __device__ __forceinline__ void loadGroup<float>(const float* p, float (&x)[32]) {
+#pragma unroll
+  for (int q = 0; q < 8; q++) {
+    const float4 v = __ldg((const float4*)p + q);
+    x[4 * q] = v.x; x[4 * q + 1] = v.y; x[4 * q + 2] = v.z; x[4 * q + 3] = v.w;
+  }
+}
+template <> __device__ __forceinline__ void loadGroup<__nv_bfloat16>(const __nv_bfloat16* p, float (&x)[32]) {
+#pragma unroll
+  for (int q = 0; q < 4; q++) {
+    const uint4 v = __ldg((const uint4*)p + q);
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      x[8 * q + 2 * i] = __uint_as_float(w[i] << 16);
+      x[8 * q + 2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
+  }
+}
+
+/* Inserts the unique value v into the descending list c1 > c2 > c3 > c4. */
+__device__ __forceinline__ void insert4(uint32_t v, uint32_t& c1, uint32_t& c2, uint32_t& c3, uint32_t& c4) {
+  uint32_t t = min(c1, v);
+  c1 = max(c1, v);
+  v = t; t = min(c2, v); c2 = max(c2, v);
+  v = t; t = min(c3, v); c3 = max(c3, v);
+  c4 = max(c4, t);
+}
+
+/* Segment-wide max of (v, lane) among the 8 lanes (ties: the lower lane). */
+__device__ __forceinline__ void segMax(uint32_t& v, int& l, unsigned mask) {
+#pragma unroll
+  for (int d = 4; d > 0; d >>= 1) {
+    const uint32_t ov = __shfl_xor_sync(mask, v, d);
+    const int ol = __shfl_xor_sync(mask, l, d);
+    if (ov > v || (ov == v && ol < l)) { v = ov; l = ol; }
+  }
+}
+
+template <typename TIn, bool ALLKEPT>
+__global__ void __launch_bounds__(kWarps * 32) moeGateSegKernel(const GateArgs a) {
+  /* Bias by group, rows padded to 36 floats: the 8 lanes of a segment read
+   * 16 bytes each at 36 g + 4 q, in 8 different bank quads. */
+  __shared__ __align__(16) float sb[kSegGroups * 36];
+  for (int i = threadIdx.x; i < kSegExperts; i += blockDim.x)
+    sb[(i >> 5) * 36 + (i & 31)] = a.bias != nullptr ? __ldg(a.bias + i) : 0.0f;
+  __syncthreads();
+  const int lane = threadIdx.x & 31, g = lane & 7, segBase = lane & 24;
+  const unsigned segMask = 0xffu << segBase;
+  const float* myBias = sb + g * 36;
+  const TIn* logits = (const TIn*)a.logits;
+  const size_t step = (size_t)gridDim.x * kWarps * 4;
+  for (size_t t0 = ((size_t)blockIdx.x * kWarps + (threadIdx.x >> 5)) * 4; t0 < a.T; t0 += step) {
+    const size_t t = t0 + (lane >> 3);
+    const bool valid = t < a.T;
+    const TIn* row = logits + (valid ? t : t0) * kSegExperts; /* a spare segment works on a valid row */
+    float x[32];
+    loadGroup<TIn>(row + g * kSegGroupSize, x);
+    uint32_t k[32];
+#pragma unroll
+    for (int q = 0; q < 8; q++) {
+      const float4 b = *(const float4*)(myBias + 4 * q);
+      const float bb[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+      for (int i = 0; i < 4; i++) k[4 * q + i] = vgKey(__fadd_rn(vgSigmoid(x[4 * q + i]), bb[i]));
+    }
+    /* Exact group top-2 (values only) and the smallest key (1: a NaN score). */
+    uint32_t a1 = 0, a2 = 0, mn = 0xffffffffu;
+#pragma unroll
+    for (int j = 0; j < 32; j++) {
+      a2 = max(a2, min(a1, k[j]));
+      a1 = max(a1, k[j]);
+      mn = min(mn, k[j]);
+    }
+    bool kept = true;
+    if (!ALLKEPT) {
+      const uint32_t gk = vgGroupKey(a1, a2);
+      int rank = 0;
+#pragma unroll
+      for (int d = 1; d < kSegGroups; d++) {
+        const int og = (g + d) & 7;
+        const uint32_t ok = __shfl_sync(kFull, gk, segBase | og);
+        rank += ok > gk || (ok == gk && og < g);
+      }
+      kept = rank < a.topkGroup;
+    }
+    const uint32_t keep = kept ? ~31u : 0u; /* packed key: (k & ~31) | (31 - j), 0 when not kept */
+    uint32_t c1 = 0, c2 = 0, c3 = 0, c4 = 0;
+#pragma unroll
+    for (int j = 0; j < 32; j++) insert4((k[j] & keep) | (kept ? 31u - j : 0u), c1, c2, c3, c4);
+
+    /* topk rounds, and one more for the best one left when there is one. */
+    const int rounds = a.topk + (kSegGroupSize * a.topkGroup > a.topk ? 1 : 0);
+    uint32_t myP = 0, pLast = 0, pNext = 0;
+    int myL = 0;
+    for (int r = 0; r < rounds; r++) {
+      uint32_t bp = c1;
+      int bl = g;
+      segMax(bp, bl, kFull);
+      if (g == r) { myP = bp; myL = bl; }
+      if (r == a.topk - 1) pLast = bp;
+      if (r == a.topk) pNext = bp;
+      if (g == bl) {
+        const uint32_t taken = c1;
+        c1 = c2; c2 = c3; c3 = c4; c4 = 0;
+        if (c1 == 0 && kept) { /* fifth win: the 4 best below the one just taken */
+#pragma unroll
+          for (int j = 0; j < 32; j++) {
+            const uint32_t pj = (k[j] & ~31u) | (31u - j);
+            insert4(pj < taken ? pj : 0u, c1, c2, c3, c4);
+          }
+        }
+      }
+    }
+    uint32_t e = (uint32_t)myL * kSegGroupSize + (31u - (myP & 31u)); /* expert of slot g (g < topk) */
+    bool exact = (pNext != 0 && (pNext >> 5) == (pLast >> 5)) || mn == 1u;
+    exact = __ballot_sync(kFull, exact) & segMask;
+    if (exact) {
+      /* Segment-uniform: the selection again on unique 64-bit values
+       * (key, 255 - expert); each round rescans all 32. */
+      uint64_t last = ~0ull;
+      for (int r = 0; r < a.topk; r++) {
+        uint64_t best = 0;
+#pragma unroll
+        for (int j = 0; j < 32; j++) {
+          const uint64_t q = kept ? ((uint64_t)k[j] << 32) | (uint64_t)(0xffffu - (g * 32 + j)) : 0ull;
+          if (q < last && q > best) best = q;
+        }
+#pragma unroll
+        for (int d = 4; d > 0; d >>= 1) {
+          const uint64_t o = __shfl_xor_sync(segMask, best, d);
+          best = o > best ? o : best;
+        }
+        last = best;
+        if (g == r) e = 0xffffu - (uint32_t)(best & 0xffffu);
+      }
+    }
+    /* Slot g (< topk): exact score, weight and key of expert e, recomputed. */
+    float w = 0.0f;
+    uint64_t sk = 0; /* sort value (key, 255 - e); 0 for slots past topk */
+    if (g < a.topk) {
+      w = vgSigmoid(rawToFloat<TIn>(loadRaw<TIn>(row + e)));
+      const uint32_t key = vgKey(__fadd_rn(w, sb[(e >> 5) * 36 + (e & 31)]));
+      sk = ((uint64_t)key << 32) | (uint64_t)(0xffffu - e);
+    }
+    /* Bitonic sort of the 8 slots, descending. */
+#pragma unroll
+    for (int size = 2; size <= 8; size <<= 1) {
+#pragma unroll
+      for (int d = size >> 1; d > 0; d >>= 1) {
+        const uint64_t o = __shfl_xor_sync(kFull, sk, d);
+        const float ow = __shfl_xor_sync(kFull, w, d);
+        const bool lower = (g & d) == 0, desc = (g & size) == 0 || size == 8;
+        const bool takeMax = lower == desc;
+        if (takeMax ? o > sk : o < sk) { sk = o; w = ow; }
+      }
+    }
+    e = 0xffffu - (uint32_t)(sk & 0xffffu);
+    float sum = 0.0f;
+    for (int r = 0; r < a.topk; r++) sum = __fadd_rn(sum, __shfl_sync(kFull, w, segBase | r)); /* slot order */
+    if (valid) {
+      int32_t* idRow = a.ids + t * a.K;
+      float* wRow = a.weights + t * a.K;
+      if (g < a.topk) {
+        float v = w;
+        if (a.renormalize) v = __fdiv_rn(v, sum);
+        if (a.scaleIn) v = __fmul_rn(v, a.rsf);
+        idRow[g] = (int32_t)e;
+        wRow[g] = v;
+      }
+      for (int r = a.topk + g; r < a.K; r += kSegGroups) {
+        idRow[r] = kSegExperts + (r - a.topk);
+        wRow[r] = a.sharedW;
+      }
+    }
+  }
+}
+
+template <typename TIn, bool ALLKEPT>
+vcollResult_t launchSeg(const GateArgs& a, cudaStream_t stream) {
+  static int occupancy[64]; /* per device (benign race: same value written) */
+  int dev = 0, sms = 0;
+  VCOLL_CUDACHECK(NULL, cudaGetDevice(&dev));
+  VCOLL_CUDACHECK(NULL, cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  int occ = dev < 64 ? occupancy[dev] : 0;
+  if (occ == 0) {
+    VCOLL_CUDACHECK(NULL, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, moeGateSegKernel<TIn, ALLKEPT>,
+                                                                        kWarps * 32, 0));
+    if (occ < 1) occ = 1;
+    if (dev < 64) occupancy[dev] = occ;
+  }
+  const size_t need = (a.T + kWarps * 4 - 1) / (kWarps * 4);
+  const size_t cap = (size_t)occ * (size_t)sms;
+  moeGateSegKernel<TIn, ALLKEPT><<<(unsigned)(need < cap ? need : cap), kWarps * 32, 0, stream>>>(a);
+  VCOLL_CUDACHECK(NULL, cudaGetLastError());
+  return vcollSuccess;
+}
+
+/* The segment kernel's shapes; VCOLL_GATE_KERNEL=warp forces the one-warp-per-token kernel. */
+bool segShape(const GateArgs& a) {
+  if (a.E != kSegExperts || a.G != kSegGroups || a.topk > kSegGroups || ((uintptr_t)a.logits & 15u) != 0)
+    return false;
+  const char* env = getenv("VCOLL_GATE_KERNEL");
+  return env == nullptr || strcmp(env, "warp") != 0;
+}
+
 template <typename TIn, int NR>
 vcollResult_t launchMode(const GateArgs& a, cudaStream_t stream) {
   const bool full = a.E == NR * 32;
@@ -266,6 +496,7 @@ vcollResult_t launchMode(const GateArgs& a, cudaStream_t stream) {
 
 template <typename TIn>
 vcollResult_t launchRows(const GateArgs& a, cudaStream_t stream) {
+  if (segShape(a)) return a.topkGroup == a.G ? launchSeg<TIn, true>(a, stream) : launchSeg<TIn, false>(a, stream);
   if (a.E <= 64) return launchMode<TIn, 2>(a, stream);
   if (a.E <= 128) return launchMode<TIn, 4>(a, stream);
   if (a.E <= 256) return launchMode<TIn, 8>(a, stream);

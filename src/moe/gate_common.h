@@ -57,6 +57,21 @@ VG_FN float vgFloat(uint32_t u) {
 #define VG_NAN_BITS 0x7fc00000u
 #define VG_ROUND_MAGIC 12582912.0f /* 1.5 * 2^23: adding it rounds |t| < 2^22 to an integer */
 
+/* 1 / d rounded to nearest, for d in [1, 2^118] (its reciprocal is a normal
+ * float). On the device: the approximate reciprocal and one Newton step with
+ * fused multiply-adds, which is what __frcp_rn runs for such d (it checks
+ * the exponent first and takes a slower path only near the ends of the
+ * range), without that check and its branch. */
+VG_FN float vgRcpNormal(float d) {
+#if defined(__CUDA_ARCH__)
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(d));
+  return __fmaf_rn(r, __fmaf_rn(-d, r, 1.0f), r);
+#else
+  return VG_RCP(d);
+#endif
+}
+
 /* sigmoid(x) = 1 / (1 + exp(-x)) in fp32, within 2 ulp of the exact value
  * for x >= -80 (it saturates at sigmoid(-80) ~ 1.8e-35 below, and is 1 from
  * x = 20 on, where the exact value rounds to 1 anyway). exp(y) = 2^k e^r with
@@ -83,7 +98,7 @@ VG_FN float vgSigmoid(float x) {
   /* The low mantissa bits of tm hold k; shifting them into the exponent
    * field and adding the bias gives 2^k (k in -29..116). */
   float scale = vgFloat((vgBits(tm) << 23) + 0x3f800000u);
-  const float sig = VG_RCP(VG_FMA(e, scale, 1.0f)); /* e * 2^k is exact, so one rounding */
+  const float sig = vgRcpNormal(VG_FMA(e, scale, 1.0f)); /* e * 2^k is exact, so one rounding */
   return x != x ? vgFloat(VG_NAN_BITS) : sig;
 }
 
