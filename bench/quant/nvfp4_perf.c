@@ -7,7 +7,10 @@
  * Defaults: bf16, cols 7168, rows 1, 2, 4, ... 16384, linear scales, 100
  * timed calls after 10 warm-up calls. Inputs are random normal (never all
  * zeros). Every sample is one call timed with CUDA events; the table shows
- * medians.
+ * medians. Successive calls use successive slots of 256 MB pools (inputs,
+ * payloads, scales, outputs, copy destinations), so that no call finds its
+ * data in the L2 cache (50 MB on an H200) from the one before: every
+ * operation, the copy too, is timed from and to device memory.
  *   bytes    = input read + payload and scales written
  *   quant    = vcollNvfp4Quantize with a given global scale
  *   qcomp    = the same computing the global scale on the device (the
@@ -96,16 +99,24 @@ int main(int argc, char** argv) {
   }
   const float gsGiven = 2688.0f / amax; /* as a calibrated static scale would be */
 
-  void *dx, *dp, *ds, *dout, *dcopy;
+  /* Pools of kPool bytes or more (twice the largest size), filled with the
+   * input pattern; call i of a size uses slot i mod slots. */
+  const size_t kPool = (size_t)256 << 20;
+  const size_t xPool = 2 * nMax * es > kPool ? 2 * nMax * es : kPool;
+  const size_t pPool = 2 * pMax > kPool ? 2 * pMax : kPool, sPool = 2 * sMax > kPool ? 2 * sMax : kPool;
+  const size_t cPool = xPool;
+  unsigned char *dx, *dp, *ds, *dout, *dcopy;
   float *dgs, *dgsC;
-  CUDACHECK(cudaMalloc(&dx, nMax * es));
-  CUDACHECK(cudaMalloc(&dp, pMax));
-  CUDACHECK(cudaMalloc(&ds, sMax));
-  CUDACHECK(cudaMalloc(&dout, nMax * es));
-  CUDACHECK(cudaMalloc(&dcopy, (nMax * es + pMax + sMax) / 2 + 16));
+  CUDACHECK(cudaMalloc((void**)&dx, xPool));
+  CUDACHECK(cudaMalloc((void**)&dp, pPool));
+  CUDACHECK(cudaMalloc((void**)&ds, sPool));
+  CUDACHECK(cudaMalloc((void**)&dout, xPool));
+  CUDACHECK(cudaMalloc((void**)&dcopy, cPool));
   CUDACHECK(cudaMalloc((void**)&dgs, 4));
   CUDACHECK(cudaMalloc((void**)&dgsC, 4));
   CUDACHECK(cudaMemcpy(dx, hx, nMax * es, cudaMemcpyHostToDevice));
+  for (size_t off = nMax * es; off < xPool; off += nMax * es)
+    CUDACHECK(cudaMemcpy(dx + off, dx, off + nMax * es <= xPool ? nMax * es : xPool - off, cudaMemcpyDeviceToDevice));
   CUDACHECK(cudaMemcpy(dgs, &gsGiven, 4, cudaMemcpyHostToDevice));
   cudaStream_t stream;
   cudaEvent_t ev0, ev1;
@@ -118,16 +129,27 @@ int main(int argc, char** argv) {
     const size_t n = rows * cols, pB = vcollNvfp4PayloadBytes(rows, cols), sB = vcollNvfp4ScaleBytes(rows, cols, layout);
     const size_t bytes = n * es + pB + sB;
     float t[kNumOps];
+    /* Slot strides rounded up to 256 bytes; slots: as many as every pool holds. */
+    const size_t xs = (n * es + 255) & ~(size_t)255, ps = (pB + 255) & ~(size_t)255, ss = (sB + 255) & ~(size_t)255;
+    const size_t cs = (bytes / 2 + 255) & ~(size_t)255;
+    size_t slots = xPool / xs;
+    if (pPool / ps < slots) slots = pPool / ps;
+    if (sPool / ss < slots) slots = sPool / ss;
+    if (cPool / cs < slots) slots = cPool / cs;
     for (int op = 0; op < kNumOps; op++) {
       for (int it = -warmup; it < iters; it++) {
+        const size_t k = (size_t)(it + warmup) % slots;
+        unsigned char *x = dx + k * xs, *pay = dp + k * ps, *sc = ds + k * ss;
         CUDACHECK(cudaEventRecord(ev0, stream));
         switch (op) {
-          case kQuant: VCOLLCHECK(vcollNvfp4Quantize(dx, type, rows, cols, dgs, 0, dp, ds, layout, stream)); break;
+          case kQuant: VCOLLCHECK(vcollNvfp4Quantize(x, type, rows, cols, dgs, 0, pay, sc, layout, stream)); break;
           case kQuantComputed:
-            VCOLLCHECK(vcollNvfp4Quantize(dx, type, rows, cols, dgsC, 1, dp, ds, layout, stream));
+            VCOLLCHECK(vcollNvfp4Quantize(x, type, rows, cols, dgsC, 1, pay, sc, layout, stream));
             break;
-          case kDequant: VCOLLCHECK(vcollNvfp4Dequantize(dp, ds, layout, dgs, rows, cols, dout, type, stream)); break;
-          default: CUDACHECK(cudaMemcpyAsync(dcopy, dx, bytes / 2, cudaMemcpyDeviceToDevice, stream)); break;
+          case kDequant:
+            VCOLLCHECK(vcollNvfp4Dequantize(pay, sc, layout, dgs, rows, cols, dout + k * xs, type, stream));
+            break;
+          default: CUDACHECK(cudaMemcpyAsync(dcopy + k * cs, x, bytes / 2, cudaMemcpyDeviceToDevice, stream)); break;
         }
         CUDACHECK(cudaEventRecord(ev1, stream));
         CUDACHECK(cudaEventSynchronize(ev1));
@@ -138,8 +160,9 @@ int main(int argc, char** argv) {
       t[op] = benchMedian(samples, iters);
     }
     long wrong = -1;
-    if (check) { /* the last quantize ran with the computed scale; then dequant, copy: outputs intact */
+    if (check) { /* one more quantize with the computed scale, from slot 0 (the input as on the host) */
       float gsDev, gsRef;
+      VCOLLCHECK(vcollNvfp4Quantize(dx, type, rows, cols, dgsC, 1, dp, ds, layout, stream));
       CUDACHECK(cudaStreamSynchronize(stream));
       CUDACHECK(cudaMemcpy(&gsDev, dgsC, 4, cudaMemcpyDeviceToHost));
       CUDACHECK(cudaMemcpy(hp, dp, pB, cudaMemcpyDeviceToHost));

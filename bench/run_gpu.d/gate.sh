@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Routing gate benchmark on GPU 0: DeepSeek-V3's shape (E 256, 8 groups,
 # topk_group 4, topk 8, one shared expert), T = 1 .. 65536, fp32 and bf16,
-# each size checked against the CPU reference; then the same with
-# VCOLL_GATE_KERNEL=warp (the one-warp-per-token kernel, for comparison with
-# the default 8-lanes-per-token one). Raw tables in OUT_DIR/gate.txt.
+# each size checked against the CPU reference; then the same with each
+# kernel forced: VCOLL_GATE_KERNEL=seg (8 lanes per token) and =warp (one
+# warp per token), which the default picks between by token count. Raw
+# tables in OUT_DIR/gate.txt.
 #   bench/run_gpu.d/gate.sh BUILD_DIR OUT_DIR
 set -uo pipefail
 BUILD=${1:?usage: gate.sh BUILD_DIR OUT_DIR}
@@ -14,6 +15,8 @@ t0=$SECONDS
 echo "# default kernel selection" >"$TXT"
 CUDA_VISIBLE_DEVICES=0 "$BUILD/bench/gate/gate_perf" -n 200 -w 20 >>"$TXT" 2>&1
 rc=$?
+echo "# VCOLL_GATE_KERNEL=seg" >>"$TXT"
+VCOLL_GATE_KERNEL=seg CUDA_VISIBLE_DEVICES=0 "$BUILD/bench/gate/gate_perf" -n 200 -w 20 >>"$TXT" 2>&1 || rc=$?
 echo "# VCOLL_GATE_KERNEL=warp" >>"$TXT"
 VCOLL_GATE_KERNEL=warp CUDA_VISIBLE_DEVICES=0 "$BUILD/bench/gate/gate_perf" -n 200 -w 20 >>"$TXT" 2>&1 || rc=$?
 echo "# gate_perf exit $rc, took $((SECONDS - t0)) s" >>"$TXT"

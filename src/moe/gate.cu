@@ -273,6 +273,10 @@ vcollResult_t launchGate(const GateArgs& a, cudaStream_t stream) {
  * and sorted by (key, expert) across the segment, so slot order is exact
  * either way. */
 constexpr int kSegExperts = 256, kSegGroups = 8, kSegGroupSize = 32;
+/* Below this many tokens the one-warp-per-token kernel is faster (more
+ * warps in flight for the same tokens; measured on an H200 up to 4096 tokens,
+ * docs/perf/2026-12-02_gate_1xH200_*). */
+constexpr size_t kSegMinTokens = 8192;
 
 template <typename TIn> __device__ __forceinline__ void loadGroup(const TIn* p, float (&x)[32]);
 template <> __device__ __forceinline__ void loadGroup<float>(const float* p, float (&x)[32]) {
@@ -331,6 +335,8 @@ __global__ void __launch_bounds__(kWarps * 32) moeGateSegKernel(const GateArgs a
     const size_t t = t0 + (lane >> 3);
     const bool valid = t < a.T;
     const TIn* row = logits + (valid ? t : t0) * kSegExperts; /* a spare segment works on a valid row */
+    if (t + step < a.T) /* the next quad's rows into L2 while this one is worked on */
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(row + step * kSegExperts + g * kSegGroupSize));
     float x[32];
     loadGroup<TIn>(row + g * kSegGroupSize, x);
     uint32_t k[32];
@@ -473,12 +479,14 @@ vcollResult_t launchSeg(const GateArgs& a, cudaStream_t stream) {
   return vcollSuccess;
 }
 
-/* The segment kernel's shapes; VCOLL_GATE_KERNEL=warp forces the one-warp-per-token kernel. */
+/* The segment kernel for its shapes from kSegMinTokens tokens on;
+ * VCOLL_GATE_KERNEL=warp or =seg forces one kernel (seg: where the shape allows). */
 bool segShape(const GateArgs& a) {
   if (a.E != kSegExperts || a.G != kSegGroups || a.topk > kSegGroups || ((uintptr_t)a.logits & 15u) != 0)
     return false;
   const char* env = getenv("VCOLL_GATE_KERNEL");
-  return env == nullptr || strcmp(env, "warp") != 0;
+  if (env != nullptr) return strcmp(env, "seg") == 0;
+  return a.T >= kSegMinTokens;
 }
 
 template <typename TIn, int NR>

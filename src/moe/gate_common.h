@@ -79,9 +79,10 @@ VG_FN float vgRcpNormal(float d) {
  * e^r from Cephes' expf polynomial. NaN gives NaN. */
 VG_FN float vgSigmoid(float x) {
   /* NaN flows through the arithmetic below (no branch) and is replaced at the end. */
-  float y = -x;
-  y = y > 80.0f ? 80.0f : y;   /* keeps 1 + exp(y) and its reciprocal normal floats */
-  y = y < -20.0f ? -20.0f : y;
+  /* Clamped to [-20, 80], which keeps 1 + exp(y) and its reciprocal normal
+   * floats; fminf/fmaxf (one instruction each on the device) map a NaN to a
+   * bound, and the NaN result is restored at the end. */
+  const float y = fminf(fmaxf(-x, -20.0f), 80.0f);
   float t = VG_MUL(y, 1.44269504088896341f);
   float tm = VG_ADD(t, VG_ROUND_MAGIC);
   float kf = VG_ADD(tm, -VG_ROUND_MAGIC);

@@ -1,6 +1,11 @@
-/* NVFP4 kernels. One thread per 16-element block: 16-byte loads of the
- * block, its scale, the 16 codes packed into one 8-byte store, one scale
- * byte. The recipe is the CPU reference's (nvfp4.c), operation for
+/* NVFP4 kernels. A thread quantizes one 16-element block at a time: 16-byte
+ * loads of the block, its scale, the 16 codes packed into one 8-byte store,
+ * one scale byte. The quantize kernel runs on a grid the device holds at
+ * once and loops over blocks with the next block's loads issued before the
+ * current one is quantized, so that loads stay in flight while it computes
+ * (one block per thread and launch left the memory system idle between a
+ * thread's load and its exit: 73-78% of the copy bandwidth, now 90-94% from
+ * 4096 rows up). The recipe is the CPU reference's (nvfp4.c), operation for
  * operation in IEEE fp32 with explicit __fmul_rn/__frcp_rn/__fdiv_rn (no
  * contraction into FMA), so the results match it bit for bit.
  *
@@ -13,7 +18,6 @@
  * preset uses 1.0 and stores 1.0, which every other reader also derives. */
 #include <cuda_runtime.h>
 #include <float.h>
-#include <stdlib.h>
 
 #include "nvfp4_device.cuh"
 #include "vcoll/nvfp4.h"
@@ -27,7 +31,12 @@ using namespace vcollNvfp4;
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kAmaxUnroll = 4;             /* blocks per thread in the amax kernel */
+constexpr int kAmaxUnroll = 4;
+/* Resident blocks per SM the quantize kernel is compiled for: at most 48
+ * registers (51 rounded down to the allocation unit), which its loop with one block's loads in flight needs without
+ * spilling (measured against 3 and 4 blocks with a two-deep pipeline, and
+ * 8 blocks with spills: docs/perf/2026-12-02_nvfp4_1xH200_*). */
+constexpr int kQuantMinBlocks = 5;             /* blocks per thread in the amax kernel */
 constexpr uint32_t kNoAmax = 0xffffffffu;  /* preset of the computed scale */
 constexpr unsigned kMaxGrid = 1u << 30;
 
@@ -120,31 +129,24 @@ __device__ __forceinline__ void quantizeBlock(const QuantArgs& a, size_t blk, co
 /* Grid-stride over the blocks, the next block's loads issued before the
  * current block is quantized (so that every thread keeps a load in flight
  * while it computes), then the swizzled layout's zero padding. */
-template <typename T, bool kVec, int kMinBlocks, int kDepth>
-__global__ void __launch_bounds__(kThreads, kMinBlocks) quantizeKernel(const QuantArgs a) {
+template <typename T, bool kVec>
+__global__ void __launch_bounds__(kThreads, kQuantMinBlocks) quantizeKernel(const QuantArgs a) {
   typedef Block<T, kVec> B;
   const size_t first = (size_t)blockIdx.x * kThreads + threadIdx.x, stride = (size_t)gridDim.x * kThreads;
-  typename B::Raw cur = {}, n1 = {}; /* the block being quantized and (kDepth 2) the next one */
+  typename B::Raw cur = {};
   if (first < a.blocks) B::loadRaw(a.x, first, cur);
-  if (kDepth > 1 && first + stride < a.blocks) B::loadRaw(a.x, first + stride, n1);
-  /* The global scale after the first loads are issued: its latency overlaps theirs. */
   const float gs = readGlobalScale(a.gs, a.computed);
   const float gsDiv6 = __fmul_rn(gs, 1.0f / 6.0f);
   const float invGs = __frcp_rn(gs);
 #pragma unroll 1
   for (size_t blk = first; blk < a.blocks; blk += stride) {
-    typename B::Raw ahead = {};
-    if (blk + kDepth * stride < a.blocks) B::loadRaw(a.x, blk + kDepth * stride, ahead);
+    typename B::Raw next = {};
+    if (blk + stride < a.blocks) B::loadRaw(a.x, blk + stride, next);
     float v[16];
     uint32_t sg[4];
     const float amax = B::decode(cur, v, sg);
     quantizeBlock<kVec, B::kSigns>(a, blk, v, amax, sg, gsDiv6, invGs);
-    if (kDepth > 1) {
-      cur = n1;
-      n1 = ahead;
-    } else {
-      cur = ahead;
-    }
+    cur = next;
   }
   for (size_t q = first; q < a.padTotal; q += stride) writePadding(a, q);
 }
@@ -326,21 +328,20 @@ unsigned gridFor(size_t work, size_t perCta) {
 /* The quantize kernel on at most the blocks the device holds at once (SMs x
  * resident blocks per SM, queried once per device), since each thread
  * loops over blocks; need: blocks for one block of input per thread. */
-template <typename T, bool kVec, int kMinBlocks, int kDepth>
-vcollResult_t launchQuantizeKernel(const QuantArgs& a, unsigned need, bool fullGrid, cudaStream_t stream) {
+template <typename T, bool kVec>
+vcollResult_t launchQuantizeKernel(const QuantArgs& a, unsigned need, cudaStream_t stream) {
   static int perSm[64]; /* benign race: every thread writes the same value */
   int dev = 0, sms = 0, occ = 0;
   VCOLL_CUDACHECK(NULL, cudaGetDevice(&dev));
   VCOLL_CUDACHECK(NULL, cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   if (dev < 64) occ = perSm[dev];
   if (occ == 0) {
-    VCOLL_CUDACHECK(NULL, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, quantizeKernel<T, kVec, kMinBlocks, kDepth>,
-                                                                        kThreads, 0));
+    VCOLL_CUDACHECK(NULL, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, quantizeKernel<T, kVec>, kThreads, 0));
     if (occ < 1) occ = 1;
     if (dev < 64) perSm[dev] = occ;
   }
   const unsigned cap = (unsigned)occ * (unsigned)sms;
-  quantizeKernel<T, kVec, kMinBlocks, kDepth><<<(need > cap && !fullGrid) ? cap : need, kThreads, 0, stream>>>(a);
+  quantizeKernel<T, kVec><<<need > cap ? cap : need, kThreads, 0, stream>>>(a);
   return vcollSuccess;
 }
 
@@ -352,16 +353,8 @@ vcollResult_t launchQuantize(const char* op, const QuantArgs& a, bool vec, cudaS
     else amaxKernel<T, false><<<g, kThreads, 0, stream>>>(a.x, a.blocks, a.gs);
     LAUNCH_CHECK("amaxKernel");
   }
-  static const int occ = getenv("VCOLL_NVFP4_EXP_OCC") ? atoi(getenv("VCOLL_NVFP4_EXP_OCC")) : 5; /* EXPERIMENT */
-  static const bool fullGrid = getenv("VCOLL_NVFP4_EXP_FULLGRID") != NULL;                        /* EXPERIMENT */
   const unsigned g = gridFor(a.blocks > a.padTotal ? a.blocks : a.padTotal, kThreads);
-  vcollResult_t r;
-  if (occ == 4) r = vec ? launchQuantizeKernel<T, true, 4, 2>(a, g, fullGrid, stream)
-                        : launchQuantizeKernel<T, false, 4, 2>(a, g, fullGrid, stream);
-  else if (occ == 3) r = vec ? launchQuantizeKernel<T, true, 3, 2>(a, g, fullGrid, stream)
-                             : launchQuantizeKernel<T, false, 3, 2>(a, g, fullGrid, stream);
-  else r = vec ? launchQuantizeKernel<T, true, 5, 1>(a, g, fullGrid, stream)
-               : launchQuantizeKernel<T, false, 5, 1>(a, g, fullGrid, stream);
+  const vcollResult_t r = vec ? launchQuantizeKernel<T, true>(a, g, stream) : launchQuantizeKernel<T, false>(a, g, stream);
   if (r != vcollSuccess) return r;
   LAUNCH_CHECK("quantizeKernel");
   return vcollSuccess;

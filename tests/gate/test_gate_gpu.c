@@ -140,7 +140,8 @@ static void test_deepseek(void** state) {
 }
 
 /* DeepSeek-V3's shape through the 8-lanes-per-token kernel (the default
- * for E 256 in 8 groups, topk <= 8, 16-byte aligned logits) and through the
+ * for E 256 in 8 groups, topk <= 8, 16-byte aligned logits, from 8192
+ * tokens; forced here with VCOLL_GATE_KERNEL=seg) and through the
  * one-warp-per-token kernel (VCOLL_GATE_KERNEL=warp), with the inputs that
  * send the segment kernel to its exact 64-bit selection: exact ties, scores
  * equal in all but their last bits, NaN logits. */
@@ -161,6 +162,7 @@ static void test_segment_kernel(void** state) {
       {256, 8, 4, 8, 1, 1, 0, vcollFloat32, 1000, 0, 0, 4, 0, 0}, /* 16-byte misaligned: warp kernel */
   };
   const size_t n = sizeof(cases) / sizeof(cases[0]);
+  setenv("VCOLL_GATE_KERNEL", "seg", 1);
   runCases(cases, n, 20);
   setenv("VCOLL_GATE_KERNEL", "warp", 1);
   runCases(cases, n, 21);
