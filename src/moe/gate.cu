@@ -318,8 +318,8 @@ __device__ __forceinline__ void segMax(uint32_t& v, int& l, unsigned mask) {
   }
 }
 
-template <typename TIn, bool ALLKEPT, int MINB>
-__global__ void __launch_bounds__(kWarps * 32, MINB) moeGateSegKernel(const GateArgs a) {
+template <typename TIn, bool ALLKEPT>
+__global__ void __launch_bounds__(kWarps * 32) moeGateSegKernel(const GateArgs a) {
   /* Bias by group, rows padded to 36 floats: the 8 lanes of a segment read
    * 16 bytes each at 36 g + 4 q, in 8 different bank quads. */
   __shared__ __align__(16) float sb[kSegGroups * 36];
@@ -459,30 +459,27 @@ __global__ void __launch_bounds__(kWarps * 32, MINB) moeGateSegKernel(const Gate
   }
 }
 
-template <typename TIn, bool ALLKEPT, int MINB>
-vcollResult_t launchSegK(const GateArgs& a, cudaStream_t stream) {
+/* On the blocks the device holds at once (about 108 registers per thread:
+ * 2 blocks of 8 warps per SM on an H200; capping it at 85 registers for 3
+ * blocks spills and was not faster over 8192-65536 tokens, docs/perf). */
+template <typename TIn, bool ALLKEPT>
+vcollResult_t launchSeg(const GateArgs& a, cudaStream_t stream) {
   static int occupancy[64]; /* per device (benign race: same value written) */
   int dev = 0, sms = 0;
   VCOLL_CUDACHECK(NULL, cudaGetDevice(&dev));
   VCOLL_CUDACHECK(NULL, cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   int occ = dev < 64 ? occupancy[dev] : 0;
   if (occ == 0) {
-    VCOLL_CUDACHECK(NULL, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, moeGateSegKernel<TIn, ALLKEPT, MINB>,
+    VCOLL_CUDACHECK(NULL, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, moeGateSegKernel<TIn, ALLKEPT>,
                                                                         kWarps * 32, 0));
     if (occ < 1) occ = 1;
     if (dev < 64) occupancy[dev] = occ;
   }
   const size_t need = (a.T + kWarps * 4 - 1) / (kWarps * 4);
   const size_t cap = (size_t)occ * (size_t)sms;
-  moeGateSegKernel<TIn, ALLKEPT, MINB><<<(unsigned)(need < cap ? need : cap), kWarps * 32, 0, stream>>>(a);
+  moeGateSegKernel<TIn, ALLKEPT><<<(unsigned)(need < cap ? need : cap), kWarps * 32, 0, stream>>>(a);
   VCOLL_CUDACHECK(NULL, cudaGetLastError());
   return vcollSuccess;
-}
-
-template <typename TIn, bool ALLKEPT>
-vcollResult_t launchSeg(const GateArgs& a, cudaStream_t stream) {
-  static const bool three = getenv("VCOLL_GATE_EXP_MINB") && atoi(getenv("VCOLL_GATE_EXP_MINB")) == 3; /* EXPERIMENT */
-  return three ? launchSegK<TIn, ALLKEPT, 3>(a, stream) : launchSegK<TIn, ALLKEPT, 1>(a, stream);
 }
 
 /* The segment kernel for its shapes from kSegMinTokens tokens on;
