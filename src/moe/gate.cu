@@ -318,16 +318,11 @@ __device__ __forceinline__ void segMax(uint32_t& v, int& l, unsigned mask) {
   }
 }
 
-template <typename TIn, bool ALLKEPT, int MINB>
-__global__ void __launch_bounds__(kWarps * 32, MINB) moeGateSegKernel(const GateArgs a) {
+template <typename TIn, bool ALLKEPT>
+__global__ void __launch_bounds__(kWarps * 32) moeGateSegKernel(const GateArgs a) {
   /* Bias by group, rows padded to 36 floats: the 8 lanes of a segment read
    * 16 bytes each at 36 g + 4 q, in 8 different bank quads. */
   __shared__ __align__(16) float sb[kSegGroups * 36];
-  /* Each thread's 32 keys, key j of thread i at kb[j * blockDim + i] (no bank
-   * conflicts), read back only by rescans and the 64-bit selection: kept in
-   * registers they would cost 32 of them per thread and half the warps. */
-  __shared__ uint32_t kb[32 * kWarps * 32];
-  uint32_t* myKeys = kb + threadIdx.x;
   for (int i = threadIdx.x; i < kSegExperts; i += blockDim.x)
     sb[(i >> 5) * 36 + (i & 31)] = a.bias != nullptr ? __ldg(a.bias + i) : 0.0f;
   __syncthreads();
@@ -344,24 +339,21 @@ __global__ void __launch_bounds__(kWarps * 32, MINB) moeGateSegKernel(const Gate
       asm volatile("prefetch.global.L2 [%0];" ::"l"(row + step * kSegExperts + g * kSegGroupSize));
     float x[32];
     loadGroup<TIn>(row + g * kSegGroupSize, x);
-    /* Exact keys (to shared memory), the group's exact top-2 (values only),
-     * the smallest key (1: a NaN score) and the 4 best packed keys. */
-    uint32_t a1 = 0, a2 = 0, mn = 0xffffffffu;
-    uint32_t c1 = 0, c2 = 0, c3 = 0, c4 = 0;
+    uint32_t k[32];
 #pragma unroll
     for (int q = 0; q < 8; q++) {
       const float4 b = *(const float4*)(myBias + 4 * q);
       const float bb[4] = {b.x, b.y, b.z, b.w};
 #pragma unroll
-      for (int i = 0; i < 4; i++) {
-        const int j = 4 * q + i;
-        const uint32_t kj = vgKey(__fadd_rn(vgSigmoid(x[j]), bb[i]));
-        myKeys[j * kWarps * 32] = kj;
-        a2 = max(a2, min(a1, kj));
-        a1 = max(a1, kj);
-        mn = min(mn, kj);
-        insert4((kj & ~31u) | (31u - j), c1, c2, c3, c4);
-      }
+      for (int i = 0; i < 4; i++) k[4 * q + i] = vgKey(__fadd_rn(vgSigmoid(x[4 * q + i]), bb[i]));
+    }
+    /* Exact group top-2 (values only) and the smallest key (1: a NaN score). */
+    uint32_t a1 = 0, a2 = 0, mn = 0xffffffffu;
+#pragma unroll
+    for (int j = 0; j < 32; j++) {
+      a2 = max(a2, min(a1, k[j]));
+      a1 = max(a1, k[j]);
+      mn = min(mn, k[j]);
     }
     bool kept = true;
     if (!ALLKEPT) {
@@ -375,7 +367,10 @@ __global__ void __launch_bounds__(kWarps * 32, MINB) moeGateSegKernel(const Gate
       }
       kept = rank < a.topkGroup;
     }
-    if (!kept) c1 = c2 = c3 = c4 = 0; /* packed keys: (k & ~31) | (31 - j); 0: no candidate */
+    const uint32_t keep = kept ? ~31u : 0u; /* packed key: (k & ~31) | (31 - j), 0 when not kept */
+    uint32_t c1 = 0, c2 = 0, c3 = 0, c4 = 0;
+#pragma unroll
+    for (int j = 0; j < 32; j++) insert4((k[j] & keep) | (kept ? 31u - j : 0u), c1, c2, c3, c4);
 
     /* topk rounds, and one more for the best one left when there is one. */
     const int rounds = a.topk + (kSegGroupSize * a.topkGroup > a.topk ? 1 : 0);
@@ -394,7 +389,7 @@ __global__ void __launch_bounds__(kWarps * 32, MINB) moeGateSegKernel(const Gate
         if (c1 == 0 && kept) { /* fifth win: the 4 best below the one just taken */
 #pragma unroll
           for (int j = 0; j < 32; j++) {
-            const uint32_t pj = (myKeys[j * kWarps * 32] & ~31u) | (31u - j);
+            const uint32_t pj = (k[j] & ~31u) | (31u - j);
             insert4(pj < taken ? pj : 0u, c1, c2, c3, c4);
           }
         }
@@ -411,8 +406,7 @@ __global__ void __launch_bounds__(kWarps * 32, MINB) moeGateSegKernel(const Gate
         uint64_t best = 0;
 #pragma unroll
         for (int j = 0; j < 32; j++) {
-          const uint64_t q =
-              kept ? ((uint64_t)myKeys[j * kWarps * 32] << 32) | (uint64_t)(0xffffu - (g * 32 + j)) : 0ull;
+          const uint64_t q = kept ? ((uint64_t)k[j] << 32) | (uint64_t)(0xffffu - (g * 32 + j)) : 0ull;
           if (q < last && q > best) best = q;
         }
 #pragma unroll
@@ -468,32 +462,24 @@ __global__ void __launch_bounds__(kWarps * 32, MINB) moeGateSegKernel(const Gate
 /* On the blocks the device holds at once (about 108 registers per thread:
  * 2 blocks of 8 warps per SM on an H200; capping it at 85 registers for 3
  * blocks spills and was not faster over 8192-65536 tokens, docs/perf). */
-template <typename TIn, bool ALLKEPT, int MINB>
-vcollResult_t launchSegK(const GateArgs& a, cudaStream_t stream) {
+template <typename TIn, bool ALLKEPT>
+vcollResult_t launchSeg(const GateArgs& a, cudaStream_t stream) {
   static int occupancy[64]; /* per device (benign race: same value written) */
   int dev = 0, sms = 0;
   VCOLL_CUDACHECK(NULL, cudaGetDevice(&dev));
   VCOLL_CUDACHECK(NULL, cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   int occ = dev < 64 ? occupancy[dev] : 0;
   if (occ == 0) {
-    VCOLL_CUDACHECK(NULL, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, moeGateSegKernel<TIn, ALLKEPT, MINB>,
+    VCOLL_CUDACHECK(NULL, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, moeGateSegKernel<TIn, ALLKEPT>,
                                                                         kWarps * 32, 0));
     if (occ < 1) occ = 1;
     if (dev < 64) occupancy[dev] = occ;
   }
   const size_t need = (a.T + kWarps * 4 - 1) / (kWarps * 4);
   const size_t cap = (size_t)occ * (size_t)sms;
-  moeGateSegKernel<TIn, ALLKEPT, MINB><<<(unsigned)(need < cap ? need : cap), kWarps * 32, 0, stream>>>(a);
+  moeGateSegKernel<TIn, ALLKEPT><<<(unsigned)(need < cap ? need : cap), kWarps * 32, 0, stream>>>(a);
   VCOLL_CUDACHECK(NULL, cudaGetLastError());
   return vcollSuccess;
-}
-
-template <typename TIn, bool ALLKEPT>
-vcollResult_t launchSeg(const GateArgs& a, cudaStream_t stream) {
-  static const int minb = getenv("VCOLL_GATE_EXP_MINB") ? atoi(getenv("VCOLL_GATE_EXP_MINB")) : 1; /* EXPERIMENT */
-  if (minb == 3) return launchSegK<TIn, ALLKEPT, 3>(a, stream);
-  if (minb == 4) return launchSegK<TIn, ALLKEPT, 4>(a, stream);
-  return launchSegK<TIn, ALLKEPT, 1>(a, stream);
 }
 
 /* The segment kernel for its shapes from kSegMinTokens tokens on;
