@@ -299,12 +299,6 @@ template <> __device__ __forceinline__ void loadGroup<__nv_bfloat16>(const __nv_
   }
 }
 
-template <typename TIn> __device__ __forceinline__ uint32_t loadRawPlain(const TIn* p);
-template <> __device__ __forceinline__ uint32_t loadRawPlain<float>(const float* p) { return __float_as_uint(*p); }
-template <> __device__ __forceinline__ uint32_t loadRawPlain<__nv_bfloat16>(const __nv_bfloat16* p) {
-  return __bfloat16_as_ushort(*p);
-}
-
 /* Inserts the unique value v into the descending list c1 > c2 > c3 > c4. */
 __device__ __forceinline__ void insert4(uint32_t v, uint32_t& c1, uint32_t& c2, uint32_t& c3, uint32_t& c4) {
   uint32_t t = min(c1, v);
@@ -324,57 +318,7 @@ __device__ __forceinline__ void segMax(uint32_t& v, int& l, unsigned mask) {
   }
 }
 
-/* Staging of a warp's 4 rows in shared memory (STAGE variant): copied with
- * cp.async in 16-byte chunks, coalesced, one quad ahead (double buffer);
- * group g of a row starts at g * kGroupStride bytes, 16 bytes more than a
- * group, so that the 8 lanes of a segment reading chunk q of their groups
- * fall in 8 different bank quads. */
-template <typename TIn> struct SegStage {
-  static constexpr int kRowBytes = kSegExperts * (int)sizeof(TIn);
-  static constexpr int kGroupBytes = kSegGroupSize * (int)sizeof(TIn);
-  static constexpr int kGroupStride = kGroupBytes + 16;
-  static constexpr int kRowStride = kSegGroups * kGroupStride;
-  static constexpr int kQuadBytes = 4 * kRowStride;
-  static constexpr int kChunksPerRow = kRowBytes / 16, kChunksPerGroup = kGroupBytes / 16;
-  static constexpr size_t kSmem = (size_t)2 * kWarps * kQuadBytes; /* two buffers per warp */
-};
-
-template <typename TIn>
-__device__ __forceinline__ void stageQuad(unsigned char* dst, const TIn* logits, size_t t0, size_t T, int lane) {
-  typedef SegStage<TIn> L;
-  const size_t rows = T - t0 < 4 ? T - t0 : 4;
-  const unsigned char* src = (const unsigned char*)(logits + t0 * kSegExperts);
-  for (int c = lane; c < (int)rows * L::kChunksPerRow; c += 32) {
-    const int r = c / L::kChunksPerRow, rem = c - r * L::kChunksPerRow;
-    const int grp = rem / L::kChunksPerGroup, q = rem - grp * L::kChunksPerGroup;
-    const unsigned d = (unsigned)__cvta_generic_to_shared(dst + r * L::kRowStride + grp * L::kGroupStride + q * 16);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src + (size_t)c * 16) : "memory");
-  }
-  asm volatile("cp.async.commit_group;" ::: "memory");
-}
-
-template <typename TIn> __device__ __forceinline__ void loadStagedGroup(const unsigned char* p, float (&x)[32]);
-template <> __device__ __forceinline__ void loadStagedGroup<float>(const unsigned char* p, float (&x)[32]) {
-#pragma unroll
-  for (int q = 0; q < 8; q++) {
-    const float4 v = *(const float4*)(p + 16 * q);
-    x[4 * q] = v.x; x[4 * q + 1] = v.y; x[4 * q + 2] = v.z; x[4 * q + 3] = v.w;
-  }
-}
-template <> __device__ __forceinline__ void loadStagedGroup<__nv_bfloat16>(const unsigned char* p, float (&x)[32]) {
-#pragma unroll
-  for (int q = 0; q < 4; q++) {
-    const uint4 v = *(const uint4*)(p + 16 * q);
-    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-      x[8 * q + 2 * i] = __uint_as_float(w[i] << 16);
-      x[8 * q + 2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-    }
-  }
-}
-
-template <typename TIn, bool ALLKEPT, bool STAGE>
+template <typename TIn, bool ALLKEPT>
 __global__ void __launch_bounds__(kWarps * 32) moeGateSegKernel(const GateArgs a) {
   /* Bias by group, rows padded to 36 floats: the 8 lanes of a segment read
    * 16 bytes each at 36 g + 4 q, in 8 different bank quads. */
@@ -387,29 +331,14 @@ __global__ void __launch_bounds__(kWarps * 32) moeGateSegKernel(const GateArgs a
   const float* myBias = sb + g * 36;
   const TIn* logits = (const TIn*)a.logits;
   const size_t step = (size_t)gridDim.x * kWarps * 4;
-  extern __shared__ __align__(16) unsigned char stage[];
-  typedef SegStage<TIn> L;
-  unsigned char* myStage = stage + (size_t)(threadIdx.x >> 5) * 2 * L::kQuadBytes;
-  int buf = 0;
-  const size_t tFirst = ((size_t)blockIdx.x * kWarps + (threadIdx.x >> 5)) * 4;
-  if (STAGE && tFirst < a.T) stageQuad<TIn>(myStage, logits, tFirst, a.T, lane);
-  for (size_t t0 = tFirst; t0 < a.T; t0 += step) {
+  for (size_t t0 = ((size_t)blockIdx.x * kWarps + (threadIdx.x >> 5)) * 4; t0 < a.T; t0 += step) {
     const size_t t = t0 + (lane >> 3);
     const bool valid = t < a.T;
     const TIn* row = logits + (valid ? t : t0) * kSegExperts; /* a spare segment works on a valid row */
+    if (t + step < a.T) /* the next quad's rows into L2 while this one is worked on */
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(row + step * kSegExperts + g * kSegGroupSize));
     float x[32];
-    const unsigned char* rowS = myStage + buf * L::kQuadBytes + (valid ? (lane >> 3) : 0) * L::kRowStride;
-    if (STAGE) {
-      if (t0 + step < a.T) stageQuad<TIn>(myStage + (buf ^ 1) * L::kQuadBytes, logits, t0 + step, a.T, lane);
-      else asm volatile("cp.async.commit_group;" ::: "memory"); /* an empty group keeps the count */
-      asm volatile("cp.async.wait_group 1;" ::: "memory");      /* this quad's rows have landed */
-      __syncwarp();
-      loadStagedGroup<TIn>(rowS + g * L::kGroupStride, x);
-    } else {
-      if (t + step < a.T) /* the next quad's rows into L2 while this one is worked on */
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(row + step * kSegExperts + g * kSegGroupSize));
-      loadGroup<TIn>(row + g * kSegGroupSize, x);
-    }
+    loadGroup<TIn>(row + g * kSegGroupSize, x);
     uint32_t k[32];
 #pragma unroll
     for (int q = 0; q < 8; q++) {
@@ -493,8 +422,7 @@ __global__ void __launch_bounds__(kWarps * 32) moeGateSegKernel(const GateArgs a
     float w = 0.0f;
     uint64_t sk = 0; /* sort value (key, 255 - e); 0 for slots past topk */
     if (g < a.topk) {
-      const TIn* xe = STAGE ? (const TIn*)(rowS + (e >> 5) * L::kGroupStride) + (e & 31) : row + e;
-      w = vgSigmoid(rawToFloat<TIn>(STAGE ? loadRawPlain<TIn>(xe) : loadRaw<TIn>(xe)));
+      w = vgSigmoid(rawToFloat<TIn>(loadRaw<TIn>(row + e)));
       const uint32_t key = vgKey(__fadd_rn(w, sb[(e >> 5) * 36 + (e & 31)]));
       sk = ((uint64_t)key << 32) | (uint64_t)(0xffffu - e);
     }
@@ -528,44 +456,30 @@ __global__ void __launch_bounds__(kWarps * 32) moeGateSegKernel(const GateArgs a
         wRow[r] = a.sharedW;
       }
     }
-    if (STAGE) {
-      __syncwarp(); /* every lane is done with this buffer before the next quad's copy into it */
-      buf ^= 1;
-    }
   }
 }
 
 /* On the blocks the device holds at once (about 108 registers per thread:
  * 2 blocks of 8 warps per SM on an H200; capping it at 85 registers for 3
  * blocks spills and was not faster over 8192-65536 tokens, docs/perf). */
-template <typename TIn, bool ALLKEPT, bool STAGE>
-vcollResult_t launchSegK(const GateArgs& a, cudaStream_t stream) {
+template <typename TIn, bool ALLKEPT>
+vcollResult_t launchSeg(const GateArgs& a, cudaStream_t stream) {
   static int occupancy[64]; /* per device (benign race: same value written) */
   int dev = 0, sms = 0;
   VCOLL_CUDACHECK(NULL, cudaGetDevice(&dev));
   VCOLL_CUDACHECK(NULL, cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  const size_t smem = STAGE ? SegStage<TIn>::kSmem : 0;
   int occ = dev < 64 ? occupancy[dev] : 0;
   if (occ == 0) {
-    if (STAGE)
-      VCOLL_CUDACHECK(NULL, cudaFuncSetAttribute(moeGateSegKernel<TIn, ALLKEPT, STAGE>,
-                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    VCOLL_CUDACHECK(NULL, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, moeGateSegKernel<TIn, ALLKEPT, STAGE>,
-                                                                        kWarps * 32, smem));
+    VCOLL_CUDACHECK(NULL, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, moeGateSegKernel<TIn, ALLKEPT>,
+                                                                        kWarps * 32, 0));
     if (occ < 1) occ = 1;
     if (dev < 64) occupancy[dev] = occ;
   }
   const size_t need = (a.T + kWarps * 4 - 1) / (kWarps * 4);
   const size_t cap = (size_t)occ * (size_t)sms;
-  moeGateSegKernel<TIn, ALLKEPT, STAGE><<<(unsigned)(need < cap ? need : cap), kWarps * 32, smem, stream>>>(a);
+  moeGateSegKernel<TIn, ALLKEPT><<<(unsigned)(need < cap ? need : cap), kWarps * 32, 0, stream>>>(a);
   VCOLL_CUDACHECK(NULL, cudaGetLastError());
   return vcollSuccess;
-}
-
-template <typename TIn, bool ALLKEPT>
-vcollResult_t launchSeg(const GateArgs& a, cudaStream_t stream) {
-  static const bool stage = getenv("VCOLL_GATE_EXP_STAGE") != nullptr; /* EXPERIMENT */
-  return stage ? launchSegK<TIn, ALLKEPT, true>(a, stream) : launchSegK<TIn, ALLKEPT, false>(a, stream);
 }
 
 /* The segment kernel for its shapes from kSegMinTokens tokens on;
