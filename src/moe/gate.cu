@@ -231,23 +231,12 @@ __global__ void __launch_bounds__(kWarps * 32) moeGateKernel(const GateArgs a) {
 
 template <typename TIn, int NR, int MODE, bool FULL, int RPG>
 vcollResult_t launchGate(const GateArgs& a, cudaStream_t stream) {
-  /* Resident blocks per SM, per device and kernel (benign race: same value written). */
-  static int occupancy[64];
-  int dev = 0, sms = 0;
-  VCOLL_CUDACHECK(NULL, cudaGetDevice(&dev));
-  VCOLL_CUDACHECK(NULL, cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  static int perSm[64];
   const size_t smemMax = MODE == kSmem ? (size_t)kWarps * (NR * 32 + VCOLL_MOE_GATE_MAX_EXPERTS / 2) * 4 : 0;
   const size_t smem = MODE == kSmem ? (size_t)kWarps * (NR * 32 + a.G) * 4 : 0;
-  int occ = dev < 64 ? occupancy[dev] : 0;
-  if (occ == 0) {
-    VCOLL_CUDACHECK(NULL, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, moeGateKernel<TIn, NR, MODE, FULL, RPG>,
-                                                                        kWarps * 32, smemMax));
-    if (occ < 1) occ = 1;
-    if (dev < 64) occupancy[dev] = occ;
-  }
-  const size_t need = (a.T + kWarps - 1) / kWarps;
-  const size_t cap = (size_t)occ * (size_t)sms;
-  const unsigned blocks = (unsigned)(need < cap ? need : cap);
+  unsigned blocks = 0;
+  VCOLL_CHECK_RES(vcollResidentGrid((const void*)moeGateKernel<TIn, NR, MODE, FULL, RPG>, kWarps * 32, smemMax,
+                                    perSm, (a.T + kWarps - 1) / kWarps, &blocks));
   moeGateKernel<TIn, NR, MODE, FULL, RPG><<<blocks, kWarps * 32, smem, stream>>>(a);
   VCOLL_CUDACHECK(NULL, cudaGetLastError());
   return vcollSuccess;
@@ -464,20 +453,11 @@ __global__ void __launch_bounds__(kWarps * 32) moeGateSegKernel(const GateArgs a
  * blocks spills and was not faster over 8192-65536 tokens, docs/perf). */
 template <typename TIn, bool ALLKEPT>
 vcollResult_t launchSeg(const GateArgs& a, cudaStream_t stream) {
-  static int occupancy[64]; /* per device (benign race: same value written) */
-  int dev = 0, sms = 0;
-  VCOLL_CUDACHECK(NULL, cudaGetDevice(&dev));
-  VCOLL_CUDACHECK(NULL, cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  int occ = dev < 64 ? occupancy[dev] : 0;
-  if (occ == 0) {
-    VCOLL_CUDACHECK(NULL, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, moeGateSegKernel<TIn, ALLKEPT>,
-                                                                        kWarps * 32, 0));
-    if (occ < 1) occ = 1;
-    if (dev < 64) occupancy[dev] = occ;
-  }
-  const size_t need = (a.T + kWarps * 4 - 1) / (kWarps * 4);
-  const size_t cap = (size_t)occ * (size_t)sms;
-  moeGateSegKernel<TIn, ALLKEPT><<<(unsigned)(need < cap ? need : cap), kWarps * 32, 0, stream>>>(a);
+  static int perSm[64];
+  unsigned blocks = 0;
+  VCOLL_CHECK_RES(vcollResidentGrid((const void*)moeGateSegKernel<TIn, ALLKEPT>, kWarps * 32, 0, perSm,
+                                    (a.T + kWarps * 4 - 1) / (kWarps * 4), &blocks));
+  moeGateSegKernel<TIn, ALLKEPT><<<blocks, kWarps * 32, 0, stream>>>(a);
   VCOLL_CUDACHECK(NULL, cudaGetLastError());
   return vcollSuccess;
 }

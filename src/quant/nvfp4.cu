@@ -330,18 +330,11 @@ unsigned gridFor(size_t work, size_t perCta) {
  * loops over blocks; need: blocks for one block of input per thread. */
 template <typename T, bool kVec>
 vcollResult_t launchQuantizeKernel(const QuantArgs& a, unsigned need, cudaStream_t stream) {
-  static int perSm[64]; /* benign race: every thread writes the same value */
-  int dev = 0, sms = 0, occ = 0;
-  VCOLL_CUDACHECK(NULL, cudaGetDevice(&dev));
-  VCOLL_CUDACHECK(NULL, cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  if (dev < 64) occ = perSm[dev];
-  if (occ == 0) {
-    VCOLL_CUDACHECK(NULL, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, quantizeKernel<T, kVec>, kThreads, 0));
-    if (occ < 1) occ = 1;
-    if (dev < 64) perSm[dev] = occ;
-  }
-  const unsigned cap = (unsigned)occ * (unsigned)sms;
-  quantizeKernel<T, kVec><<<need > cap ? cap : need, kThreads, 0, stream>>>(a);
+  static int perSm[64];
+  unsigned g = 0;
+  const vcollResult_t r = vcollResidentGrid((const void*)quantizeKernel<T, kVec>, kThreads, 0, perSm, need, &g);
+  if (r != vcollSuccess) return r;
+  quantizeKernel<T, kVec><<<g, kThreads, 0, stream>>>(a);
   return vcollSuccess;
 }
 
