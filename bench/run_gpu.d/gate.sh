@@ -12,13 +12,12 @@ OUT=${2:?usage: gate.sh BUILD_DIR OUT_DIR}
 mkdir -p "$OUT"
 TXT=$OUT/gate.txt
 t0=$SECONDS
-echo "# default kernel selection" >"$TXT"
-CUDA_VISIBLE_DEVICES=0 "$BUILD/bench/gate/gate_perf" -n 200 -w 20 >>"$TXT" 2>&1
-rc=$?
-echo "# VCOLL_GATE_KERNEL=seg" >>"$TXT"
-VCOLL_GATE_KERNEL=seg CUDA_VISIBLE_DEVICES=0 "$BUILD/bench/gate/gate_perf" -n 200 -w 20 >>"$TXT" 2>&1 || rc=$?
-echo "# VCOLL_GATE_KERNEL=warp" >>"$TXT"
-VCOLL_GATE_KERNEL=warp CUDA_VISIBLE_DEVICES=0 "$BUILD/bench/gate/gate_perf" -n 200 -w 20 >>"$TXT" 2>&1 || rc=$?
+: >"$TXT"
+rc=0
+for kernel in "" seg warp; do # "": the default selection
+  if [ -z "$kernel" ]; then echo "# default kernel selection" >>"$TXT"; else echo "# VCOLL_GATE_KERNEL=$kernel" >>"$TXT"; fi
+  VCOLL_GATE_KERNEL=$kernel CUDA_VISIBLE_DEVICES=0 "$BUILD/bench/gate/gate_perf" -n 200 -w 20 >>"$TXT" 2>&1 || rc=$?
+done
 echo "# gate_perf exit $rc, took $((SECONDS - t0)) s" >>"$TXT"
 cat "$TXT"
 exit $rc

@@ -129,6 +129,7 @@ int vcollTypeIsFloat(vcollDataType_t type);
 int64_t vcollParamCheck(void);        /* VCOLL_CHECK */
 const char* vcollParamAlgo(void);     /* VCOLL_ALGO */
 VCOLL_INTERNAL_API const char* vcollParamBackend(void);  /* VCOLL_BACKEND */
+const char* vcollParamGateKernel(void); /* VCOLL_GATE_KERNEL (read at every call: tests switch it) */
 
 /* Algorithm tables (src/coll/). */
 struct vcollAlgo {

@@ -22,3 +22,4 @@ int64_t vcollParamCheck(void) {
 
 const char* vcollParamAlgo(void) { return envOrNull("VCOLL_ALGO"); }
 const char* vcollParamBackend(void) { return envOrNull("VCOLL_BACKEND"); }
+const char* vcollParamGateKernel(void) { return envOrNull("VCOLL_GATE_KERNEL"); }

@@ -5,7 +5,6 @@
  * (gate_common.h); the selections are warp reductions on them. */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "vcoll.h"
@@ -450,7 +449,8 @@ __global__ void __launch_bounds__(kWarps * 32) moeGateSegKernel(const GateArgs a
 
 /* On the blocks the device holds at once (about 108 registers per thread:
  * 2 blocks of 8 warps per SM on an H200; capping it at 85 registers for 3
- * blocks spills and was not faster over 8192-65536 tokens, docs/perf). */
+ * blocks spills, was 3-7% faster at 65536 tokens and 6-8% slower at
+ * 8192-32768, docs/perf). */
 template <typename TIn, bool ALLKEPT>
 vcollResult_t launchSeg(const GateArgs& a, cudaStream_t stream) {
   static int perSm[64];
@@ -467,8 +467,8 @@ vcollResult_t launchSeg(const GateArgs& a, cudaStream_t stream) {
 bool segShape(const GateArgs& a) {
   if (a.E != kSegExperts || a.G != kSegGroups || a.topk > kSegGroups || ((uintptr_t)a.logits & 15u) != 0)
     return false;
-  const char* env = getenv("VCOLL_GATE_KERNEL");
-  if (env != nullptr) return strcmp(env, "seg") == 0;
+  const char* forced = vcollParamGateKernel();
+  if (forced != nullptr) return strcmp(forced, "seg") == 0;
   return a.T >= kSegMinTokens;
 }
 

@@ -78,10 +78,10 @@ VG_FN float vgRcpNormal(float d) {
  * k = rint(y / ln 2), r = y - k ln 2 (two-constant Cody-Waite reduction) and
  * e^r from Cephes' expf polynomial. NaN gives NaN. */
 VG_FN float vgSigmoid(float x) {
-  /* NaN flows through the arithmetic below (no branch) and is replaced at the end. */
   /* Clamped to [-20, 80], which keeps 1 + exp(y) and its reciprocal normal
-   * floats; fminf/fmaxf (one instruction each on the device) map a NaN to a
-   * bound, and the NaN result is restored at the end. */
+   * floats. A NaN x goes through without a branch (fminf/fmaxf, one
+   * instruction each on the device, map it to a bound) and NaN is returned
+   * at the end. */
   const float y = fminf(fmaxf(-x, -20.0f), 80.0f);
   float t = VG_MUL(y, 1.44269504088896341f);
   float tm = VG_ADD(t, VG_ROUND_MAGIC);

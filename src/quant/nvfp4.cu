@@ -4,8 +4,8 @@
  * once and loops over blocks with the next block's loads issued before the
  * current one is quantized, so that loads stay in flight while it computes
  * (one block per thread and launch left the memory system idle between a
- * thread's load and its exit: 73-78% of the copy bandwidth, now 90-94% from
- * 4096 rows up). The recipe is the CPU reference's (nvfp4.c), operation for
+ * thread's load and its exit: 74-78% of the copy bandwidth for bf16, now
+ * 90-95% from 1024 rows up, docs/nvfp4.md). The recipe is the CPU reference's (nvfp4.c), operation for
  * operation in IEEE fp32 with explicit __fmul_rn/__frcp_rn/__fdiv_rn (no
  * contraction into FMA), so the results match it bit for bit.
  *
@@ -31,12 +31,13 @@ using namespace vcollNvfp4;
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kAmaxUnroll = 4;
+constexpr int kAmaxUnroll = 4; /* blocks per thread in the amax kernel */
 /* Resident blocks per SM the quantize kernel is compiled for: at most 48
- * registers (51 rounded down to the allocation unit), which its loop with one block's loads in flight needs without
- * spilling (measured against 3 and 4 blocks with a two-deep pipeline, and
- * 8 blocks with spills: docs/perf/2026-12-02_nvfp4_1xH200_*). */
-constexpr int kQuantMinBlocks = 5;             /* blocks per thread in the amax kernel */
+ * registers (51 rounded down to the allocation unit), which its loop with
+ * one block's loads in flight needs without spilling (measured against 3
+ * and 4 blocks with a two-deep pipeline, and 8 blocks with spills:
+ * docs/perf/2026-12-02_nvfp4_1xH200_*). */
+constexpr int kQuantMinBlocks = 5;
 constexpr uint32_t kNoAmax = 0xffffffffu;  /* preset of the computed scale */
 constexpr unsigned kMaxGrid = 1u << 30;
 

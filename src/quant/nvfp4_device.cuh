@@ -70,8 +70,8 @@ __device__ __forceinline__ uint32_t packCodes(const uint32_t (&b)[8], uint32_t s
  * saturated at +-6, negative values that round to zero -> 0x8. A NaN gives
  * 0x7 or 0xF here; fixNan() clears the sign (callers run it only for blocks
  * holding a non-finite value, the only ones whose scaled values can be NaN).
- * signs: nonzero when the caller passes the signs of the 8 values as
- * sEven/sOdd (packCodes), which saves extracting them from p. */
+ * haveSigns: the caller passes the signs of the 8 values as sEven/sOdd
+ * (as packCodes takes them), which saves extracting them from p. */
 __device__ __forceinline__ uint32_t e2m1x8(const float (&p)[8], bool haveSigns = false, uint32_t sEven = 0,
                                            uint32_t sOdd = 0) {
   uint32_t r = 0;
