@@ -33,6 +33,7 @@ struct GateArgs {
   int E, G, gs, rowsPerGroup, topkGroup, topk, K;
   int renormalize, scaleIn;
   float rsf, sharedW;
+  uint32_t hiMask; /* ~31u, as a value: the packing below is then one LOP3 with a register mask */
 };
 
 template <typename TIn> __device__ __forceinline__ uint32_t loadRaw(const TIn* p);
@@ -296,99 +297,164 @@ __device__ __forceinline__ void insert4(uint32_t v, uint32_t& c1, uint32_t& c2, 
   c4 = max(c4, t);
 }
 
-/* Segment-wide max of (v, lane) among the 8 lanes (ties: the lower lane). */
-__device__ __forceinline__ void segMax(uint32_t& v, int& l, unsigned mask) {
-#pragma unroll
-  for (int d = 4; d > 0; d >>= 1) {
-    const uint32_t ov = __shfl_xor_sync(mask, v, d);
-    const int ol = __shfl_xor_sync(mask, l, d);
-    if (ov > v || (ov == v && ol < l)) { v = ov; l = ol; }
-  }
+/* Merges the pair {p, q} (unique values) into the descending list c1 > c2 >
+ * c3 > c4, keeping the 4 largest: the k-th largest of two sorted lists is
+ * the largest min(a_i, b_j) with i + j = k. 11 integer min/max (3-input
+ * max where the compiler fuses them) per pair instead of 14 for two insert4. */
+__device__ __forceinline__ void merge2into4(uint32_t p, uint32_t q, uint32_t& c1, uint32_t& c2, uint32_t& c3,
+                                            uint32_t& c4) {
+  const uint32_t hi = max(p, q), lo = min(p, q);
+  const uint32_t n2 = max(max(c2, lo), min(c1, hi));
+  const uint32_t n3 = max(max(c3, min(c2, hi)), min(c1, lo));
+  const uint32_t n4 = max(max(c4, min(c3, hi)), min(c2, lo));
+  c1 = max(c1, hi); c2 = n2; c3 = n3; c4 = n4;
 }
 
-template <typename TIn, bool ALLKEPT>
-__global__ void __launch_bounds__(kWarps * 32) moeGateSegKernel(const GateArgs a) {
-  /* Bias by group, rows padded to 36 floats: the 8 lanes of a segment read
-   * 16 bytes each at 36 g + 4 q, in 8 different bank quads. */
-  __shared__ __align__(16) float sb[kSegGroups * 36];
-  for (int i = threadIdx.x; i < kSegExperts; i += blockDim.x)
-    sb[(i >> 5) * 36 + (i & 31)] = a.bias != nullptr ? __ldg(a.bias + i) : 0.0f;
-  __syncthreads();
+/* fminf/fmaxf that return NaN when an input is NaN (PTX .NaN, sm_80+). */
+__device__ __forceinline__ float minNaN(float a, float b) {
+  float r;
+  asm("min.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+}
+__device__ __forceinline__ float maxNaN(float a, float b) {
+  float r;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+}
+
+/* The fast path's packed key of s + bias (see moeGateSegKernel): vgKey's
+ * map without its NaN and -0 cases, low 5 bits replaced by `low`. A NaN x
+ * or bias comes out as the canonical NaN 0x7fffffff (fp32 arithmetic on the
+ * GPU has no NaN payloads), whose key is above every number's; s + bias is
+ * never -0 (s > 0). NONNEG (every bias >= 0, so s + bias > 0 or NaN): the
+ * key is the bits with the sign bit set, one LOP3 with the packing. */
+template <bool NONNEG>
+__device__ __forceinline__ uint32_t fastPack(float x, float bias, uint32_t hm, uint32_t low) {
+  const float b = __fadd_rn(vgSigmoidCore(minNaN(maxNaN(-x, -20.0f), 80.0f)), bias);
+  const uint32_t u = __float_as_uint(b);
+  if (NONNEG) return (u & hm) | (0x80000000u | low);
+  return ((u ^ ((uint32_t)((int32_t)u >> 31) | 0x80000000u)) & hm) | low;
+}
+
+/* The exact key (gate_common.h's, as the reference computes it) of expert j
+ * of a lane's group, from its logit reloaded (an L1 hit). */
+template <typename TIn>
+__device__ __forceinline__ uint32_t exactKey(const TIn* grp, const float* myBias, int j) {
+  return vgKey(__fadd_rn(vgSigmoid(rawToFloat<TIn>(loadRaw<TIn>(grp + j))), myBias[j]));
+}
+
+/* The token loop of moeGateSegKernel. */
+template <typename TIn, bool ALLKEPT, bool NONNEG>
+__device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb) {
   const int lane = threadIdx.x & 31, g = lane & 7, segBase = lane & 24;
   const unsigned segMask = 0xffu << segBase;
+  const uint32_t laneBits = (uint32_t)(7 - g) << 5; /* bits 5-7 of a packed key in the segment max */
   const float* myBias = sb + g * 36;
+  const uint32_t hm = a.hiMask;
   const TIn* logits = (const TIn*)a.logits;
   const size_t step = (size_t)gridDim.x * kWarps * 4;
   for (size_t t0 = ((size_t)blockIdx.x * kWarps + (threadIdx.x >> 5)) * 4; t0 < a.T; t0 += step) {
     const size_t t = t0 + (lane >> 3);
     const bool valid = t < a.T;
     const TIn* row = logits + (valid ? t : t0) * kSegExperts; /* a spare segment works on a valid row */
+    const TIn* grp = row + g * kSegGroupSize;
     if (t + step < a.T) /* the next quad's rows into L2 while this one is worked on */
-      asm volatile("prefetch.global.L2 [%0];" ::"l"(row + step * kSegExperts + g * kSegGroupSize));
-    float x[32];
-    loadGroup<TIn>(row + g * kSegGroupSize, x);
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(grp + step * kSegExperts));
+    /* Packed keys k[j] = (key & ~31) | (31 - j), unique in the lane, and
+     * their top 4, merged in pairs. */
     uint32_t k[32];
+    uint32_t c1 = 0, c2 = 0, c3 = 0, c4 = 0;
+    {
+      float x[32];
+      loadGroup<TIn>(grp, x);
 #pragma unroll
-    for (int q = 0; q < 8; q++) {
-      const float4 b = *(const float4*)(myBias + 4 * q);
-      const float bb[4] = {b.x, b.y, b.z, b.w};
+      for (int q = 0; q < 8; q++) {
+        const float4 b = *(const float4*)(myBias + 4 * q);
+        const float bb[4] = {b.x, b.y, b.z, b.w};
 #pragma unroll
-      for (int i = 0; i < 4; i++) k[4 * q + i] = vgKey(__fadd_rn(vgSigmoid(x[4 * q + i]), bb[i]));
+        for (int i = 0; i < 4; i++) k[4 * q + i] = fastPack<NONNEG>(x[4 * q + i], bb[i], hm, 31u - (4 * q + i));
+        merge2into4(k[4 * q], k[4 * q + 1], c1, c2, c3, c4);
+        merge2into4(k[4 * q + 2], k[4 * q + 3], c1, c2, c3, c4);
+      }
     }
-    /* Exact group top-2 (values only) and the smallest key (1: a NaN score). */
-    uint32_t a1 = 0, a2 = 0, mn = 0xffffffffu;
-#pragma unroll
-    for (int j = 0; j < 32; j++) {
-      a2 = max(a2, min(a1, k[j]));
-      a1 = max(a1, k[j]);
-      mn = min(mn, k[j]);
-    }
+    /* A NaN score (its key is the largest) or +inf in the lane: its segment
+     * takes the exact group ranking and the exact selection. */
+    const bool special = c1 >= 0xff800000u;
     bool kept = true;
     if (!ALLKEPT) {
-      const uint32_t gk = vgGroupKey(a1, a2);
-      int rank = 0;
+      /* Group score b1 + b2 bounded from the packed top-2 (each true key is
+       * in [p & ~31, p | 31]; unkey and fp32 addition are monotone). Ranks
+       * that the bounds decide are exact; otherwise the warp ranks exactly. */
+      const float lo = __fadd_rn(vgUnkey(c1 & ~31u), vgUnkey(c2 & ~31u));
+      const float hi = __fadd_rn(vgUnkey(c1 | 31u), vgUnkey(c2 | 31u));
+      int above = 0, unsure = 0;
 #pragma unroll
       for (int d = 1; d < kSegGroups; d++) {
-        const int og = (g + d) & 7;
-        const uint32_t ok = __shfl_sync(kFull, gk, segBase | og);
-        rank += ok > gk || (ok == gk && og < g);
+        const int og = segBase | ((g + d) & 7);
+        const float olo = __shfl_sync(kFull, lo, og), ohi = __shfl_sync(kFull, hi, og);
+        const bool up = olo > hi, down = lo > ohi; /* false for NaN bounds: unsure */
+        above += up;
+        unsure += !up && !down;
       }
-      kept = rank < a.topkGroup;
-    }
-    const uint32_t keep = kept ? ~31u : 0u; /* packed key: (k & ~31) | (31 - j), 0 when not kept */
-    uint32_t c1 = 0, c2 = 0, c3 = 0, c4 = 0;
+      kept = above + unsure < a.topkGroup;
+      const bool decided = !special && (kept || above >= a.topkGroup);
+      if (!__all_sync(kFull, decided)) {
+        /* Exact group top-2 and ranks (groups of equal score: the lower index is kept). */
+        uint32_t a1 = 0, a2 = 0;
+#pragma unroll 4
+        for (int j = 0; j < 32; j++) {
+          const uint32_t kj = exactKey<TIn>(grp, myBias, j);
+          a2 = max(a2, min(a1, kj));
+          a1 = max(a1, kj);
+        }
+        const uint32_t gk = vgGroupKey(a1, a2);
+        int rank = 0;
 #pragma unroll
-    for (int j = 0; j < 32; j++) insert4((k[j] & keep) | (kept ? 31u - j : 0u), c1, c2, c3, c4);
+        for (int d = 1; d < kSegGroups; d++) {
+          const int og = (g + d) & 7;
+          const uint32_t ok = __shfl_sync(kFull, gk, segBase | og);
+          rank += ok > gk || (ok == gk && og < g);
+        }
+        kept = rank < a.topkGroup;
+      }
+      if (!kept) c1 = c2 = c3 = c4 = 0;
+    }
 
-    /* topk rounds, and one more for the best one left when there is one. */
-    const int rounds = a.topk + (kSegGroupSize * a.topkGroup > a.topk ? 1 : 0);
+    /* topk rounds, and one more for the best one left when there is one:
+     * segment max of the lanes' heads with the lane in bits 5-7 (ordered by
+     * the key's top 24 bits, then lane, then place), expert 255 - (p & 255). */
+    const bool extra = kSegGroupSize * a.topkGroup > a.topk;
+    const int rounds = a.topk + (extra ? 1 : 0);
     uint32_t myP = 0, pLast = 0, pNext = 0;
-    int myL = 0;
     for (int r = 0; r < rounds; r++) {
-      uint32_t bp = c1;
-      int bl = g;
-      segMax(bp, bl, kFull);
-      if (g == r) { myP = bp; myL = bl; }
+      uint32_t bp = (c1 & ~0xe0u) | laneBits;
+#pragma unroll
+      for (int d = 4; d > 0; d >>= 1) bp = max(bp, __shfl_xor_sync(kFull, bp, d));
+      if (g == r) myP = bp;
       if (r == a.topk - 1) pLast = bp;
       if (r == a.topk) pNext = bp;
-      if (g == bl) {
+      if ((bp & 0xe0u) == laneBits) {
         const uint32_t taken = c1;
         c1 = c2; c2 = c3; c3 = c4; c4 = 0;
         if (c1 == 0 && kept) { /* fifth win: the 4 best below the one just taken */
 #pragma unroll
           for (int j = 0; j < 32; j++) {
-            const uint32_t pj = (k[j] & ~31u) | (31u - j);
-            insert4(pj < taken ? pj : 0u, c1, c2, c3, c4);
+            insert4(k[j] < taken ? k[j] : 0u, c1, c2, c3, c4);
           }
         }
       }
     }
-    uint32_t e = (uint32_t)myL * kSegGroupSize + (31u - (myP & 31u)); /* expert of slot g (g < topk) */
-    bool exact = (pNext != 0 && (pNext >> 5) == (pLast >> 5)) || mn == 1u;
+    uint32_t e = 255u - (myP & 255u); /* expert of slot g (g < topk) */
+    /* The winners are taken in non-increasing order of their keys' top 24
+     * bits, so the set is exact unless the last one taken and the best one
+     * left share them. */
+    bool exact = special || (extra && (pNext >> 8) == (pLast >> 8));
     exact = __ballot_sync(kFull, exact) & segMask;
     if (exact) {
       /* Segment-uniform: the selection again on unique 64-bit values
-       * (key, 255 - expert); each round rescans all 32. */
+       * (key, 255 - expert) of the exact keys; each round rescans all 32. */
+#pragma unroll
+      for (int j = 0; j < 32; j++) k[j] = exactKey<TIn>(grp, myBias, j);
       uint64_t last = ~0ull;
       for (int r = 0; r < a.topk; r++) {
         uint64_t best = 0;
@@ -445,6 +511,21 @@ __global__ void __launch_bounds__(kWarps * 32) moeGateSegKernel(const GateArgs a
       }
     }
   }
+}
+
+template <typename TIn, bool ALLKEPT>
+__global__ void __launch_bounds__(kWarps * 32) moeGateSegKernel(const GateArgs a) {
+  /* Bias by group, rows padded to 36 floats: the 8 lanes of a segment read
+   * 16 bytes each at 36 g + 4 q, in 8 different bank quads. */
+  __shared__ __align__(16) float sb[kSegGroups * 36];
+  int nonneg = 1;
+  for (int i = threadIdx.x; i < kSegExperts; i += blockDim.x) {
+    const float v = a.bias != nullptr ? __ldg(a.bias + i) : 0.0f;
+    sb[(i >> 5) * 36 + (i & 31)] = v;
+    nonneg &= v >= 0.0f; /* false for NaN */
+  }
+  if (__syncthreads_and(nonneg)) segTokens<TIn, ALLKEPT, true>(a, sb);
+  else segTokens<TIn, ALLKEPT, false>(a, sb);
 }
 
 /* On the blocks the device holds at once (about 108 registers per thread:
@@ -519,6 +600,7 @@ extern "C" vcollResult_t vcollMoeGate(const void* logits, vcollDataType_t logits
   a.scaleIn = p->applyScalingInKernel;
   a.rsf = p->routedScalingFactor;
   a.sharedW = p->applyScalingInKernel ? 1.0f : 1.0f / p->routedScalingFactor;
+  a.hiMask = ~31u;
   VCOLL_TRACE("vcollMoeGate: T %zu E %d G %d topkGroup %d topk %d shared %d", T, a.E, a.G, a.topkGroup, a.topk,
               p->numFusedSharedExperts);
   if (logitsType == vcollFloat32) return launchRows<float>(a, stream);

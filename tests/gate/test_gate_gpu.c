@@ -22,8 +22,9 @@ enum { kGuard = 256 }; /* poisoned bytes checked after each output */
 
 static uint32_t bitsOf(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 
-static uint16_t toBf16(float f) { /* round to nearest even; inputs are finite */
+static uint16_t toBf16(float f) { /* round to nearest even; NaN stays NaN (sign and top payload bits kept) */
   uint32_t u = bitsOf(f);
+  if (isnan(f)) return (uint16_t)((u >> 16) | 0x40u);
   u += 0x7fffu + ((u >> 16) & 1u);
   return (uint16_t)(u >> 16);
 }
@@ -37,6 +38,10 @@ typedef struct {
   int offset;   /* logits start this many elements into the allocation */
   int nearTies; /* with ties: each bias moved by 0..40 ulp, so that scores differ in their last bits only */
   int nans;     /* about one logit in 64 is NaN (in about one token in 8) */
+  int biasMode; /* 1: every bias >= 0 (the kernels' nonnegative-bias path); 2: as 1, and -0.0;
+                 * 3: one bias NaN; 4: one bias +inf, one -inf */
+  int wide;     /* logits 40 times wider in about one token in 4 (past the sigmoid's clamps) */
+  int nanKinds; /* with nans: NaNs of both signs and with payloads */
 } Case;
 
 static int runCase(const Case* c, vtRng* rng, cudaStream_t stream) {
@@ -51,8 +56,15 @@ static int runCase(const Case* c, vtRng* rng, cudaStream_t stream) {
   assert_non_null(hIn); assert_non_null(hIds); assert_non_null(hW); assert_non_null(rIds); assert_non_null(rW);
   for (size_t i = 0; i < T * E + (size_t)c->offset; i++) {
     double v = vtNormal(rng) * 2.0;
+    if (c->wide && ((i / E) % 4) == 1) v *= 40.0;
     float f = c->ties ? (float)(floor(v * 2.0) / 2.0) : (float)v;
-    if (c->nans && ((i / E) % 8) == 3 && (vtNext(rng) & 63) == 0) f = NAN;
+    if (c->nans && ((i / E) % 8) == 3 && (vtNext(rng) & 63) == 0) {
+      f = NAN;
+      if (c->nanKinds) { /* sign and payload: the GPU's fp32 arithmetic makes every NaN the canonical one */
+        uint32_t u = 0x7f800001u + (uint32_t)(vtNext(rng) % 0x7fffffu) + ((vtNext(rng) & 1) ? 0x80000000u : 0u);
+        memcpy(&f, &u, 4);
+      }
+    }
     if (esz == 4) memcpy(hIn + i * 4, &f, 4);
     else { uint16_t h = toBf16(f); memcpy(hIn + i * 2, &h, 2); }
   }
@@ -61,6 +73,13 @@ static int runCase(const Case* c, vtRng* rng, cudaStream_t stream) {
     hBias[e] = c->ties ? (float)(floor(v * 8.0) / 8.0) : (float)v;
     if (c->nearTies)
       for (int u = (int)(vtNext(rng) % 41); u > 0; u--) hBias[e] = nextafterf(hBias[e], 1.0f);
+    if (c->biasMode != 0) hBias[e] = fabsf(hBias[e]);
+    if (c->biasMode == 2 && e % 7 == 3) hBias[e] = -0.0f;
+  }
+  if (c->biasMode == 3) hBias[vtNext(rng) % E] = NAN;
+  if (c->biasMode == 4) {
+    hBias[vtNext(rng) % E] = INFINITY;
+    hBias[vtNext(rng) % E] = -INFINITY;
   }
   const float* biasArg = NULL;
   void *dIn, *dBias, *dIds, *dW;
@@ -103,10 +122,11 @@ static int runCase(const Case* c, vtRng* rng, cudaStream_t stream) {
   }
   int guardOk = vtIsPoisoned((char*)hIds + outBytes, kGuard) && vtIsPoisoned((char*)hW + outBytes, kGuard);
   const char* kernel = getenv("VCOLL_GATE_KERNEL");
-  print_message("# E %d G %d tg %d topk %d nf %d renorm %d scaleIn %d %s T %zu ties %d near %d nan %d bias %d "
-                "offset %d kernel %s: %zu id mismatches, %zu weights 1 ulp off, %zu beyond\n",
+  print_message("# E %d G %d tg %d topk %d nf %d renorm %d scaleIn %d %s T %zu ties %d near %d nan %d/%d bias %d/%d "
+                "wide %d offset %d kernel %s: %zu id mismatches, %zu weights 1 ulp off, %zu beyond\n",
                 c->E, c->G, c->tg, c->topk, c->nf, c->renorm, c->scaleIn, vcollTypeName(c->type), T, c->ties,
-                c->nearTies, c->nans, !c->noBias, c->offset, kernel ? kernel : "auto", badIds, ulp1, badW);
+                c->nearTies, c->nans, c->nanKinds, !c->noBias, c->biasMode, c->wide, c->offset,
+                kernel ? kernel : "auto", badIds, ulp1, badW);
   CUDA_OK(cudaFree(dIn)); CUDA_OK(cudaFree(dBias)); CUDA_OK(cudaFree(dIds)); CUDA_OK(cudaFree(dW));
   free(hIn); free(hBias); free(hIds); free(rIds); free(hW); free(rW);
   if (!guardOk) print_error("output guard overwritten\n");
@@ -128,13 +148,15 @@ static void runCases(const Case* cases, size_t n, uint64_t stream_) {
 static void test_deepseek(void** state) {
   (void)state;
   const Case cases[] = {
-      {256, 8, 4, 8, 1, 1, 0, vcollFloat32, 1, 0, 0, 0, 0, 0},
-      {256, 8, 4, 8, 1, 1, 1, vcollFloat32, 3, 0, 0, 0, 0, 0},
-      {256, 8, 4, 8, 1, 1, 0, vcollBfloat16, 1024, 0, 0, 0, 0, 0},
-      {256, 8, 4, 8, 1, 0, 0, vcollFloat32, 65536, 0, 0, 0, 0, 0},
-      {256, 8, 4, 8, 1, 1, 0, vcollBfloat16, 65536, 0, 0, 1, 0, 0},
-      {256, 8, 4, 8, 0, 1, 1, vcollFloat32, 5000, 1, 0, 0, 0, 0},
-      {256, 8, 4, 8, 2, 1, 0, vcollBfloat16, 5000, 1, 1, 3, 0, 0},
+      {256, 8, 4, 8, 1, 1, 0, vcollFloat32, 1, 0, 0, 0, 0, 0, 0, 0, 0},
+      {256, 8, 4, 8, 1, 1, 1, vcollFloat32, 3, 0, 0, 0, 0, 0, 0, 0, 0},
+      {256, 8, 4, 8, 1, 1, 0, vcollBfloat16, 1024, 0, 0, 0, 0, 0, 0, 0, 0},
+      {256, 8, 4, 8, 1, 0, 0, vcollFloat32, 65536, 0, 0, 0, 0, 0, 0, 0, 0},
+      {256, 8, 4, 8, 1, 1, 0, vcollBfloat16, 65536, 0, 0, 1, 0, 0, 0, 0, 0},
+      {256, 8, 4, 8, 0, 1, 1, vcollFloat32, 5000, 1, 0, 0, 0, 0, 0, 0, 0},
+      {256, 8, 4, 8, 2, 1, 0, vcollBfloat16, 5000, 1, 1, 3, 0, 0, 0, 0, 0},
+      {256, 8, 4, 8, 1, 1, 0, vcollFloat32, 65536, 0, 0, 0, 0, 0, 1, 0, 0},
+      {256, 8, 4, 8, 1, 1, 0, vcollBfloat16, 65536, 0, 0, 0, 0, 1, 0, 1, 1},
   };
   runCases(cases, sizeof(cases) / sizeof(cases[0]), 10);
 }
@@ -148,18 +170,33 @@ static void test_deepseek(void** state) {
 static void test_segment_kernel(void** state) {
   (void)state;
   const Case cases[] = {
-      {256, 8, 4, 8, 1, 1, 0, vcollFloat32, 4097, 0, 0, 0, 0, 0},
-      {256, 8, 4, 8, 1, 1, 0, vcollBfloat16, 4097, 0, 0, 0, 0, 0},
-      {256, 8, 4, 8, 1, 1, 0, vcollFloat32, 3001, 1, 0, 0, 0, 0},
-      {256, 8, 4, 8, 1, 1, 0, vcollFloat32, 3001, 1, 0, 0, 1, 0},
-      {256, 8, 4, 8, 2, 1, 1, vcollBfloat16, 3001, 1, 0, 0, 1, 0},
-      {256, 8, 4, 8, 1, 1, 0, vcollFloat32, 2050, 0, 0, 0, 0, 1},
-      {256, 8, 1, 8, 0, 0, 0, vcollFloat32, 2050, 0, 0, 0, 0, 0},
-      {256, 8, 3, 5, 1, 1, 0, vcollBfloat16, 2050, 1, 1, 0, 1, 0},
-      {256, 8, 8, 8, 1, 1, 0, vcollFloat32, 2050, 0, 0, 0, 0, 0},
-      {256, 8, 8, 1, 0, 0, 1, vcollFloat32, 2050, 1, 0, 0, 1, 1},
-      {256, 8, 2, 6, 9, 1, 0, vcollFloat32, 7, 0, 0, 0, 0, 0},
-      {256, 8, 4, 8, 1, 1, 0, vcollFloat32, 1000, 0, 0, 4, 0, 0}, /* 16-byte misaligned: warp kernel */
+      {256, 8, 4, 8, 1, 1, 0, vcollFloat32, 4097, 0, 0, 0, 0, 0, 0, 0, 0},
+      {256, 8, 4, 8, 1, 1, 0, vcollBfloat16, 4097, 0, 0, 0, 0, 0, 0, 0, 0},
+      {256, 8, 4, 8, 1, 1, 0, vcollFloat32, 3001, 1, 0, 0, 0, 0, 0, 0, 0},
+      {256, 8, 4, 8, 1, 1, 0, vcollFloat32, 3001, 1, 0, 0, 1, 0, 0, 0, 0},
+      {256, 8, 4, 8, 2, 1, 1, vcollBfloat16, 3001, 1, 0, 0, 1, 0, 0, 0, 0},
+      {256, 8, 4, 8, 1, 1, 0, vcollFloat32, 2050, 0, 0, 0, 0, 1, 0, 0, 0},
+      {256, 8, 1, 8, 0, 0, 0, vcollFloat32, 2050, 0, 0, 0, 0, 0, 0, 0, 0},
+      {256, 8, 3, 5, 1, 1, 0, vcollBfloat16, 2050, 1, 1, 0, 1, 0, 0, 0, 0},
+      {256, 8, 8, 8, 1, 1, 0, vcollFloat32, 2050, 0, 0, 0, 0, 0, 0, 0, 0},
+      {256, 8, 8, 1, 0, 0, 1, vcollFloat32, 2050, 1, 0, 0, 1, 1, 0, 0, 0},
+      {256, 8, 2, 6, 9, 1, 0, vcollFloat32, 7, 0, 0, 0, 0, 0, 0, 0, 0},
+      {256, 8, 4, 8, 1, 1, 0, vcollFloat32, 1000, 0, 0, 4, 0, 0, 0, 0, 0}, /* 16-byte misaligned: warp kernel */
+      /* biases >= 0 (the segment kernel's other key path), -0.0 biases, NaN and infinite biases */
+      {256, 8, 4, 8, 1, 1, 0, vcollFloat32, 4097, 0, 0, 0, 0, 0, 1, 0, 0},
+      {256, 8, 4, 8, 1, 1, 0, vcollBfloat16, 4097, 0, 0, 0, 0, 0, 2, 0, 0},
+      {256, 8, 4, 8, 1, 1, 0, vcollFloat32, 3001, 1, 0, 0, 1, 0, 1, 0, 0},
+      {256, 8, 2, 7, 1, 0, 1, vcollBfloat16, 3001, 1, 0, 0, 1, 1, 2, 0, 0},
+      {256, 8, 4, 8, 1, 1, 0, vcollFloat32, 2050, 0, 0, 0, 0, 1, 1, 0, 0},
+      {256, 8, 4, 8, 1, 1, 0, vcollFloat32, 1000, 0, 0, 0, 0, 0, 3, 0, 0},
+      {256, 8, 4, 8, 1, 1, 0, vcollBfloat16, 1000, 0, 0, 0, 0, 0, 4, 0, 0},
+      {256, 8, 8, 8, 1, 1, 0, vcollFloat32, 1000, 0, 0, 0, 0, 0, 4, 0, 0},
+      /* logits past the sigmoid's clamps; NaNs of both signs and with payloads */
+      {256, 8, 4, 8, 1, 1, 0, vcollFloat32, 3001, 0, 0, 0, 0, 0, 0, 1, 0},
+      {256, 8, 4, 8, 1, 1, 0, vcollBfloat16, 3001, 0, 0, 0, 0, 0, 1, 1, 0},
+      {256, 8, 4, 8, 1, 1, 0, vcollFloat32, 3001, 0, 0, 0, 0, 1, 0, 1, 1},
+      {256, 8, 4, 8, 1, 1, 0, vcollBfloat16, 3001, 0, 0, 0, 0, 1, 1, 0, 1},
+      {256, 8, 1, 3, 2, 1, 1, vcollFloat32, 3001, 1, 0, 0, 0, 1, 1, 1, 1},
   };
   const size_t n = sizeof(cases) / sizeof(cases[0]);
   setenv("VCOLL_GATE_KERNEL", "seg", 1);
@@ -173,12 +210,12 @@ static void test_segment_kernel(void** state) {
 static void test_all_kept(void** state) {
   (void)state;
   const Case cases[] = {
-      {384, 1, 1, 8, 1, 1, 0, vcollBfloat16, 3000, 0, 0, 0, 0, 0},
-      {384, 1, 1, 8, 0, 1, 1, vcollFloat32, 3000, 1, 0, 1, 0, 0},
-      {128, 1, 1, 64, 3, 1, 0, vcollFloat32, 777, 0, 0, 0, 0, 0},
-      {512, 4, 4, 40, 1, 0, 1, vcollBfloat16, 777, 1, 1, 0, 0, 0},
-      {2, 1, 1, 2, 1, 1, 0, vcollFloat32, 1000, 0, 0, 0, 0, 0},
-      {37 * 2, 37, 37, 5, 0, 1, 0, vcollFloat32, 1000, 1, 0, 1, 0, 0},
+      {384, 1, 1, 8, 1, 1, 0, vcollBfloat16, 3000, 0, 0, 0, 0, 0, 0, 0, 0},
+      {384, 1, 1, 8, 0, 1, 1, vcollFloat32, 3000, 1, 0, 1, 0, 0, 0, 0, 0},
+      {128, 1, 1, 64, 3, 1, 0, vcollFloat32, 777, 0, 0, 0, 0, 0, 0, 0, 0},
+      {512, 4, 4, 40, 1, 0, 1, vcollBfloat16, 777, 1, 1, 0, 0, 0, 0, 0, 0},
+      {2, 1, 1, 2, 1, 1, 0, vcollFloat32, 1000, 0, 0, 0, 0, 0, 0, 0, 0},
+      {37 * 2, 37, 37, 5, 0, 1, 0, vcollFloat32, 1000, 1, 0, 1, 0, 0, 0, 0, 0},
   };
   runCases(cases, sizeof(cases) / sizeof(cases[0]), 11);
 }
@@ -187,11 +224,11 @@ static void test_all_kept(void** state) {
 static void test_row_groups(void** state) {
   (void)state;
   const Case cases[] = {
-      {512, 2, 1, 8, 1, 1, 0, vcollFloat32, 2000, 0, 0, 0, 0, 0},
-      {512, 8, 3, 33, 1, 1, 1, vcollBfloat16, 2000, 1, 0, 0, 0, 0},
-      {160, 5, 2, 6, 1, 1, 0, vcollFloat32, 2000, 0, 0, 0, 0, 0},
-      {384, 4, 2, 8, 0, 0, 0, vcollBfloat16, 2000, 1, 1, 0, 0, 0},
-      {64, 2, 1, 32, 0, 1, 0, vcollFloat32, 2000, 1, 0, 0, 0, 0},
+      {512, 2, 1, 8, 1, 1, 0, vcollFloat32, 2000, 0, 0, 0, 0, 0, 0, 0, 0},
+      {512, 8, 3, 33, 1, 1, 1, vcollBfloat16, 2000, 1, 0, 0, 0, 0, 0, 0, 0},
+      {160, 5, 2, 6, 1, 1, 0, vcollFloat32, 2000, 0, 0, 0, 0, 0, 0, 0, 0},
+      {384, 4, 2, 8, 0, 0, 0, vcollBfloat16, 2000, 1, 1, 0, 0, 0, 0, 0, 0},
+      {64, 2, 1, 32, 0, 1, 0, vcollFloat32, 2000, 1, 0, 0, 0, 0, 0, 0, 0},
   };
   runCases(cases, sizeof(cases) / sizeof(cases[0]), 12);
 }
@@ -200,13 +237,13 @@ static void test_row_groups(void** state) {
 static void test_smem_groups(void** state) {
   (void)state;
   const Case cases[] = {
-      {64, 8, 3, 6, 1, 1, 0, vcollFloat32, 3000, 0, 0, 0, 0, 0},
-      {64, 8, 3, 6, 1, 1, 0, vcollBfloat16, 3000, 1, 0, 1, 0, 0},
-      {96, 4, 2, 8, 1, 1, 1, vcollFloat32, 3000, 0, 0, 0, 0, 0},
-      {512, 256, 20, 40, 2, 1, 0, vcollFloat32, 500, 1, 0, 0, 0, 0},
-      {6, 3, 2, 3, 1, 1, 0, vcollBfloat16, 3000, 1, 0, 0, 0, 0},
-      {100, 10, 4, 12, 0, 0, 0, vcollFloat32, 3000, 0, 1, 0, 0, 0},
-      {480, 30, 7, 16, 1, 1, 0, vcollBfloat16, 1000, 0, 0, 0, 0, 0},
+      {64, 8, 3, 6, 1, 1, 0, vcollFloat32, 3000, 0, 0, 0, 0, 0, 0, 0, 0},
+      {64, 8, 3, 6, 1, 1, 0, vcollBfloat16, 3000, 1, 0, 1, 0, 0, 0, 0, 0},
+      {96, 4, 2, 8, 1, 1, 1, vcollFloat32, 3000, 0, 0, 0, 0, 0, 0, 0, 0},
+      {512, 256, 20, 40, 2, 1, 0, vcollFloat32, 500, 1, 0, 0, 0, 0, 0, 0, 0},
+      {6, 3, 2, 3, 1, 1, 0, vcollBfloat16, 3000, 1, 0, 0, 0, 0, 0, 0, 0},
+      {100, 10, 4, 12, 0, 0, 0, vcollFloat32, 3000, 0, 1, 0, 0, 0, 0, 0, 0},
+      {480, 30, 7, 16, 1, 1, 0, vcollBfloat16, 1000, 0, 0, 0, 0, 0, 0, 0, 0},
   };
   runCases(cases, sizeof(cases) / sizeof(cases[0]), 13);
 }
