@@ -5,6 +5,7 @@
  * (gate_common.h); the selections are warp reductions on them. */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "vcoll.h"
@@ -288,26 +289,35 @@ template <> __device__ __forceinline__ void loadGroup<__nv_bfloat16>(const __nv_
   }
 }
 
-/* Inserts the unique value v into the descending list c1 > c2 > c3 > c4. */
-__device__ __forceinline__ void insert4(uint32_t v, uint32_t& c1, uint32_t& c2, uint32_t& c3, uint32_t& c4) {
-  uint32_t t = min(c1, v);
-  c1 = max(c1, v);
-  v = t; t = min(c2, v); c2 = max(c2, v);
-  v = t; t = min(c3, v); c3 = max(c3, v);
-  c4 = max(c4, t);
+/* Depth of each lane's cache of its best packed keys: a lane rescans its
+ * group only when it wins a seventh time (rare: the 9 rounds of
+ * DeepSeek-V3's shape spread over 4 kept groups). */
+constexpr int kDepth = 6;
+
+/* Inserts the unique value v into the descending list c[0] > ... > c[kDepth-1]. */
+__device__ __forceinline__ void insertCache(uint32_t v, uint32_t (&c)[kDepth]) {
+#pragma unroll
+  for (int i = 0; i < kDepth - 1; i++) {
+    const uint32_t t = min(c[i], v);
+    c[i] = max(c[i], v);
+    v = t;
+  }
+  c[kDepth - 1] = max(c[kDepth - 1], v);
 }
 
-/* Merges the pair {p, q} (unique values) into the descending list c1 > c2 >
- * c3 > c4, keeping the 4 largest: the k-th largest of two sorted lists is
- * the largest min(a_i, b_j) with i + j = k. 11 integer min/max (3-input
- * max where the compiler fuses them) per pair instead of 14 for two insert4. */
-__device__ __forceinline__ void merge2into4(uint32_t p, uint32_t q, uint32_t& c1, uint32_t& c2, uint32_t& c3,
-                                            uint32_t& c4) {
+/* Merges the pair {p, q} (unique values) into the descending list c, keeping
+ * its length: the k-th largest of two sorted lists is the largest min(a_i,
+ * b_j) with i + j = k. 3 integer min/max per place (2 with the compiler's
+ * 3-input max) instead of 4 for two insertions. */
+__device__ __forceinline__ void mergePair(uint32_t p, uint32_t q, uint32_t (&c)[kDepth]) {
   const uint32_t hi = max(p, q), lo = min(p, q);
-  const uint32_t n2 = max(max(c2, lo), min(c1, hi));
-  const uint32_t n3 = max(max(c3, min(c2, hi)), min(c1, lo));
-  const uint32_t n4 = max(max(c4, min(c3, hi)), min(c2, lo));
-  c1 = max(c1, hi); c2 = n2; c3 = n3; c4 = n4;
+  uint32_t n[kDepth];
+  n[0] = max(c[0], hi);
+  n[1] = max(max(c[1], lo), min(c[0], hi));
+#pragma unroll
+  for (int i = 2; i < kDepth; i++) n[i] = max(max(c[i], min(c[i - 1], hi)), min(c[i - 2], lo));
+#pragma unroll
+  for (int i = 0; i < kDepth; i++) c[i] = n[i];
 }
 
 /* fminf/fmaxf that return NaN when an input is NaN (PTX .NaN, sm_80+). */
@@ -360,10 +370,11 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb) {
     const TIn* grp = row + g * kSegGroupSize;
     if (t + step < a.T) /* the next quad's rows into L2 while this one is worked on */
       asm volatile("prefetch.global.L2 [%0];" ::"l"(grp + step * kSegExperts));
-    /* Packed keys k[j] = (key & ~31) | (31 - j), unique in the lane, and
-     * their top 4, merged in pairs. */
-    uint32_t k[32];
-    uint32_t c1 = 0, c2 = 0, c3 = 0, c4 = 0;
+    /* Packed keys (key & ~31) | (31 - j), unique in the lane, and their
+     * top kDepth (c[0] largest), merged in pairs. */
+    uint32_t c[kDepth];
+#pragma unroll
+    for (int i = 0; i < kDepth; i++) c[i] = 0;
     {
       float x[32];
       loadGroup<TIn>(grp, x);
@@ -371,22 +382,23 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb) {
       for (int q = 0; q < 8; q++) {
         const float4 b = *(const float4*)(myBias + 4 * q);
         const float bb[4] = {b.x, b.y, b.z, b.w};
+        uint32_t k[4];
 #pragma unroll
-        for (int i = 0; i < 4; i++) k[4 * q + i] = fastPack<NONNEG>(x[4 * q + i], bb[i], hm, 31u - (4 * q + i));
-        merge2into4(k[4 * q], k[4 * q + 1], c1, c2, c3, c4);
-        merge2into4(k[4 * q + 2], k[4 * q + 3], c1, c2, c3, c4);
+        for (int i = 0; i < 4; i++) k[i] = fastPack<NONNEG>(x[4 * q + i], bb[i], hm, 31u - (4 * q + i));
+        mergePair(k[0], k[1], c);
+        mergePair(k[2], k[3], c);
       }
     }
     /* A NaN score (its key is the largest) or +inf in the lane: its segment
      * takes the exact group ranking and the exact selection. */
-    const bool special = c1 >= 0xff800000u;
+    const bool special = c[0] >= 0xff800000u;
     bool kept = true;
     if (!ALLKEPT) {
       /* Group score b1 + b2 bounded from the packed top-2 (each true key is
        * in [p & ~31, p | 31]; unkey and fp32 addition are monotone). Ranks
        * that the bounds decide are exact; otherwise the warp ranks exactly. */
-      const float lo = __fadd_rn(vgUnkey(c1 & ~31u), vgUnkey(c2 & ~31u));
-      const float hi = __fadd_rn(vgUnkey(c1 | 31u), vgUnkey(c2 | 31u));
+      const float lo = __fadd_rn(vgUnkey(c[0] & ~31u), vgUnkey(c[1] & ~31u));
+      const float hi = __fadd_rn(vgUnkey(c[0] | 31u), vgUnkey(c[1] | 31u));
       int above = 0, unsure = 0;
 #pragma unroll
       for (int d = 1; d < kSegGroups; d++) {
@@ -417,7 +429,9 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb) {
         }
         kept = rank < a.topkGroup;
       }
-      if (!kept) c1 = c2 = c3 = c4 = 0;
+      if (!kept)
+#pragma unroll
+        for (int i = 0; i < kDepth; i++) c[i] = 0;
     }
 
     /* topk rounds, and one more for the best one left when there is one:
@@ -427,19 +441,24 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb) {
     const int rounds = a.topk + (extra ? 1 : 0);
     uint32_t myP = 0, pLast = 0, pNext = 0;
     for (int r = 0; r < rounds; r++) {
-      uint32_t bp = (c1 & ~0xe0u) | laneBits;
+      uint32_t bp = (c[0] & ~0xe0u) | laneBits;
 #pragma unroll
       for (int d = 4; d > 0; d >>= 1) bp = max(bp, __shfl_xor_sync(kFull, bp, d));
       if (g == r) myP = bp;
       if (r == a.topk - 1) pLast = bp;
       if (r == a.topk) pNext = bp;
       if ((bp & 0xe0u) == laneBits) {
-        const uint32_t taken = c1;
-        c1 = c2; c2 = c3; c3 = c4; c4 = 0;
-        if (c1 == 0 && kept) { /* fifth win: the 4 best below the one just taken */
+        const uint32_t taken = c[0];
 #pragma unroll
+        for (int i = 0; i < kDepth - 1; i++) c[i] = c[i + 1];
+        c[kDepth - 1] = 0;
+        if (c[0] == 0 && kept) { /* cache used up: the kDepth best below the one just taken, recomputed */
+          const uint32_t hmr = a.hiMask;
+#pragma unroll 4
           for (int j = 0; j < 32; j++) {
-            insert4(k[j] < taken ? k[j] : 0u, c1, c2, c3, c4);
+            const uint32_t pj =
+                fastPack<NONNEG>(rawToFloat<TIn>(loadRaw<TIn>(grp + j)), myBias[j], hmr, 31u - j);
+            insertCache(pj < taken ? pj : 0u, c);
           }
         }
       }
@@ -453,6 +472,7 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb) {
     if (exact) {
       /* Segment-uniform: the selection again on unique 64-bit values
        * (key, 255 - expert) of the exact keys; each round rescans all 32. */
+      uint32_t k[32];
 #pragma unroll
       for (int j = 0; j < 32; j++) k[j] = exactKey<TIn>(grp, myBias, j);
       uint64_t last = ~0ull;
@@ -513,8 +533,8 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb) {
   }
 }
 
-template <typename TIn, bool ALLKEPT>
-__global__ void __launch_bounds__(kWarps * 32) moeGateSegKernel(const GateArgs a) {
+template <typename TIn, bool ALLKEPT, int MINB>
+__global__ void __launch_bounds__(kWarps * 32, MINB) moeGateSegKernel(const GateArgs a) {
   /* Bias by group, rows padded to 36 floats: the 8 lanes of a segment read
    * 16 bytes each at 36 g + 4 q, in 8 different bank quads. */
   __shared__ __align__(16) float sb[kSegGroups * 36];
@@ -532,15 +552,22 @@ __global__ void __launch_bounds__(kWarps * 32) moeGateSegKernel(const GateArgs a
  * 2 blocks of 8 warps per SM on an H200; capping it at 85 registers for 3
  * blocks spills, was 3-7% faster at 65536 tokens and 6-8% slower at
  * 8192-32768, docs/perf). */
-template <typename TIn, bool ALLKEPT>
-vcollResult_t launchSeg(const GateArgs& a, cudaStream_t stream) {
+template <typename TIn, bool ALLKEPT, int MINB>
+vcollResult_t launchSegB(const GateArgs& a, cudaStream_t stream) {
   static int perSm[64];
   unsigned blocks = 0;
-  VCOLL_CHECK_RES(vcollResidentGrid((const void*)moeGateSegKernel<TIn, ALLKEPT>, kWarps * 32, 0, perSm,
+  VCOLL_CHECK_RES(vcollResidentGrid((const void*)moeGateSegKernel<TIn, ALLKEPT, MINB>, kWarps * 32, 0, perSm,
                                     (a.T + kWarps * 4 - 1) / (kWarps * 4), &blocks));
-  moeGateSegKernel<TIn, ALLKEPT><<<blocks, kWarps * 32, 0, stream>>>(a);
+  moeGateSegKernel<TIn, ALLKEPT, MINB><<<blocks, kWarps * 32, 0, stream>>>(a);
   VCOLL_CUDACHECK(NULL, cudaGetLastError());
   return vcollSuccess;
+}
+template <typename TIn, bool ALLKEPT>
+vcollResult_t launchSeg(const GateArgs& a, cudaStream_t stream) { /* EXPERIMENT knob, to be removed */
+  const char* m = getenv("VCOLL_EXP_MINB");
+  if (m != nullptr && m[0] == '2') return launchSegB<TIn, ALLKEPT, 2>(a, stream);
+  if (m != nullptr && m[0] == '3') return launchSegB<TIn, ALLKEPT, 3>(a, stream);
+  return launchSegB<TIn, ALLKEPT, 4>(a, stream);
 }
 
 /* The segment kernel for its shapes from kSegMinTokens tokens on;
