@@ -10,6 +10,7 @@
 
 #include "vcoll.h"
 #include "gate_common.h"
+#include "gate_device.cuh"
 extern "C" {
 #include "vcoll_internal.h"
 }
@@ -320,31 +321,24 @@ __device__ __forceinline__ void mergePair(uint32_t p, uint32_t q, uint32_t (&c)[
   for (int i = 0; i < kDepth; i++) c[i] = n[i];
 }
 
-/* fminf/fmaxf that return NaN when an input is NaN (PTX .NaN, sm_80+). */
-__device__ __forceinline__ float minNaN(float a, float b) {
-  float r;
-  asm("min.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
-  return r;
-}
-__device__ __forceinline__ float maxNaN(float a, float b) {
-  float r;
-  asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
-  return r;
-}
-
-/* The fast path's packed key of s + bias (see moeGateSegKernel): vgKey's
- * map without its NaN and -0 cases, low 5 bits replaced by `low`. A NaN x
- * or bias comes out as the canonical NaN 0x7fffffff (fp32 arithmetic on the
- * GPU has no NaN payloads), whose key is above every number's; s + bias is
- * never -0 (s > 0). NONNEG (every bias >= 0, so s + bias > 0 or NaN): the
- * key is the bits with the sign bit set, one LOP3 with the packing. */
+/* The fast path's packed key of its approximate score sigmoidApprox(x) +
+ * bias (see moeGateSegKernel): vgKey's map without its NaN and -0 cases, low
+ * 5 bits replaced by `low`. A NaN x or bias comes out as the canonical NaN
+ * 0x7fffffff (fp32 arithmetic on the GPU has no NaN payloads), whose key is
+ * above every number's; the score is never -0 (the sigmoid is never -0).
+ * NONNEG (every bias >= 0, so the score is >= +0 or NaN): the key is the
+ * bits with the sign bit set, one LOP3 with the packing. */
 template <bool NONNEG>
 __device__ __forceinline__ uint32_t fastPack(float x, float bias, uint32_t hm, uint32_t low) {
-  const float b = __fadd_rn(vgSigmoidCore(minNaN(maxNaN(-x, -20.0f), 80.0f)), bias);
-  const uint32_t u = __float_as_uint(b);
+  const uint32_t u = __float_as_uint(__fadd_rn(vcollGate::sigmoidApprox(x), bias));
   if (NONNEG) return (u & hm) | (0x80000000u | low);
   return ((u ^ ((uint32_t)((int32_t)u >> 31) | 0x80000000u)) & hm) | low;
 }
+
+/* Bound on |approximate score - exact score| for scores of magnitude up to
+ * |a|: the sigmoid's bound plus 2 ulp of rounding in the bias addition
+ * (both scores are fp32 sums with the same bias). */
+__device__ __forceinline__ float scoreErr(float a) { return vcollGate::kSigApproxErr + fabsf(a) * 2.384185791015625e-07f; }
 
 /* The exact key (gate_common.h's, as the reference computes it) of expert j
  * of a lane's group, from its logit reloaded (an L1 hit). */
@@ -394,11 +388,16 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb) {
     const bool special = c[0] >= 0xff800000u;
     bool kept = true;
     if (!ALLKEPT) {
-      /* Group score b1 + b2 bounded from the packed top-2 (each true key is
-       * in [p & ~31, p | 31]; unkey and fp32 addition are monotone). Ranks
-       * that the bounds decide are exact; otherwise the warp ranks exactly. */
-      const float lo = __fadd_rn(vgUnkey(c[0] & ~31u), vgUnkey(c[1] & ~31u));
-      const float hi = __fadd_rn(vgUnkey(c[0] | 31u), vgUnkey(c[1] | 31u));
+      /* Group score b1 + b2 bounded from the packed top-2 of the
+       * approximate scores: each approximate score is in [unkey(p & ~31),
+       * unkey(p | 31)] and within scoreErr of the exact one, and the top-2
+       * sum moves by at most the sum of the two errors; the margins are
+       * doubled to cover the rounding of these sums. Ranks that the bounds
+       * decide are exact; otherwise the warp ranks exactly. */
+      const float l1 = vgUnkey(c[0] & ~31u), l2 = vgUnkey(c[1] & ~31u);
+      const float u1 = vgUnkey(c[0] | 31u), u2 = vgUnkey(c[1] | 31u);
+      const float m = 2.0f * (scoreErr(fabsf(l1) + fabsf(u1)) + scoreErr(fabsf(l2) + fabsf(u2)));
+      const float lo = __fsub_rn(__fadd_rn(l1, l2), m), hi = __fadd_rn(__fadd_rn(u1, u2), m);
       int above = 0, unsure = 0;
 #pragma unroll
       for (int d = 1; d < kSegGroups; d++) {
@@ -409,7 +408,7 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb) {
         unsure += !up && !down;
       }
       kept = above + unsure < a.topkGroup;
-      const bool decided = !special && (kept || above >= a.topkGroup);
+      const bool decided = !special && isfinite(lo) && isfinite(hi) && (kept || above >= a.topkGroup);
       if (!__all_sync(kFull, decided)) {
         /* Exact group top-2 and ranks (groups of equal score: the lower index is kept). */
         uint32_t a1 = 0, a2 = 0;
@@ -464,10 +463,16 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb) {
       }
     }
     uint32_t e = 255u - (myP & 255u); /* expert of slot g (g < topk) */
-    /* The winners are taken in non-increasing order of their keys' top 24
-     * bits, so the set is exact unless the last one taken and the best one
-     * left share them. */
-    bool exact = special || (extra && (pNext >> 8) == (pLast >> 8));
+    /* The winners are taken in non-increasing order of their approximate
+     * keys' top 24 bits: every one taken scores at least unkey(pLast & ~255),
+     * every one left at most unkey(pNext | 255). The set is the exact one
+     * when these differ by more than both scores' errors; otherwise (near
+     * ties, and NaN or infinite scores) the segment selects exactly. */
+    bool exact = special;
+    if (extra) {
+      const float lastLo = vgUnkey(pLast & ~255u), nextHi = vgUnkey(pNext | 255u);
+      exact |= !(__fsub_rn(lastLo, nextHi) > 2.0f * scoreErr(fabsf(lastLo) + fabsf(nextHi)));
+    }
     exact = __ballot_sync(kFull, exact) & segMask;
     if (exact) {
       /* Segment-uniform: the selection again on unique 64-bit values

@@ -77,20 +77,12 @@ VG_FN float vgRcpNormal(float d) {
  * x = 20 on, where the exact value rounds to 1 anyway). exp(y) = 2^k e^r with
  * k = rint(y / ln 2), r = y - k ln 2 (two-constant Cody-Waite reduction) and
  * e^r from Cephes' expf polynomial. NaN gives NaN. */
-VG_FN float vgSigmoidCore(float y);
-
 VG_FN float vgSigmoid(float x) {
   /* Clamped to [-20, 80], which keeps 1 + exp(y) and its reciprocal normal
    * floats. A NaN x goes through without a branch (fminf/fmaxf, one
    * instruction each on the device, map it to a bound) and NaN is returned
    * at the end. */
-  const float sig = vgSigmoidCore(fminf(fmaxf(-x, -20.0f), 80.0f));
-  return x != x ? vgFloat(VG_NAN_BITS) : sig;
-}
-
-/* 1 / (1 + exp(y)) for y in [-20, 80] (the clamped -x). The kernel's fast
- * path calls it with a clamp that lets NaN through instead (gate.cu). */
-VG_FN float vgSigmoidCore(float y) {
+  const float y = fminf(fmaxf(-x, -20.0f), 80.0f);
   float t = VG_MUL(y, 1.44269504088896341f);
   float tm = VG_ADD(t, VG_ROUND_MAGIC);
   float kf = VG_ADD(tm, -VG_ROUND_MAGIC);
@@ -107,7 +99,8 @@ VG_FN float vgSigmoidCore(float y) {
   /* The low mantissa bits of tm hold k; shifting them into the exponent
    * field and adding the bias gives 2^k (k in -29..116). */
   float scale = vgFloat((vgBits(tm) << 23) + 0x3f800000u);
-  return vgRcpNormal(VG_FMA(e, scale, 1.0f)); /* e * 2^k is exact, so one rounding */
+  const float sig = vgRcpNormal(VG_FMA(e, scale, 1.0f)); /* e * 2^k is exact, so one rounding */
+  return x != x ? vgFloat(VG_NAN_BITS) : sig;
 }
 
 /* A total order on fp32 scores as unsigned keys: larger float, larger key;

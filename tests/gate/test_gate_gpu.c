@@ -20,6 +20,8 @@
 
 enum { kGuard = 256 }; /* poisoned bytes checked after each output */
 
+int gateTestSigmoidApprox(float* maxErr, uint32_t* worstX, unsigned long long* nanMismatch, float* bound);
+
 static uint32_t bitsOf(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 
 static uint16_t toBf16(float f) { /* round to nearest even; NaN stays NaN (sign and top payload bits kept) */
@@ -142,6 +144,25 @@ static void runCases(const Case* cases, size_t n, uint64_t stream_) {
   for (size_t i = 0; i < n; i++) ok &= runCase(&cases[i], &rng, stream);
   CUDA_OK(cudaStreamDestroy(stream));
   assert_true(ok);
+}
+
+/* The segment kernel selects with an approximate sigmoid and a bound on its
+ * distance to the exact one: the bound must hold for all 2^32 floats (and
+ * both must agree on which inputs give NaN). */
+static void test_sigmoid_approx_bound(void** state) {
+  (void)state;
+  VT_REQUIRE_GPU();
+  float maxErr = 0.0f, bound = 0.0f;
+  uint32_t worst = 0;
+  unsigned long long nanBad = 0;
+  CUDA_OK((cudaError_t)gateTestSigmoidApprox(&maxErr, &worst, &nanBad, &bound));
+  float wx;
+  memcpy(&wx, &worst, 4);
+  print_message("# approximate sigmoid vs exact recipe, all 2^32 floats: max |difference| %.3g (2^%.2f) at x = %a; "
+                "bound %.3g (2^%.0f); %llu NaN disagreements\n",
+                (double)maxErr, log2((double)maxErr), (double)wx, (double)bound, log2((double)bound), nanBad);
+  assert_true(maxErr <= bound);
+  assert_true(nanBad == 0);
 }
 
 /* DeepSeek-V3's shape (groups are whole 32-expert rows) at every size class. */
@@ -300,6 +321,7 @@ static void test_graph_capture(void** state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_sigmoid_approx_bound),
       cmocka_unit_test(test_deepseek),
       cmocka_unit_test(test_segment_kernel),
       cmocka_unit_test(test_all_kept),
