@@ -5,7 +5,6 @@
  * (gate_common.h); the selections are warp reductions on them. */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "vcoll.h"
@@ -268,6 +267,10 @@ constexpr int kSegExperts = 256, kSegGroups = 8, kSegGroupSize = 32;
  * warps in flight for the same tokens; measured on an H200 up to 4096 tokens,
  * docs/perf/2026-12-02_gate_1xH200_*). */
 constexpr size_t kSegMinTokens = 8192;
+/* Blocks of kWarps warps per SM the segment kernel is built for (80
+ * registers): 3 was faster than 2 (96 registers) and 4 (64, spilling), at
+ * 65536 tokens by 3-12% (docs/perf/2026-12-02_gate_1xH200_93bed5a_*). */
+constexpr int kSegMinBlocks = 3;
 
 template <typename TIn> __device__ __forceinline__ void loadGroup(const TIn* p, float (&x)[32]);
 template <> __device__ __forceinline__ void loadGroup<float>(const float* p, float (&x)[32]) {
@@ -433,21 +436,18 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb) {
         for (int i = 0; i < kDepth; i++) c[i] = 0;
     }
 
-    /* topk rounds, and one more for the best one left when there is one:
-     * segment max of the lanes' heads with the lane in bits 5-7 (ordered by
-     * the key's top 24 bits, then lane, then place), expert 255 - (p & 255). */
-    const bool extra = kSegGroupSize * a.topkGroup > a.topk;
-    const int rounds = a.topk + (extra ? 1 : 0);
-    uint32_t myP = 0, pLast = 0, pNext = 0;
-    for (int r = 0; r < rounds; r++) {
+    /* topk rounds: segment max of the lanes' heads with the lane in bits
+     * 5-7 (ordered by the key's top 24 bits, then lane, then place), expert
+     * 255 - (p & 255). A lane whose cache runs out refills it at once. */
+    uint32_t myP = 0, lastTaken = 0xffffffffu;
+    for (int r = 0; r < a.topk; r++) {
       uint32_t bp = (c[0] & ~0xe0u) | laneBits;
 #pragma unroll
       for (int d = 4; d > 0; d >>= 1) bp = max(bp, __shfl_xor_sync(kFull, bp, d));
       if (g == r) myP = bp;
-      if (r == a.topk - 1) pLast = bp;
-      if (r == a.topk) pNext = bp;
       if ((bp & 0xe0u) == laneBits) {
         const uint32_t taken = c[0];
+        lastTaken = taken;
 #pragma unroll
         for (int i = 0; i < kDepth - 1; i++) c[i] = c[i + 1];
         c[kDepth - 1] = 0;
@@ -463,15 +463,22 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb) {
       }
     }
     uint32_t e = 255u - (myP & 255u); /* expert of slot g (g < topk) */
-    /* The winners are taken in non-increasing order of their approximate
-     * keys' top 24 bits: every one taken scores at least unkey(pLast & ~255),
-     * every one left at most unkey(pNext | 255). The set is the exact one
-     * when these differ by more than both scores' errors; otherwise (near
-     * ties, and NaN or infinite scores) the segment selects exactly. */
+    /* Every expert taken scores (approximately) at least unkey(lo & ~31),
+     * lo the smallest packed key taken, and every one left at most
+     * unkey(hi | 31), hi the largest head left (each lane takes its keys in
+     * order). The set is the exact one when these differ by more than both
+     * scores' errors; otherwise (near ties, and NaN or infinite scores) the
+     * segment selects exactly. */
     bool exact = special;
-    if (extra) {
-      const float lastLo = vgUnkey(pLast & ~255u), nextHi = vgUnkey(pNext | 255u);
-      exact |= !(__fsub_rn(lastLo, nextHi) > 2.0f * scoreErr(fabsf(lastLo) + fabsf(nextHi)));
+    if (kSegGroupSize * a.topkGroup > a.topk) { /* candidates are left */
+      uint32_t lo = lastTaken, hi = c[0];
+#pragma unroll
+      for (int d = 4; d > 0; d >>= 1) {
+        lo = min(lo, __shfl_xor_sync(kFull, lo, d));
+        hi = max(hi, __shfl_xor_sync(kFull, hi, d));
+      }
+      const float takenLo = vgUnkey(lo & ~31u), leftHi = vgUnkey(hi | 31u);
+      exact |= !(__fsub_rn(takenLo, leftHi) > 2.0f * scoreErr(fabsf(takenLo) + fabsf(leftHi)));
     }
     exact = __ballot_sync(kFull, exact) & segMask;
     if (exact) {
@@ -538,8 +545,8 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb) {
   }
 }
 
-template <typename TIn, bool ALLKEPT, int MINB>
-__global__ void __launch_bounds__(kWarps * 32, MINB) moeGateSegKernel(const GateArgs a) {
+template <typename TIn, bool ALLKEPT>
+__global__ void __launch_bounds__(kWarps * 32, kSegMinBlocks) moeGateSegKernel(const GateArgs a) {
   /* Bias by group, rows padded to 36 floats: the 8 lanes of a segment read
    * 16 bytes each at 36 g + 4 q, in 8 different bank quads. */
   __shared__ __align__(16) float sb[kSegGroups * 36];
@@ -553,26 +560,16 @@ __global__ void __launch_bounds__(kWarps * 32, MINB) moeGateSegKernel(const Gate
   else segTokens<TIn, ALLKEPT, false>(a, sb);
 }
 
-/* On the blocks the device holds at once (about 108 registers per thread:
- * 2 blocks of 8 warps per SM on an H200; capping it at 85 registers for 3
- * blocks spills, was 3-7% faster at 65536 tokens and 6-8% slower at
- * 8192-32768, docs/perf). */
-template <typename TIn, bool ALLKEPT, int MINB>
-vcollResult_t launchSegB(const GateArgs& a, cudaStream_t stream) {
+/* On the blocks the device holds at once (kSegMinBlocks per SM). */
+template <typename TIn, bool ALLKEPT>
+vcollResult_t launchSeg(const GateArgs& a, cudaStream_t stream) {
   static int perSm[64];
   unsigned blocks = 0;
-  VCOLL_CHECK_RES(vcollResidentGrid((const void*)moeGateSegKernel<TIn, ALLKEPT, MINB>, kWarps * 32, 0, perSm,
+  VCOLL_CHECK_RES(vcollResidentGrid((const void*)moeGateSegKernel<TIn, ALLKEPT>, kWarps * 32, 0, perSm,
                                     (a.T + kWarps * 4 - 1) / (kWarps * 4), &blocks));
-  moeGateSegKernel<TIn, ALLKEPT, MINB><<<blocks, kWarps * 32, 0, stream>>>(a);
+  moeGateSegKernel<TIn, ALLKEPT><<<blocks, kWarps * 32, 0, stream>>>(a);
   VCOLL_CUDACHECK(NULL, cudaGetLastError());
   return vcollSuccess;
-}
-template <typename TIn, bool ALLKEPT>
-vcollResult_t launchSeg(const GateArgs& a, cudaStream_t stream) { /* EXPERIMENT knob, to be removed */
-  const char* m = getenv("VCOLL_EXP_MINB");
-  if (m != nullptr && m[0] == '2') return launchSegB<TIn, ALLKEPT, 2>(a, stream);
-  if (m != nullptr && m[0] == '3') return launchSegB<TIn, ALLKEPT, 3>(a, stream);
-  return launchSegB<TIn, ALLKEPT, 4>(a, stream);
 }
 
 /* The segment kernel for its shapes from kSegMinTokens tokens on;
