@@ -249,19 +249,24 @@ vcollResult_t launchGate(const GateArgs& a, cudaStream_t stream) {
  * warp reductions and every selection step is 3 shuffle levels among 8
  * lanes instead of 5 among 32 for 4 times fewer tokens per warp.
  *
- * Scores are the reference's exact keys (gate_common.h). Group top-2 and
- * group ranks are computed on them. The top-k runs on packed keys, the key
- * with its low 5 bits replaced by 31 - j (j: the expert's place in its
- * group), so that one 32-bit max carries the expert with it; each lane
- * caches its 4 best packed keys (a rescan of its 32 keys only when it wins
- * a fifth time). Packing cannot reorder keys whose top 27 bits differ, so
- * the chosen set is exact when the last chosen and the best one left differ
- * there; otherwise (and for tokens with NaN scores, whose key 1 packs to
- * the range of "no candidate") the segment redoes the selection on unique
- * 64-bit (key, expert) values, which is exact but slower. The chosen
- * experts' scores and weights are then recomputed exactly from their logits
- * and sorted by (key, expert) across the segment, so slot order is exact
- * either way. */
+ * The selection runs on approximate scores, sigmoidApprox(x) + bias
+ * (gate_device.cuh: 2 MUFU instead of about 20 instructions for the exact
+ * recipe; within kSigApproxErr of it, checked for all 2^32 floats), as
+ * packed keys: the key with its low 5 bits replaced by 31 - j (j: the
+ * expert's place in its group), unique in the lane, so one 32-bit max
+ * carries the expert. Each lane keeps its kDepth best, merged in pairs; a
+ * lane that wins more often recomputes them. Every decision is then either
+ * proved exact or redone exactly:
+ *  - group ranks: each group's score is bounded from its packed top-2 and
+ *    the error bound; where the bounds do not decide a rank, the warp ranks
+ *    on exact scores (recomputed from the logits);
+ *  - the chosen set: topk rounds of a segment max; the set is exact when
+ *    the smallest score taken and the largest left are further apart than
+ *    both errors; otherwise (near ties, NaN or infinite scores) the segment
+ *    selects again on unique 64-bit (exact key, expert) values.
+ * The chosen experts' scores and weights are recomputed exactly from their
+ * logits and sorted by (exact key, expert) across the segment, so ids,
+ * order and weights are the reference's bit for bit. */
 constexpr int kSegExperts = 256, kSegGroups = 8, kSegGroupSize = 32;
 /* Below this many tokens the one-warp-per-token kernel is faster (more
  * warps in flight for the same tokens; measured on an H200 up to 4096 tokens,
