@@ -5,7 +5,6 @@
  * (gate_common.h); the selections are warp reductions on them. */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "vcoll.h"
@@ -36,7 +35,6 @@ struct GateArgs {
   int renormalize, scaleIn;
   float rsf, sharedW;
   uint32_t hiMask; /* ~31u, as a value: the packing below is then one LOP3 with a register mask */
-  int pfMode;      /* EXPERIMENT (to be removed): 0 L2 next quad, 1 L1 next quad, 2 L1 next + L2 the one after */
 };
 
 template <typename TIn> __device__ __forceinline__ uint32_t loadRaw(const TIn* p);
@@ -372,13 +370,8 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb) {
     const bool valid = t < a.T;
     const TIn* row = logits + (valid ? t : t0) * kSegExperts; /* a spare segment works on a valid row */
     const TIn* grp = row + g * kSegGroupSize;
-    if (a.pfMode == 0) {
-      if (t + step < a.T) /* the next quad's rows into L2 while this one is worked on */
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(grp + step * kSegExperts));
-    } else {
-      if (t + step < a.T) asm volatile("prefetch.global.L1 [%0];" ::"l"(grp + step * kSegExperts));
-      if (a.pfMode == 2 && t + 2 * step < a.T) asm volatile("prefetch.global.L2 [%0];" ::"l"(grp + 2 * step * kSegExperts));
-    }
+    if (t + step < a.T) /* the next quad's rows into L2 while this one is worked on */
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(grp + step * kSegExperts));
     /* Packed keys (key & ~31) | (31 - j), unique in the lane, and their
      * top kDepth (c[0] largest), merged in pairs. */
     uint32_t c[kDepth];
@@ -516,8 +509,7 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb) {
         if (g == r) e = 0xffffu - (uint32_t)(best & 0xffffu);
       }
     }
-    /* Lane g < topk holds a chosen expert e: its exact score (the weight)
-     * and key, recomputed from its logit. */
+    /* Slot g (< topk): exact score, weight and key of expert e, recomputed. */
     float w = 0.0f;
     uint64_t sk = 0; /* sort value (key, 255 - e); 0 for slots past topk */
     if (g < a.topk) {
@@ -525,16 +517,21 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb) {
       const uint32_t key = vgKey(__fadd_rn(w, sb[(e >> 5) * 36 + (e & 31)]));
       sk = ((uint64_t)key << 32) | (uint64_t)(0xffffu - e);
     }
-    /* Slot of this lane's expert: its rank by (exact key, lower expert
-     * first) among the segment's topk (lanes past topk hold 0, below all). */
-    int rank = 0;
+    /* Bitonic sort of the 8 slots, descending. */
 #pragma unroll
-    for (int d = 1; d < kSegGroups; d++) rank += __shfl_sync(kFull, sk, segBase | ((g + d) & 7)) > sk;
-    float sum = 0.0f;
-    for (int r = 0; r < a.topk; r++) { /* slot order */
-      const int src = __ffs(__ballot_sync(kFull, rank == r) & segMask) - 1;
-      sum = __fadd_rn(sum, __shfl_sync(kFull, w, src));
+    for (int size = 2; size <= 8; size <<= 1) {
+#pragma unroll
+      for (int d = size >> 1; d > 0; d >>= 1) {
+        const uint64_t o = __shfl_xor_sync(kFull, sk, d);
+        const float ow = __shfl_xor_sync(kFull, w, d);
+        const bool lower = (g & d) == 0, desc = (g & size) == 0 || size == 8;
+        const bool takeMax = lower == desc;
+        if (takeMax ? o > sk : o < sk) { sk = o; w = ow; }
+      }
     }
+    e = 0xffffu - (uint32_t)(sk & 0xffffu);
+    float sum = 0.0f;
+    for (int r = 0; r < a.topk; r++) sum = __fadd_rn(sum, __shfl_sync(kFull, w, segBase | r)); /* slot order */
     if (valid) {
       int32_t* idRow = a.ids + t * a.K;
       float* wRow = a.weights + t * a.K;
@@ -542,8 +539,8 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb) {
         float v = w;
         if (a.renormalize) v = __fdiv_rn(v, sum);
         if (a.scaleIn) v = __fmul_rn(v, a.rsf);
-        idRow[rank] = (int32_t)e;
-        wRow[rank] = v;
+        idRow[g] = (int32_t)e;
+        wRow[g] = v;
       }
       for (int r = a.topk + g; r < a.K; r += kSegGroups) {
         idRow[r] = kSegExperts + (r - a.topk);
@@ -638,7 +635,6 @@ extern "C" vcollResult_t vcollMoeGate(const void* logits, vcollDataType_t logits
   a.rsf = p->routedScalingFactor;
   a.sharedW = p->applyScalingInKernel ? 1.0f : 1.0f / p->routedScalingFactor;
   a.hiMask = ~31u;
-  a.pfMode = getenv("VCOLL_EXP_PF") ? atoi(getenv("VCOLL_EXP_PF")) : 0; /* EXPERIMENT */
   VCOLL_TRACE("vcollMoeGate: T %zu E %d G %d topkGroup %d topk %d shared %d", T, a.E, a.G, a.topkGroup, a.topk,
               p->numFusedSharedExperts);
   if (logitsType == vcollFloat32) return launchRows<float>(a, stream);
