@@ -5,7 +5,6 @@
  * (gate_common.h); the selections are warp reductions on them. */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "vcoll.h"
@@ -356,68 +355,9 @@ __device__ __forceinline__ uint32_t exactKey(const TIn* grp, const float* myBias
   return vgKey(__fadd_rn(vgSigmoid(rawToFloat<TIn>(loadRaw<TIn>(grp + j))), myBias[j]));
 }
 
-/* Staging of a warp's 4 rows in shared memory: copied with cp.async in
- * 16-byte chunks, coalesced, one quad ahead (two buffers per warp), so that
- * the loads of a quad are in flight while the one before is worked on
- * without holding registers. Group g of a row starts at g * kGroupStride
- * bytes, 16 more than a group, so that the 8 lanes of a segment reading
- * chunk q of their groups fall in 8 different bank quads. */
-template <typename TIn> struct SegStage {
-  static constexpr int kRowBytes = kSegExperts * (int)sizeof(TIn);
-  static constexpr int kGroupBytes = kSegGroupSize * (int)sizeof(TIn);
-  static constexpr int kGroupStride = kGroupBytes + 16;
-  static constexpr int kRowStride = kSegGroups * kGroupStride;
-  static constexpr int kQuadBytes = 4 * kRowStride;
-  static constexpr int kChunksPerRow = kRowBytes / 16, kChunksPerGroup = kGroupBytes / 16;
-  static constexpr size_t kSmem = (size_t)2 * kWarps * kQuadBytes;
-};
-
-/* Copies rows t0 .. min(t0 + 4, T) - 1 into dst (one commit group per call). */
-template <typename TIn>
-__device__ __forceinline__ void stageQuad(unsigned char* dst, const TIn* logits, size_t t0, size_t T, int lane) {
-  typedef SegStage<TIn> L;
-  const int rows = T - t0 < 4 ? (int)(T - t0) : 4;
-  const unsigned char* src = (const unsigned char*)(logits + t0 * kSegExperts);
-  for (int c = lane; c < rows * L::kChunksPerRow; c += 32) {
-    const int r = c / L::kChunksPerRow, rem = c - r * L::kChunksPerRow;
-    const int grp = rem / L::kChunksPerGroup, q = rem - grp * L::kChunksPerGroup;
-    const unsigned d = (unsigned)__cvta_generic_to_shared(dst + r * L::kRowStride + grp * L::kGroupStride + q * 16);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src + (size_t)c * 16) : "memory");
-  }
-  asm volatile("cp.async.commit_group;" ::: "memory");
-}
-
-template <typename TIn> __device__ __forceinline__ void loadStagedGroup(const unsigned char* p, float (&x)[32]);
-template <> __device__ __forceinline__ void loadStagedGroup<float>(const unsigned char* p, float (&x)[32]) {
-#pragma unroll
-  for (int q = 0; q < 8; q++) {
-    const float4 v = *(const float4*)(p + 16 * q);
-    x[4 * q] = v.x; x[4 * q + 1] = v.y; x[4 * q + 2] = v.z; x[4 * q + 3] = v.w;
-  }
-}
-template <> __device__ __forceinline__ void loadStagedGroup<__nv_bfloat16>(const unsigned char* p, float (&x)[32]) {
-#pragma unroll
-  for (int q = 0; q < 4; q++) {
-    const uint4 v = *(const uint4*)(p + 16 * q);
-    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-      x[8 * q + 2 * i] = __uint_as_float(w[i] << 16);
-      x[8 * q + 2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-    }
-  }
-}
-
-template <typename TIn> __device__ __forceinline__ uint32_t loadRawShared(const TIn* p);
-template <> __device__ __forceinline__ uint32_t loadRawShared<float>(const float* p) { return __float_as_uint(*p); }
-template <> __device__ __forceinline__ uint32_t loadRawShared<__nv_bfloat16>(const __nv_bfloat16* p) {
-  return __bfloat16_as_ushort(*p);
-}
-
-/* The token loop of moeGateSegKernel (STAGE: rows staged in shared memory). */
-template <typename TIn, bool ALLKEPT, bool NONNEG, bool STAGE>
-__device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, unsigned char* myStage) {
-  typedef SegStage<TIn> L;
+/* The token loop of moeGateSegKernel. */
+template <typename TIn, bool ALLKEPT, bool NONNEG>
+__device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb) {
   const int lane = threadIdx.x & 31, g = lane & 7, segBase = lane & 24;
   const unsigned segMask = 0xffu << segBase;
   const uint32_t laneBits = (uint32_t)(7 - g) << 5; /* bits 5-7 of a packed key in the segment max */
@@ -425,23 +365,13 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, un
   const uint32_t hm = a.hiMask;
   const TIn* logits = (const TIn*)a.logits;
   const size_t step = (size_t)gridDim.x * kWarps * 4;
-  const size_t tFirst = ((size_t)blockIdx.x * kWarps + (threadIdx.x >> 5)) * 4;
-  int buf = 0;
-  if (STAGE && tFirst < a.T) stageQuad<TIn>(myStage, logits, tFirst, a.T, lane);
-  for (size_t t0 = tFirst; t0 < a.T; t0 += step, buf ^= 1) {
+  for (size_t t0 = ((size_t)blockIdx.x * kWarps + (threadIdx.x >> 5)) * 4; t0 < a.T; t0 += step) {
     const size_t t = t0 + (lane >> 3);
     const bool valid = t < a.T;
     const TIn* row = logits + (valid ? t : t0) * kSegExperts; /* a spare segment works on a valid row */
     const TIn* grp = row + g * kSegGroupSize;
-    const unsigned char* rowS = myStage + buf * L::kQuadBytes + (valid ? (lane >> 3) : 0) * L::kRowStride;
-    if (STAGE) {
-      if (t0 + step < a.T) stageQuad<TIn>(myStage + (buf ^ 1) * L::kQuadBytes, logits, t0 + step, a.T, lane);
-      else asm volatile("cp.async.commit_group;" ::: "memory"); /* an empty group keeps the count */
-      asm volatile("cp.async.wait_group 1;" ::: "memory");      /* this quad's rows have landed */
-      __syncwarp();
-    } else if (t + step < a.T) { /* the next quad's rows into L2 while this one is worked on */
+    if (t + step < a.T) /* the next quad's rows into L2 while this one is worked on */
       asm volatile("prefetch.global.L2 [%0];" ::"l"(grp + step * kSegExperts));
-    }
     /* Packed keys (key & ~31) | (31 - j), unique in the lane, and their
      * top kDepth (c[0] largest), merged in pairs. */
     uint32_t c[kDepth];
@@ -449,8 +379,7 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, un
     for (int i = 0; i < kDepth; i++) c[i] = 0;
     {
       float x[32];
-      if (STAGE) loadStagedGroup<TIn>(rowS + g * L::kGroupStride, x);
-      else loadGroup<TIn>(grp, x);
+      loadGroup<TIn>(grp, x);
 #pragma unroll
       for (int q = 0; q < 8; q++) {
         const float4 b = *(const float4*)(myBias + 4 * q);
@@ -584,9 +513,7 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, un
     float w = 0.0f;
     uint64_t sk = 0; /* sort value (key, 255 - e); 0 for slots past topk */
     if (g < a.topk) {
-      const uint32_t raw = STAGE ? loadRawShared<TIn>((const TIn*)(rowS + (e >> 5) * L::kGroupStride) + (e & 31))
-                                 : loadRaw<TIn>(row + e);
-      w = vgSigmoid(rawToFloat<TIn>(raw));
+      w = vgSigmoid(rawToFloat<TIn>(loadRaw<TIn>(row + e)));
       const uint32_t key = vgKey(__fadd_rn(w, sb[(e >> 5) * 36 + (e & 31)]));
       sk = ((uint64_t)key << 32) | (uint64_t)(0xffffu - e);
     }
@@ -620,14 +547,11 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, un
         wRow[r] = a.sharedW;
       }
     }
-    if (STAGE) __syncwarp(); /* every lane is done with this buffer before it is refilled */
   }
 }
 
-template <typename TIn, bool ALLKEPT, bool STAGE>
+template <typename TIn, bool ALLKEPT>
 __global__ void __launch_bounds__(kWarps * 32, kSegMinBlocks) moeGateSegKernel(const GateArgs a) {
-  extern __shared__ __align__(16) unsigned char stage[];
-  unsigned char* myStage = stage + (size_t)(threadIdx.x >> 5) * 2 * SegStage<TIn>::kQuadBytes;
   /* Bias by group, rows padded to 36 floats: the 8 lanes of a segment read
    * 16 bytes each at 36 g + 4 q, in 8 different bank quads. */
   __shared__ __align__(16) float sb[kSegGroups * 36];
@@ -637,35 +561,20 @@ __global__ void __launch_bounds__(kWarps * 32, kSegMinBlocks) moeGateSegKernel(c
     sb[(i >> 5) * 36 + (i & 31)] = v;
     nonneg &= v >= 0.0f; /* false for NaN */
   }
-  if (__syncthreads_and(nonneg)) segTokens<TIn, ALLKEPT, true, STAGE>(a, sb, myStage);
-  else segTokens<TIn, ALLKEPT, false, STAGE>(a, sb, myStage);
+  if (__syncthreads_and(nonneg)) segTokens<TIn, ALLKEPT, true>(a, sb);
+  else segTokens<TIn, ALLKEPT, false>(a, sb);
 }
 
 /* On the blocks the device holds at once (kSegMinBlocks per SM). */
-template <typename TIn, bool ALLKEPT, bool STAGE>
-vcollResult_t launchSegS(const GateArgs& a, cudaStream_t stream) {
+template <typename TIn, bool ALLKEPT>
+vcollResult_t launchSeg(const GateArgs& a, cudaStream_t stream) {
   static int perSm[64];
-  static bool attr[64];
-  const size_t smem = STAGE ? SegStage<TIn>::kSmem : 0;
-  int dev = 0;
-  VCOLL_CUDACHECK(NULL, cudaGetDevice(&dev));
-  if (STAGE && (dev >= 64 || !attr[dev])) {
-    VCOLL_CUDACHECK(NULL, cudaFuncSetAttribute((const void*)moeGateSegKernel<TIn, ALLKEPT, STAGE>,
-                                               cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    if (dev < 64) attr[dev] = true;
-  }
   unsigned blocks = 0;
-  VCOLL_CHECK_RES(vcollResidentGrid((const void*)moeGateSegKernel<TIn, ALLKEPT, STAGE>, kWarps * 32, smem, perSm,
+  VCOLL_CHECK_RES(vcollResidentGrid((const void*)moeGateSegKernel<TIn, ALLKEPT>, kWarps * 32, 0, perSm,
                                     (a.T + kWarps * 4 - 1) / (kWarps * 4), &blocks));
-  moeGateSegKernel<TIn, ALLKEPT, STAGE><<<blocks, kWarps * 32, smem, stream>>>(a);
+  moeGateSegKernel<TIn, ALLKEPT><<<blocks, kWarps * 32, 0, stream>>>(a);
   VCOLL_CUDACHECK(NULL, cudaGetLastError());
   return vcollSuccess;
-}
-template <typename TIn, bool ALLKEPT>
-vcollResult_t launchSeg(const GateArgs& a, cudaStream_t stream) { /* EXPERIMENT knob VCOLL_EXP_STAGE, to be removed */
-  const char* e = getenv("VCOLL_EXP_STAGE");
-  if (e != nullptr && e[0] == '1') return launchSegS<TIn, ALLKEPT, true>(a, stream);
-  return launchSegS<TIn, ALLKEPT, false>(a, stream);
 }
 
 /* The segment kernel for its shapes from kSegMinTokens tokens on;
