@@ -441,34 +441,22 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb) {
         for (int i = 0; i < kDepth; i++) c[i] = 0;
     }
 
-    /* Rounds of two winners: the segment's top 2 of the lanes' two best
-     * packed keys, with the lane in bits 5-7 (ordered by the key's top 24
-     * bits, then lane, then place), expert 255 - (p & 255); the top 2 of two
-     * sorted pairs is (max of the firsts, max of the smaller first and both
-     * seconds). A lane's second can only be taken with its first. A lane
-     * left with fewer than two keys refills its cache at once. */
+    /* topk rounds: segment max of the lanes' heads with the lane in bits
+     * 5-7 (ordered by the key's top 24 bits, then lane, then place), expert
+     * 255 - (p & 255). A lane whose cache runs out refills it at once. */
     uint32_t myP = 0, lastTaken = 0xffffffffu;
-    for (int r = 0; r < a.topk; r += 2) {
-      uint32_t p0 = (c[0] & ~0xe0u) | laneBits, p1 = (c[1] & ~0xe0u) | laneBits;
+    for (int r = 0; r < a.topk; r++) {
+      uint32_t bp = (c[0] & ~0xe0u) | laneBits;
 #pragma unroll
-      for (int d = 4; d > 0; d >>= 1) {
-        const uint32_t o0 = __shfl_xor_sync(kFull, p0, d), o1 = __shfl_xor_sync(kFull, p1, d);
-        p1 = max(max(min(p0, o0), p1), o1);
-        p0 = max(p0, o0);
-      }
-      const bool two = r + 1 < a.topk;
-      if (g == r) myP = p0;
-      if (two && g == r + 1) myP = p1;
-      const int took = ((p0 & 0xe0u) == laneBits ? 1 : 0) + (two && (p1 & 0xe0u) == laneBits ? 1 : 0);
-      if (took != 0) {
-        const uint32_t taken = took == 2 ? c[1] : c[0];
+      for (int d = 4; d > 0; d >>= 1) bp = max(bp, __shfl_xor_sync(kFull, bp, d));
+      if (g == r) myP = bp;
+      if ((bp & 0xe0u) == laneBits) {
+        const uint32_t taken = c[0];
         lastTaken = taken;
 #pragma unroll
-        for (int i = 0; i < kDepth; i++) {
-          const uint32_t n1 = i + 1 < kDepth ? c[i + 1] : 0u, n2 = i + 2 < kDepth ? c[i + 2] : 0u;
-          c[i] = took == 2 ? n2 : n1;
-        }
-        if (c[1] == 0 && kept) { /* fewer than two left: the kDepth best below the last one taken, recomputed */
+        for (int i = 0; i < kDepth - 1; i++) c[i] = c[i + 1];
+        c[kDepth - 1] = 0;
+        if (c[0] == 0 && kept) { /* cache used up: the kDepth best below the one just taken, recomputed */
           const uint32_t hmr = a.hiMask;
 #pragma unroll 4
           for (int j = 0; j < 32; j++) {
