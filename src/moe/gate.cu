@@ -298,9 +298,10 @@ template <> __device__ __forceinline__ void loadGroup<__nv_bfloat16>(const __nv_
   }
 }
 
-/* Depth of each lane's cache of its best packed keys: a lane rescans its
- * group only when it wins a seventh time (rare: the 9 rounds of
- * DeepSeek-V3's shape spread over 4 kept groups). */
+/* Depth of each lane's cache of its best packed keys: a lane recomputes its
+ * group's keys only when it wins a seventh time (rare: the 8 rounds of
+ * DeepSeek-V3's shape spread over 4 kept groups; 472 times in 16384 warp
+ * iterations at 65536 tokens on an H200). */
 constexpr int kDepth = 6;
 
 /* Inserts the unique value v into the descending list c[0] > ... > c[kDepth-1]. */
