@@ -1,6 +1,7 @@
 /* Helpers shared by the single-GPU benchmarks (gate_perf, nvfp4_perf,
- * weight_layout_perf): exit-on-error checks, a seeded PRNG, medians, and
- * float to bf16 rounding for inputs. Header only; every function is static. */
+ * weight_layout_perf): exit-on-error checks, a seeded PRNG and medians;
+ * float to bf16/fp16 conversions of inputs come from vcoll_hostfloat.h.
+ * Header only; every function is static. */
 #ifndef VCOLL_BENCH_UTIL_H_
 #define VCOLL_BENCH_UTIL_H_
 
@@ -12,6 +13,7 @@
 #include <string.h>
 
 #include "vcoll.h"
+#include "vcoll_hostfloat.h" /* float to bf16/fp16 for inputs */
 
 #define CUDACHECK(cmd)                                                                              \
   do {                                                                                              \
@@ -55,11 +57,5 @@ static inline float benchMedian(float* v, int n) {
 }
 
 /* Round to nearest even bf16 (finite inputs). */
-static inline uint16_t benchToBf16(float f) {
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return (uint16_t)(u >> 16);
-}
 
 #endif /* VCOLL_BENCH_UTIL_H_ */

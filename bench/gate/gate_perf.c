@@ -83,7 +83,7 @@ int main(int argc, char** argv) {
   if (!hX || !hXb || !hBias || !hIds || !rIds || !hW || !rW || !samples) { fprintf(stderr, "out of memory\n"); return 1; }
   for (size_t i = 0; i < maxT * E; i++) {
     hX[i] = (float)(benchNormal() * 2.0);
-    hXb[i] = benchToBf16(hX[i]);
+    hXb[i] = vcollF32ToBf16(hX[i]);
   }
   for (size_t e = 0; e < E; e++) hBias[e] = (float)(benchNormal() * 0.1);
   if (absBias)

@@ -33,15 +33,6 @@
 #include "bench_util.h"
 
 
-static uint16_t toF16(float f) { /* |f| < 8 here: normal range of half, round to nearest even */
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  const uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
-  const uint32_t a = u & 0x7fffffffu;
-  if (a < 0x38800000u) return sign; /* below half's normal range: flush (rare for normal samples) */
-  const uint32_t r = a + 0xfffu + ((a >> 13) & 1u);
-  return (uint16_t)(sign | ((r - 0x38000000u) >> 13));
-}
 
 typedef enum { kQuant = 0, kQuantComputed, kDequant, kCopy, kNumOps } Op;
 
@@ -92,7 +83,7 @@ int main(int argc, char** argv) {
     float f = (float)benchNormal();
     if (type == vcollFloat32) memcpy(hx + 4 * i, &f, 4);
     else {
-      const uint16_t h = type == vcollBfloat16 ? benchToBf16(f) : toF16(f);
+      const uint16_t h = type == vcollBfloat16 ? vcollF32ToBf16(f) : vcollF32ToF16(f);
       memcpy(hx + 2 * i, &h, 2);
     }
     if (fabsf(f) > amax) amax = fabsf(f);

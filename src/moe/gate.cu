@@ -458,11 +458,9 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb) {
         for (int i = 0; i < kDepth - 1; i++) c[i] = c[i + 1];
         c[kDepth - 1] = 0;
         if (c[0] == 0 && kept) { /* cache used up: the kDepth best below the one just taken, recomputed */
-          const uint32_t hmr = a.hiMask;
 #pragma unroll 4
           for (int j = 0; j < 32; j++) {
-            const uint32_t pj =
-                fastPack<NONNEG>(rawToFloat<TIn>(loadRaw<TIn>(grp + j)), myBias[j], hmr, 31u - j);
+            const uint32_t pj = fastPack<NONNEG>(rawToFloat<TIn>(loadRaw<TIn>(grp + j)), myBias[j], hm, 31u - j);
             insertCache(pj < taken ? pj : 0u, c);
           }
         }

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "vcoll/gate.h"
+#include "vcoll_hostfloat.h"
 
 #define CUDA_OK(call)                                                                        \
   do {                                                                                       \
@@ -22,14 +23,6 @@ enum { kGuard = 256 }; /* poisoned bytes checked after each output */
 
 int gateTestSigmoidApprox(float* maxErr, uint32_t* worstX, unsigned long long* nanMismatch, float* bound);
 
-static uint32_t bitsOf(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
-
-static uint16_t toBf16(float f) { /* round to nearest even; NaN stays NaN (sign and top payload bits kept) */
-  uint32_t u = bitsOf(f);
-  if (isnan(f)) return (uint16_t)((u >> 16) | 0x40u);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return (uint16_t)(u >> 16);
-}
 
 typedef struct {
   int E, G, tg, topk, nf, renorm, scaleIn;
@@ -68,7 +61,7 @@ static int runCase(const Case* c, vtRng* rng, cudaStream_t stream) {
       }
     }
     if (esz == 4) memcpy(hIn + i * 4, &f, 4);
-    else { uint16_t h = toBf16(f); memcpy(hIn + i * 2, &h, 2); }
+    else { uint16_t h = vcollF32ToBf16(f); memcpy(hIn + i * 2, &h, 2); }
   }
   for (size_t e = 0; e < E; e++) {
     double v = vtNormal(rng) * 0.1;
@@ -113,7 +106,7 @@ static int runCase(const Case* c, vtRng* rng, cudaStream_t stream) {
       continue;
     }
     if (isnan(hW[i]) && isnan(rW[i])) continue; /* NaN logits: NaN weights, payloads may differ */
-    uint32_t a = bitsOf(hW[i]), b = bitsOf(rW[i]);
+    uint32_t a = vcollF32Bits(hW[i]), b = vcollF32Bits(rW[i]);
     uint32_t d = a > b ? a - b : b - a;
     if (d == 1) ulp1++;
     else if (d > 1) {
@@ -309,7 +302,7 @@ static void test_graph_capture(void** state) {
   assert_memory_equal(hIds, rIds, T * K * 4);
   for (size_t i = 0; i < T * K; i++) {
     if (isnan(hW[i]) && isnan(rW[i])) continue; /* NaN logits: NaN weights, payloads may differ */
-    uint32_t a = bitsOf(hW[i]), b = bitsOf(rW[i]);
+    uint32_t a = vcollF32Bits(hW[i]), b = vcollF32Bits(rW[i]);
     assert_true((a > b ? a - b : b - a) <= 1);
   }
   CUDA_OK(cudaGraphExecDestroy(exec));
