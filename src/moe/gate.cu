@@ -34,7 +34,8 @@ struct GateArgs {
   int E, G, gs, rowsPerGroup, topkGroup, topk, K;
   int renormalize, scaleIn;
   float rsf, sharedW;
-  uint32_t hiMask; /* ~31u, as a value: the packing below is then one LOP3 with a register mask */
+  uint32_t hiMask; /* ~255u, as a value: the packing below is then one LOP3 with a register mask */
+  uint32_t keyMul; /* 256, as a value: the fixed-point packing is then an IMAD (FMA pipe), not a LEA */
 };
 
 template <typename TIn> __device__ __forceinline__ uint32_t loadRaw(const TIn* p);
@@ -244,30 +245,42 @@ vcollResult_t launchGate(const GateArgs& a, cudaStream_t stream) {
 }
 
 /* DeepSeek-V3's shape (E = 256 in 8 groups of 32, topk <= 8) with 8 lanes
- * per token: lane g of a token's 8-lane segment holds group g's 32 experts
- * (one 128-byte or 64-byte contiguous load), so the group scores need no
+ * per token: lane g of a token's 8-lane segment loads group g's 32 logits
+ * (one 128-byte or 64-byte contiguous run), so the group scores need no
  * warp reductions and every selection step is 3 shuffle levels among 8
  * lanes instead of 5 among 32 for 4 times fewer tokens per warp.
  *
  * The selection runs on approximate scores, sigmoidApprox(x) + bias
  * (gate_device.cuh: 2 MUFU instead of about 20 instructions for the exact
  * recipe; within kSigApproxErr of it, checked for all 2^32 floats), as
- * packed keys: the key with its low 5 bits replaced by 31 - j (j: the
- * expert's place in its group), unique in the lane, so one 32-bit max
- * carries the expert. Each lane keeps its kDepth best, merged in pairs; a
- * lane that wins more often recomputes them. Every decision is then either
- * proved exact or redone exactly:
- *  - group ranks: each group's score is bounded from its packed top-2 and
- *    the error bound; where the bounds do not decide a rank, the warp ranks
- *    on exact scores (recomputed from the logits);
+ * packed keys that carry the expert in their low 8 bits (255 - expert), so
+ * one 32-bit max names it. Two passes:
+ *  1. each lane scores its group and keeps only its top-2 (the group score);
+ *  2. the kept groups' keys go to shared memory, packed one group after the
+ *     other, and each of the segment's 8 lanes takes an equal share of them
+ *     (16 of the 128 candidates for topk_group 4) and keeps its kDepth best.
+ * Every decision is then either proved exact or redone exactly:
+ *  - group ranks: each group's score is bounded from its top-2 and the
+ *    error bound; where the bounds do not decide a rank, the warp ranks on
+ *    exact scores (recomputed from the logits);
  *  - the chosen set: topk rounds of a segment max; the set is exact when
  *    the smallest score taken and the largest left are further apart than
  *    both errors; otherwise (near ties, NaN or infinite scores) the segment
  *    selects again on unique 64-bit (exact key, expert) values.
  * The chosen experts' scores and weights are recomputed exactly from their
  * logits and sorted by (exact key, expert) across the segment, so ids,
- * order and weights are the reference's bit for bit. */
+ * order and weights are the reference's bit for bit.
+ *
+ * Keys. When every bias is finite and their spread and size are moderate
+ * (the common case; checked once per block), the kernel adds a constant C
+ * to every bias so that every shifted score sigmoidApprox(x) + (bias + C)
+ * lies in one binade [2^m, 2^(m+1)): its fp32 bits are then a fixed-point
+ * number, and (bits << 8) | low (one integer multiply-add, on the FMA pipe)
+ * keeps all 23 bits of it with the expert below. Otherwise the key is the
+ * score's order-preserving map with its low 8 bits replaced (classes of
+ * 256 ulp, so more decisions fall back to exact). */
 constexpr int kSegExperts = 256, kSegGroups = 8, kSegGroupSize = 32;
+static_assert(kWarps * 32 == kSegExperts, "the segment kernel's preamble reads one bias per thread");
 /* Below this many tokens the one-warp-per-token kernel is faster (more
  * warps in flight for the same tokens; measured on an H200 up to 4096 tokens,
  * docs/perf/2026-12-02_gate_1xH200_*). */
@@ -298,55 +311,51 @@ template <> __device__ __forceinline__ void loadGroup<__nv_bfloat16>(const __nv_
   }
 }
 
-/* Depth of each lane's cache of its best packed keys: a lane recomputes its
- * group's keys only when it wins a seventh time (rare: the 8 rounds of
- * DeepSeek-V3's shape spread over 4 kept groups; 472 times in 16384 warp
- * iterations at 65536 tokens on an H200). */
-constexpr int kDepth = 6;
+/* Depth of each lane's cache of its best candidate keys in pass 2: a lane
+ * rescans its share (from shared memory) when it wins a fifth time. */
+constexpr int kDepth = 4;
 
-/* Inserts the unique value v into the descending list c[0] > ... > c[kDepth-1]. */
-__device__ __forceinline__ void insertCache(uint32_t v, uint32_t (&c)[kDepth]) {
-#pragma unroll
-  for (int i = 0; i < kDepth - 1; i++) {
-    const uint32_t t = min(c[i], v);
-    c[i] = max(c[i], v);
-    v = t;
-  }
-  c[kDepth - 1] = max(c[kDepth - 1], v);
-}
-
-/* Merges the pair {p, q} (unique values) into the descending list c, keeping
- * its length: the k-th largest of two sorted lists is the largest min(a_i,
- * b_j) with i + j = k. 3 integer min/max per place (2 with the compiler's
- * 3-input max) instead of 4 for two insertions. */
-__device__ __forceinline__ void mergePair(uint32_t p, uint32_t q, uint32_t (&c)[kDepth]) {
+/* Merges the pair {p, q} into the descending list c, keeping its length:
+ * the k-th largest of two sorted lists is the largest min(a_i, b_j) with
+ * i + j = k (a multiset identity: zeros for empty places are fine). */
+template <int D>
+__device__ __forceinline__ void mergePair(uint32_t p, uint32_t q, uint32_t (&c)[D]) {
   const uint32_t hi = max(p, q), lo = min(p, q);
-  uint32_t n[kDepth];
+  uint32_t n[D];
   n[0] = max(c[0], hi);
-  n[1] = max(max(c[1], lo), min(c[0], hi));
+  if (D > 1) n[1] = max(max(c[1], lo), min(c[0], hi));
 #pragma unroll
-  for (int i = 2; i < kDepth; i++) n[i] = max(max(c[i], min(c[i - 1], hi)), min(c[i - 2], lo));
+  for (int i = 2; i < D; i++) n[i] = max(max(c[i], min(c[i - 1], hi)), min(c[i - 2], lo));
 #pragma unroll
-  for (int i = 0; i < kDepth; i++) c[i] = n[i];
+  for (int i = 0; i < D; i++) c[i] = n[i];
 }
 
-/* The fast path's packed key of its approximate score sigmoidApprox(x) +
- * bias (see moeGateSegKernel): vgKey's map without its NaN and -0 cases, low
- * 5 bits replaced by `low`. A NaN x or bias comes out as the canonical NaN
+/* Per-block constants of the fixed-point keys (BIN, see above). */
+struct SegFixed {
+  uint32_t expBits; /* fp32 exponent field of the binade [2^m, 2^(m+1)) */
+  float err;        /* bound on |shifted approximate score - (exact score + C)| */
+  float gm;         /* margin of a group score's bounds (sum of two, and roundings) */
+};
+
+/* The fast path's packed key of expert j (low = 255 - expert's low 5 bits,
+ * 31 - j; the group's bits are added in pass 2) from its approximate score
+ * with bias b (BIN: the shifted bias). A NaN x comes out as the canonical NaN
  * 0x7fffffff (fp32 arithmetic on the GPU has no NaN payloads), whose key is
- * above every number's; the score is never -0 (the sigmoid is never -0).
- * NONNEG (every bias >= 0, so the score is >= +0 or NaN): the key is the
- * bits with the sign bit set, one LOP3 with the packing. */
-template <bool NONNEG>
-__device__ __forceinline__ uint32_t fastPack(float x, float bias, uint32_t hm, uint32_t low) {
-  const uint32_t u = __float_as_uint(__fadd_rn(vcollGate::sigmoidApprox(x), bias));
-  if (NONNEG) return (u & hm) | (0x80000000u | low);
+ * above every number's: 0xffffff00 | low with BIN (numbers give keys below
+ * 2^31), vgKey's map (0xffffffxx) otherwise. The score is never -0. */
+template <bool BIN>
+__device__ __forceinline__ uint32_t fastPack(float x, float b, uint32_t hm, uint32_t low) {
+  const uint32_t u = __float_as_uint(__fadd_rn(vcollGate::sigmoidApprox(x), b));
+  if (BIN) return u * hm + low; /* hm = keyMul = 256: the binade's exponent bits leave at the top */
   return ((u ^ ((uint32_t)((int32_t)u >> 31) | 0x80000000u)) & hm) | low;
 }
 
+/* BIN: the shifted score a key holds (exact: all of its bits are kept). */
+__device__ __forceinline__ float fixedScore(uint32_t k, uint32_t expBits) { return __uint_as_float(expBits | (k >> 8)); }
+
 /* Bound on |approximate score - exact score| for scores of magnitude up to
- * |a|: the sigmoid's bound plus 2 ulp of rounding in the bias addition
- * (both scores are fp32 sums with the same bias). */
+ * |a| (keys that are not BIN): the sigmoid's bound plus 2 ulp of rounding
+ * in the bias addition (both scores are fp32 sums with the same bias). */
 __device__ __forceinline__ float scoreErr(float a) { return vcollGate::kSigApproxErr + fabsf(a) * 2.384185791015625e-07f; }
 
 /* The exact key (gate_common.h's, as the reference computes it) of expert j
@@ -356,14 +365,50 @@ __device__ __forceinline__ uint32_t exactKey(const TIn* grp, const float* myBias
   return vgKey(__fadd_rn(vgSigmoid(rawToFloat<TIn>(loadRaw<TIn>(grp + j))), myBias[j]));
 }
 
-/* The token loop of moeGateSegKernel. */
-template <typename TIn, bool ALLKEPT, bool NONNEG>
-__device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb) {
+/* Top-2 (a1 > a2) of a lane's keys so far, with the pair {p, q}. */
+__device__ __forceinline__ void top2Pair(uint32_t p, uint32_t q, uint32_t& a1, uint32_t& a2) {
+  const uint32_t hi = max(p, q), lo = min(p, q);
+  a2 = max(max(a2, lo), min(a1, hi));
+  a1 = max(a1, hi);
+}
+
+/* Pass 2: the kDepth best of a lane's share (quads q of nq, 4 keys each, at
+ * 4 (nq g + q) of the segment's packed keys), below `below` when MASKED;
+ * each key gets its group's bits (sgb, by packed row). */
+template <bool MASKED>
+__device__ __forceinline__ void fillCache(const uint32_t* keys, const uint32_t* sgb, int g, int nq, uint32_t below,
+                                          uint32_t (&c)[kDepth]) {
+#pragma unroll
+  for (int i = 0; i < kDepth; i++) c[i] = 0;
+#pragma unroll 2
+  for (int q = 0; q < nq; q++) {
+    const int v = 4 * (nq * g + q);
+    const uint32_t gb = sgb[v >> 5];
+    const uint4 w = *(const uint4*)(keys + v);
+    uint32_t k[4] = {w.x | gb, w.y | gb, w.z | gb, w.w | gb};
+    if (MASKED)
+#pragma unroll
+      for (int i = 0; i < 4; i++) k[i] = k[i] < below ? k[i] : 0u;
+    mergePair(k[0], k[1], c);
+    mergePair(k[2], k[3], c);
+  }
+}
+
+/* The token loop of moeGateSegKernel. sb: the biases by group (rows of 36
+ * floats), sbs: the same shifted by C (BIN), keys/sgb: this warp's 4
+ * segments' packed keys (256 each) and group bits (8 each). */
+template <typename TIn, bool ALLKEPT, bool BIN>
+__device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, const float* sbs, uint32_t* keys,
+                                          uint32_t* sgb, const SegFixed f) {
   const int lane = threadIdx.x & 31, g = lane & 7, segBase = lane & 24;
   const unsigned segMask = 0xffu << segBase;
-  const uint32_t laneBits = (uint32_t)(7 - g) << 5; /* bits 5-7 of a packed key in the segment max */
+  const uint32_t laneBits = (uint32_t)(7 - g) << 5; /* bits 5-7 of a key: 255 - expert = (7 - g) * 32 + 31 - j */
   const float* myBias = sb + g * 36;
-  const uint32_t hm = a.hiMask;
+  const float* myFastBias = (BIN ? sbs : sb) + g * 36;
+  const uint32_t hm = BIN ? a.keyMul : a.hiMask;
+  const int nq = ALLKEPT ? kSegGroups : a.topkGroup; /* quads of candidate keys per lane in pass 2 */
+  uint32_t* segKeys = keys + (segBase >> 3) * kSegExperts;
+  uint32_t* segGb = sgb + segBase;
   const TIn* logits = (const TIn*)a.logits;
   const size_t step = (size_t)gridDim.x * kWarps * 4;
   for (size_t t0 = ((size_t)blockIdx.x * kWarps + (threadIdx.x >> 5)) * 4; t0 < a.T; t0 += step) {
@@ -373,40 +418,48 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb) {
     const TIn* grp = row + g * kSegGroupSize;
     if (t + step < a.T) /* the next quad's rows into L2 while this one is worked on */
       asm volatile("prefetch.global.L2 [%0];" ::"l"(grp + step * kSegExperts));
-    /* Packed keys (key & ~31) | (31 - j), unique in the lane, and their
-     * top kDepth (c[0] largest), merged in pairs. */
-    uint32_t c[kDepth];
-#pragma unroll
-    for (int i = 0; i < kDepth; i++) c[i] = 0;
+    /* Pass 1: the lane's 32 keys (low bits 31 - j) and their top-2. */
+    uint32_t k[32], a1 = 0, a2 = 0;
     {
       float x[32];
       loadGroup<TIn>(grp, x);
 #pragma unroll
       for (int q = 0; q < 8; q++) {
-        const float4 b = *(const float4*)(myBias + 4 * q);
+        const float4 b = *(const float4*)(myFastBias + 4 * q);
         const float bb[4] = {b.x, b.y, b.z, b.w};
-        uint32_t k[4];
 #pragma unroll
-        for (int i = 0; i < 4; i++) k[i] = fastPack<NONNEG>(x[4 * q + i], bb[i], hm, 31u - (4 * q + i));
-        mergePair(k[0], k[1], c);
-        mergePair(k[2], k[3], c);
+        for (int i = 0; i < 4; i++) k[4 * q + i] = fastPack<BIN>(x[4 * q + i], bb[i], hm, 31u - (4 * q + i));
+        if (!ALLKEPT) {
+          top2Pair(k[4 * q], k[4 * q + 1], a1, a2);
+          top2Pair(k[4 * q + 2], k[4 * q + 3], a1, a2);
+        } else {
+          a1 = max(a1, max(max(k[4 * q], k[4 * q + 1]), max(k[4 * q + 2], k[4 * q + 3])));
+        }
       }
     }
-    /* A NaN score (its key is the largest) or +inf in the lane: its segment
-     * takes the exact group ranking and the exact selection. */
-    const bool special = c[0] >= 0xff800000u;
+    /* A NaN score (its key is the largest) or, with vgKey's map, +inf in
+     * the lane: its segment takes the exact group ranking and selection. */
+    const bool special = a1 >= (BIN ? 0x80000000u : 0xff800000u);
     bool kept = true;
     if (!ALLKEPT) {
-      /* Group score b1 + b2 bounded from the packed top-2 of the
-       * approximate scores: each approximate score is in [unkey(p & ~31),
-       * unkey(p | 31)] and within scoreErr of the exact one, and the top-2
-       * sum moves by at most the sum of the two errors; the margins are
-       * doubled to cover the rounding of these sums. Ranks that the bounds
-       * decide are exact; otherwise the warp ranks exactly. */
-      const float l1 = vgUnkey(c[0] & ~31u), l2 = vgUnkey(c[1] & ~31u);
-      const float u1 = vgUnkey(c[0] | 31u), u2 = vgUnkey(c[1] | 31u);
-      const float m = 2.0f * (scoreErr(fabsf(l1) + fabsf(u1)) + scoreErr(fabsf(l2) + fabsf(u2)));
-      const float lo = __fsub_rn(__fadd_rn(l1, l2), m), hi = __fadd_rn(__fadd_rn(u1, u2), m);
+      /* Group score b1 + b2 bounded from the top-2 of the approximate
+       * scores (the top-2 sum moves by at most the sum of the two errors);
+       * ranks that the bounds decide are exact; otherwise the warp ranks
+       * exactly. */
+      float lo, hi;
+      if (BIN) {
+        const float s = __fadd_rn(fixedScore(a1, f.expBits), fixedScore(a2, f.expBits));
+        lo = __fsub_rn(s, f.gm);
+        hi = __fadd_rn(s, f.gm);
+      } else {
+        /* Each approximate score is in [unkey(p & ~255), unkey(p | 255)];
+         * margins doubled to cover the rounding of these sums. */
+        const float l1 = vgUnkey(a1 & ~255u), l2 = vgUnkey(a2 & ~255u);
+        const float u1 = vgUnkey(a1 | 255u), u2 = vgUnkey(a2 | 255u);
+        const float m = 2.0f * (scoreErr(fabsf(l1) + fabsf(u1)) + scoreErr(fabsf(l2) + fabsf(u2)));
+        lo = __fsub_rn(__fadd_rn(l1, l2), m);
+        hi = __fadd_rn(__fadd_rn(u1, u2), m);
+      }
       int above = 0, unsure = 0;
 #pragma unroll
       for (int d = 1; d < kSegGroups; d++) {
@@ -420,14 +473,14 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb) {
       const bool decided = !special && isfinite(lo) && isfinite(hi) && (kept || above >= a.topkGroup);
       if (!__all_sync(kFull, decided)) {
         /* Exact group top-2 and ranks (groups of equal score: the lower index is kept). */
-        uint32_t a1 = 0, a2 = 0;
+        uint32_t e1 = 0, e2 = 0;
 #pragma unroll 4
         for (int j = 0; j < 32; j++) {
           const uint32_t kj = exactKey<TIn>(grp, myBias, j);
-          a2 = max(a2, min(a1, kj));
-          a1 = max(a1, kj);
+          e2 = max(e2, min(e1, kj));
+          e1 = max(e1, kj);
         }
-        const uint32_t gk = vgGroupKey(a1, a2);
+        const uint32_t gk = vgGroupKey(e1, e2);
         int rank = 0;
 #pragma unroll
         for (int d = 1; d < kSegGroups; d++) {
@@ -437,42 +490,44 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb) {
         }
         kept = rank < a.topkGroup;
       }
-      if (!kept)
-#pragma unroll
-        for (int i = 0; i < kDepth; i++) c[i] = 0;
     }
+    /* Pass 2: the kept groups' keys packed in the segment's shared memory
+     * (kept groups in lane order), each lane's share into its cache. */
+    const int packedRow = ALLKEPT ? g : __popc(__ballot_sync(kFull, kept) & segMask & ((1u << lane) - 1u));
+    __syncwarp(); /* the previous quad's reads of these keys are done */
+    if (kept) {
+      uint32_t* dst = segKeys + packedRow * kSegGroupSize;
+#pragma unroll
+      for (int q = 0; q < 8; q++) *(uint4*)(dst + 4 * q) = make_uint4(k[4 * q], k[4 * q + 1], k[4 * q + 2], k[4 * q + 3]);
+      segGb[packedRow] = laneBits;
+    }
+    __syncwarp();
+    uint32_t c[kDepth];
+    fillCache<false>(segKeys, segGb, g, nq, 0u, c);
 
-    /* topk rounds: segment max of the lanes' heads with the lane in bits
-     * 5-7 (ordered by the key's top 24 bits, then lane, then place), expert
-     * 255 - (p & 255). A lane whose cache runs out refills it at once. */
+    /* topk rounds: segment max of the lanes' heads; expert 255 - (p & 255).
+     * A lane whose cache runs out refills it at once. */
     uint32_t myP = 0, lastTaken = 0xffffffffu;
     for (int r = 0; r < a.topk; r++) {
-      uint32_t bp = (c[0] & ~0xe0u) | laneBits;
+      uint32_t bp = c[0];
 #pragma unroll
       for (int d = 4; d > 0; d >>= 1) bp = max(bp, __shfl_xor_sync(kFull, bp, d));
       if (g == r) myP = bp;
-      if ((bp & 0xe0u) == laneBits) {
-        const uint32_t taken = c[0];
-        lastTaken = taken;
+      if (bp == c[0]) {
+        lastTaken = bp;
 #pragma unroll
         for (int i = 0; i < kDepth - 1; i++) c[i] = c[i + 1];
         c[kDepth - 1] = 0;
-        if (c[0] == 0 && kept) { /* cache used up: the kDepth best below the one just taken, recomputed */
-#pragma unroll 4
-          for (int j = 0; j < 32; j++) {
-            const uint32_t pj = fastPack<NONNEG>(rawToFloat<TIn>(loadRaw<TIn>(grp + j)), myBias[j], hm, 31u - j);
-            insertCache(pj < taken ? pj : 0u, c);
-          }
-        }
+        if (c[0] == 0) fillCache<true>(segKeys, segGb, g, nq, bp, c); /* the kDepth best below the one taken */
       }
     }
     uint32_t e = 255u - (myP & 255u); /* expert of slot g (g < topk) */
-    /* Every expert taken scores (approximately) at least unkey(lo & ~31),
-     * lo the smallest packed key taken, and every one left at most
-     * unkey(hi | 31), hi the largest head left (each lane takes its keys in
-     * order). The set is the exact one when these differ by more than both
-     * scores' errors; otherwise (near ties, and NaN or infinite scores) the
-     * segment selects exactly. */
+    /* Every expert taken scores (approximately) at least the score of lo,
+     * the smallest key taken, and every one left at most that of hi, the
+     * largest head left (each lane takes its keys in order). The set is
+     * the exact one when these differ by more than both scores' errors;
+     * otherwise (near ties, and NaN or infinite scores) the segment
+     * selects exactly. */
     bool exact = special;
     if (kSegGroupSize * a.topkGroup > a.topk) { /* candidates are left */
       uint32_t lo = lastTaken, hi = c[0];
@@ -481,22 +536,26 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb) {
         lo = min(lo, __shfl_xor_sync(kFull, lo, d));
         hi = max(hi, __shfl_xor_sync(kFull, hi, d));
       }
-      const float takenLo = vgUnkey(lo & ~31u), leftHi = vgUnkey(hi | 31u);
-      exact |= !(__fsub_rn(takenLo, leftHi) > 2.0f * scoreErr(fabsf(takenLo) + fabsf(leftHi)));
+      if (BIN) { /* both in one binade: the difference is exact */
+        exact |= !(__fsub_rn(fixedScore(lo, f.expBits), fixedScore(hi, f.expBits)) > 2.0f * f.err);
+      } else {
+        const float takenLo = vgUnkey(lo & ~255u), leftHi = vgUnkey(hi | 255u);
+        exact |= !(__fsub_rn(takenLo, leftHi) > 2.0f * scoreErr(fabsf(takenLo) + fabsf(leftHi)));
+      }
     }
     exact = __ballot_sync(kFull, exact) & segMask;
     if (exact) {
       /* Segment-uniform: the selection again on unique 64-bit values
        * (key, 255 - expert) of the exact keys; each round rescans all 32. */
-      uint32_t k[32];
+      uint32_t ek[32];
 #pragma unroll
-      for (int j = 0; j < 32; j++) k[j] = exactKey<TIn>(grp, myBias, j);
+      for (int j = 0; j < 32; j++) ek[j] = exactKey<TIn>(grp, myBias, j);
       uint64_t last = ~0ull;
       for (int r = 0; r < a.topk; r++) {
         uint64_t best = 0;
 #pragma unroll
         for (int j = 0; j < 32; j++) {
-          const uint64_t q = kept ? ((uint64_t)k[j] << 32) | (uint64_t)(0xffffu - (g * 32 + j)) : 0ull;
+          const uint64_t q = kept ? ((uint64_t)ek[j] << 32) | (uint64_t)(0xffffu - (g * 32 + j)) : 0ull;
           if (q < last && q > best) best = q;
         }
 #pragma unroll
@@ -551,19 +610,60 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb) {
 
 template <typename TIn, bool ALLKEPT>
 __global__ void __launch_bounds__(kWarps * 32, kSegMinBlocks) moeGateSegKernel(const GateArgs a) {
-  /* Bias by group, rows padded to 36 floats: the 8 lanes of a segment read
-   * 16 bytes each at 36 g + 4 q, in 8 different bank quads. */
+  /* Biases by group, rows padded to 36 floats: the 8 lanes of a segment
+   * read 16 bytes each at 36 g + 4 q, in 8 different bank quads. */
   __shared__ __align__(16) float sb[kSegGroups * 36];
-  int nonneg = 1;
-  for (int i = threadIdx.x; i < kSegExperts; i += blockDim.x) {
-    const float v = a.bias != nullptr ? __ldg(a.bias + i) : 0.0f;
-    sb[(i >> 5) * 36 + (i & 31)] = v;
-    nonneg &= v >= 0.0f; /* false for NaN */
+  __shared__ __align__(16) float sbs[kSegGroups * 36];
+  __shared__ __align__(16) uint32_t keys[kWarps * 4 * kSegExperts];
+  __shared__ uint32_t sgb[kWarps * 4 * kSegGroups];
+  __shared__ float red[3][kWarps];
+  const int i = threadIdx.x, w = i >> 5;
+  const float v = a.bias != nullptr ? __ldg(a.bias + i) : 0.0f;
+  sb[(i >> 5) * 36 + (i & 31)] = v;
+  /* The fixed-point keys need every bias finite, and fit the shifted
+   * scores sigmoid + bias + C into one binade [2^m, 2^(m+1)), m <= 8: C =
+   * 1.0625 * 2^m - min(bias) (the 2^m / 16 margins absorb every rounding),
+   * spread + 1 <= 0.875 * 2^m; and |bias| <= 1024. */
+  float mn = v, mx = v, ab = fabsf(v);
+#pragma unroll
+  for (int d = 16; d > 0; d >>= 1) {
+    mn = fminf(mn, __shfl_xor_sync(kFull, mn, d));
+    mx = fmaxf(mx, __shfl_xor_sync(kFull, mx, d));
+    ab = fmaxf(ab, __shfl_xor_sync(kFull, ab, d));
   }
-  if (__syncthreads_and(nonneg)) segTokens<TIn, ALLKEPT, true>(a, sb);
-  else segTokens<TIn, ALLKEPT, false>(a, sb);
+  if ((i & 31) == 0) { red[0][w] = mn; red[1][w] = mx; red[2][w] = ab; }
+  const bool finite = __syncthreads_and(isfinite(v));
+#pragma unroll
+  for (int j = 0; j < kWarps; j++) {
+    mn = fminf(mn, red[0][j]);
+    mx = fmaxf(mx, red[1][j]);
+    ab = fmaxf(ab, red[2][j]);
+  }
+  int m = 1;
+  while (m <= 8 && __fadd_rn(__fsub_rn(mx, mn), 1.0f) > 0.875f * (float)(1 << m)) m++;
+  const bool bin = finite && m <= 8 && ab <= 1024.0f;
+  if (bin) sbs[(i >> 5) * 36 + (i & 31)] = __fadd_rn(v, __fsub_rn(1.0625f * (float)(1 << m), mn));
+  __syncthreads();
+  uint32_t* myKeys = keys + w * 4 * kSegExperts;
+  uint32_t* myGb = sgb + w * 4 * kSegGroups;
+  SegFixed f;
+  f.expBits = (uint32_t)(127 + m) << 23;
+  if (bin) {
+    /* |shifted approximate - (exact + C)|: the sigmoid's 2^-20, half an ulp
+     * of the binade for the shifted bias and for the sum (2^(m-24) each),
+     * half an ulp of the exact fp32 score (<= (|bias| + 1) 2^-24); 1/128 up
+     * for the rounding of this sum. */
+    const float ulpHalf = ldexpf(1.0f, m - 24), eps = 5.9604644775390625e-08f; /* 2^-24 */
+    f.err = (vcollGate::kSigApproxErr + 2.0f * ulpHalf + (ab + 1.0f) * eps) * 1.0078125f;
+    /* A group's b1 + b2: twice err, half an ulp of the exact sum (<= (2|bias| + 2) 2^-24), and of the
+     * approximate sum and of each bound (2^(m-23) each); doubled. */
+    f.gm = 2.0f * (2.0f * f.err + 6.0f * ulpHalf + (2.0f * ab + 2.0f) * eps);
+    segTokens<TIn, ALLKEPT, true>(a, sb, sbs, myKeys, myGb, f);
+  } else {
+    f.err = f.gm = 0.0f;
+    segTokens<TIn, ALLKEPT, false>(a, sb, sbs, myKeys, myGb, f);
+  }
 }
-
 /* On the blocks the device holds at once (kSegMinBlocks per SM). */
 template <typename TIn, bool ALLKEPT>
 vcollResult_t launchSeg(const GateArgs& a, cudaStream_t stream) {
@@ -633,7 +733,8 @@ extern "C" vcollResult_t vcollMoeGate(const void* logits, vcollDataType_t logits
   a.scaleIn = p->applyScalingInKernel;
   a.rsf = p->routedScalingFactor;
   a.sharedW = p->applyScalingInKernel ? 1.0f : 1.0f / p->routedScalingFactor;
-  a.hiMask = ~31u;
+  a.hiMask = ~255u;
+  a.keyMul = 256u;
   VCOLL_TRACE("vcollMoeGate: T %zu E %d G %d topkGroup %d topk %d shared %d", T, a.E, a.G, a.topkGroup, a.topk,
               p->numFusedSharedExperts);
   if (logitsType == vcollFloat32) return launchRows<float>(a, stream);

@@ -33,8 +33,10 @@ typedef struct {
   int offset;   /* logits start this many elements into the allocation */
   int nearTies; /* with ties: each bias moved by 0..40 ulp, so that scores differ in their last bits only */
   int nans;     /* about one logit in 64 is NaN (in about one token in 8) */
-  int biasMode; /* 1: every bias >= 0 (the kernels' nonnegative-bias path); 2: as 1, and -0.0;
-                 * 3: one bias NaN; 4: one bias +inf, one -inf */
+  int biasMode; /* 1: every bias >= 0; 2: as 1, and -0.0;
+                 * 3: one bias NaN; 4: one bias +inf, one -inf; 5: spread over about +-300 and 6: all
+                 * near 1500 (both: the segment kernel's 8-bit-class keys with finite biases); 7: N(0, 2)
+                 * (fixed-point keys in a wider binade) */
   int wide;     /* logits 40 times wider in about one token in 4 (past the sigmoid's clamps) */
   int nanKinds; /* with nans: NaNs of both signs and with payloads */
 } Case;
@@ -70,6 +72,9 @@ static int runCase(const Case* c, vtRng* rng, cudaStream_t stream) {
       for (int u = (int)(vtNext(rng) % 41); u > 0; u--) hBias[e] = nextafterf(hBias[e], 1.0f);
     if (c->biasMode != 0) hBias[e] = fabsf(hBias[e]);
     if (c->biasMode == 2 && e % 7 == 3) hBias[e] = -0.0f;
+    if (c->biasMode == 5) hBias[e] = (float)(vtNormal(rng) * 100.0);
+    if (c->biasMode == 6) hBias[e] = 1500.0f + hBias[e];
+    if (c->biasMode == 7) hBias[e] = (float)(vtNormal(rng) * 2.0);
   }
   if (c->biasMode == 3) hBias[vtNext(rng) % E] = NAN;
   if (c->biasMode == 4) {
@@ -205,6 +210,13 @@ static void test_segment_kernel(void** state) {
       {256, 8, 4, 8, 1, 1, 0, vcollFloat32, 1000, 0, 0, 0, 0, 0, 3, 0, 0},
       {256, 8, 4, 8, 1, 1, 0, vcollBfloat16, 1000, 0, 0, 0, 0, 0, 4, 0, 0},
       {256, 8, 8, 8, 1, 1, 0, vcollFloat32, 1000, 0, 0, 0, 0, 0, 4, 0, 0},
+      /* finite biases the fixed-point keys do not take (spread, size); a wider binade */
+      {256, 8, 4, 8, 1, 1, 0, vcollFloat32, 3001, 0, 0, 0, 0, 0, 5, 0, 0},
+      {256, 8, 3, 6, 1, 1, 0, vcollBfloat16, 3001, 1, 0, 0, 1, 0, 6, 0, 0},
+      {256, 8, 4, 8, 1, 1, 0, vcollFloat32, 3001, 0, 0, 0, 0, 1, 6, 1, 0},
+      {256, 8, 4, 8, 1, 1, 0, vcollFloat32, 3001, 0, 0, 0, 0, 0, 7, 0, 0},
+      {256, 8, 8, 8, 1, 1, 0, vcollBfloat16, 3001, 1, 0, 0, 1, 0, 7, 0, 0},
+      {256, 8, 2, 8, 1, 1, 0, vcollFloat32, 3001, 0, 0, 0, 0, 1, 7, 1, 1},
       /* logits past the sigmoid's clamps; NaNs of both signs and with payloads */
       {256, 8, 4, 8, 1, 1, 0, vcollFloat32, 3001, 0, 0, 0, 0, 0, 0, 1, 0},
       {256, 8, 4, 8, 1, 1, 0, vcollBfloat16, 3001, 0, 0, 0, 0, 0, 1, 1, 0},
