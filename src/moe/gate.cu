@@ -315,19 +315,23 @@ template <> __device__ __forceinline__ void loadGroup<__nv_bfloat16>(const __nv_
  * rescans its share (from shared memory) when it wins a fifth time. */
 constexpr int kDepth = 4;
 
-/* Merges the pair {p, q} into the descending list c, keeping its length:
- * the k-th largest of two sorted lists is the largest min(a_i, b_j) with
- * i + j = k (a multiset identity: zeros for empty places are fine). */
-template <int D>
-__device__ __forceinline__ void mergePair(uint32_t p, uint32_t q, uint32_t (&c)[D]) {
-  const uint32_t hi = max(p, q), lo = min(p, q);
-  uint32_t n[D];
-  n[0] = max(c[0], hi);
-  if (D > 1) n[1] = max(max(c[1], lo), min(c[0], hi));
+/* Merges the sorted quad b0 > b1 > b2 > b3 into the descending list c of
+ * kDepth = 4, keeping its length: the k-th largest of two sorted lists is
+ * the largest min(c_i, b_j) with i + j = k - 1, or c_k or b_k (a multiset
+ * identity: zeros for empty places are fine). The quad is sorted apart
+ * from c, so the chain through c is 3 instructions deep per quad. */
+__device__ __forceinline__ void mergeQuad(uint32_t (&b)[4], uint32_t (&c)[kDepth]) {
+  static_assert(kDepth == 4, "mergeQuad keeps 4");
+  /* sort b descending: 5 compare-exchanges */
+  auto cx = [](uint32_t& x, uint32_t& y) { const uint32_t h = max(x, y); y = min(x, y); x = h; };
+  cx(b[0], b[1]); cx(b[2], b[3]); cx(b[0], b[2]); cx(b[1], b[3]); cx(b[1], b[2]);
+  uint32_t n[4];
+  n[0] = max(c[0], b[0]);
+  n[1] = max(max(c[1], b[1]), min(c[0], b[0]));
+  n[2] = max(max(max(c[2], b[2]), min(c[1], b[0])), min(c[0], b[1]));
+  n[3] = max(max(max(c[3], b[3]), min(c[2], b[0])), max(min(c[1], b[1]), min(c[0], b[2])));
 #pragma unroll
-  for (int i = 2; i < D; i++) n[i] = max(max(c[i], min(c[i - 1], hi)), min(c[i - 2], lo));
-#pragma unroll
-  for (int i = 0; i < D; i++) c[i] = n[i];
+  for (int i = 0; i < 4; i++) c[i] = n[i];
 }
 
 /* Per-block constants of the fixed-point keys (BIN, see above). */
@@ -365,12 +369,22 @@ __device__ __forceinline__ uint32_t exactKey(const TIn* grp, const float* myBias
   return vgKey(__fadd_rn(vgSigmoid(rawToFloat<TIn>(loadRaw<TIn>(grp + j))), myBias[j]));
 }
 
-/* Top-2 (a1 > a2) of a lane's keys so far, with the pair {p, q}. */
-__device__ __forceinline__ void top2Pair(uint32_t p, uint32_t q, uint32_t& a1, uint32_t& a2) {
-  const uint32_t hi = max(p, q), lo = min(p, q);
-  a2 = max(max(a2, lo), min(a1, hi));
-  a1 = max(a1, hi);
+/* Top-2 (a1 > a2) of a lane's keys so far, with the quad k0..k3 (its own
+ * top-2 first, apart from a1 and a2: the chain through them is 2 deep). */
+__device__ __forceinline__ void top2Quad(uint32_t k0, uint32_t k1, uint32_t k2, uint32_t k3, uint32_t& a1,
+                                         uint32_t& a2) {
+  const uint32_t h1 = max(k0, k1), l1 = min(k0, k1), h2 = max(k2, k3), l2 = min(k2, k3);
+  const uint32_t t0 = max(h1, h2), t1 = max(max(l1, l2), min(h1, h2));
+  a2 = max(max(a2, t1), min(a1, t0));
+  a1 = max(a1, t0);
 }
+
+/* Packed keys of a segment in shared memory: quad Q (4 keys) at word 4 (Q +
+ * Q / 8), so that the 8 quads a segment's lanes read or write at once fall
+ * in 8 different bank quads (kept rows are 8 quads apart; pass-2 shares
+ * nq quads apart). */
+constexpr int kSegKeyWords = 8 * 36; /* 8 rows of 32 keys and one padding quad each */
+__device__ __forceinline__ int keyWord(int v) { return v + ((v >> 5) << 2); }
 
 /* Pass 2: the kDepth best of a lane's share (quads q of nq, 4 keys each, at
  * 4 (nq g + q) of the segment's packed keys), below `below` when MASKED;
@@ -384,19 +398,18 @@ __device__ __forceinline__ void fillCache(const uint32_t* keys, const uint32_t* 
   for (int q = 0; q < nq; q++) {
     const int v = 4 * (nq * g + q);
     const uint32_t gb = sgb[v >> 5];
-    const uint4 w = *(const uint4*)(keys + v);
+    const uint4 w = *(const uint4*)(keys + keyWord(v));
     uint32_t k[4] = {w.x | gb, w.y | gb, w.z | gb, w.w | gb};
     if (MASKED)
 #pragma unroll
       for (int i = 0; i < 4; i++) k[i] = k[i] < below ? k[i] : 0u;
-    mergePair(k[0], k[1], c);
-    mergePair(k[2], k[3], c);
+    mergeQuad(k, c);
   }
 }
 
 /* The token loop of moeGateSegKernel. sb: the biases by group (rows of 36
  * floats), sbs: the same shifted by C (BIN), keys/sgb: this warp's 4
- * segments' packed keys (256 each) and group bits (8 each). */
+ * segments' packed keys (kSegKeyWords each) and group bits (8 each). */
 template <typename TIn, bool ALLKEPT, bool BIN>
 __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, const float* sbs, uint32_t* keys,
                                           uint32_t* sgb, const SegFixed f) {
@@ -407,7 +420,7 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, co
   const float* myFastBias = (BIN ? sbs : sb) + g * 36;
   const uint32_t hm = BIN ? a.keyMul : a.hiMask;
   const int nq = ALLKEPT ? kSegGroups : a.topkGroup; /* quads of candidate keys per lane in pass 2 */
-  uint32_t* segKeys = keys + (segBase >> 3) * kSegExperts;
+  uint32_t* segKeys = keys + (segBase >> 3) * kSegKeyWords;
   uint32_t* segGb = sgb + segBase;
   const TIn* logits = (const TIn*)a.logits;
   const size_t step = (size_t)gridDim.x * kWarps * 4;
@@ -430,8 +443,7 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, co
 #pragma unroll
         for (int i = 0; i < 4; i++) k[4 * q + i] = fastPack<BIN>(x[4 * q + i], bb[i], hm, 31u - (4 * q + i));
         if (!ALLKEPT) {
-          top2Pair(k[4 * q], k[4 * q + 1], a1, a2);
-          top2Pair(k[4 * q + 2], k[4 * q + 3], a1, a2);
+          top2Quad(k[4 * q], k[4 * q + 1], k[4 * q + 2], k[4 * q + 3], a1, a2);
         } else {
           a1 = max(a1, max(max(k[4 * q], k[4 * q + 1]), max(k[4 * q + 2], k[4 * q + 3])));
         }
@@ -496,7 +508,7 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, co
     const int packedRow = ALLKEPT ? g : __popc(__ballot_sync(kFull, kept) & segMask & ((1u << lane) - 1u));
     __syncwarp(); /* the previous quad's reads of these keys are done */
     if (kept) {
-      uint32_t* dst = segKeys + packedRow * kSegGroupSize;
+      uint32_t* dst = segKeys + keyWord(packedRow * kSegGroupSize);
 #pragma unroll
       for (int q = 0; q < 8; q++) *(uint4*)(dst + 4 * q) = make_uint4(k[4 * q], k[4 * q + 1], k[4 * q + 2], k[4 * q + 3]);
       segGb[packedRow] = laneBits;
@@ -614,7 +626,7 @@ __global__ void __launch_bounds__(kWarps * 32, kSegMinBlocks) moeGateSegKernel(c
    * read 16 bytes each at 36 g + 4 q, in 8 different bank quads. */
   __shared__ __align__(16) float sb[kSegGroups * 36];
   __shared__ __align__(16) float sbs[kSegGroups * 36];
-  __shared__ __align__(16) uint32_t keys[kWarps * 4 * kSegExperts];
+  __shared__ __align__(16) uint32_t keys[kWarps * 4 * kSegKeyWords];
   __shared__ uint32_t sgb[kWarps * 4 * kSegGroups];
   __shared__ float red[3][kWarps];
   const int i = threadIdx.x, w = i >> 5;
@@ -644,7 +656,7 @@ __global__ void __launch_bounds__(kWarps * 32, kSegMinBlocks) moeGateSegKernel(c
   const bool bin = finite && m <= 8 && ab <= 1024.0f;
   if (bin) sbs[(i >> 5) * 36 + (i & 31)] = __fadd_rn(v, __fsub_rn(1.0625f * (float)(1 << m), mn));
   __syncthreads();
-  uint32_t* myKeys = keys + w * 4 * kSegExperts;
+  uint32_t* myKeys = keys + w * 4 * kSegKeyWords;
   uint32_t* myGb = sgb + w * 4 * kSegGroups;
   SegFixed f;
   f.expBits = (uint32_t)(127 + m) << 23;
