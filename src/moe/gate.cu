@@ -5,6 +5,7 @@
  * (gate_common.h); the selections are warp reductions on them. */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "vcoll.h"
@@ -386,19 +387,21 @@ __device__ __forceinline__ void top2Quad(uint32_t k0, uint32_t k1, uint32_t k2, 
 constexpr int kSegKeyWords = 8 * 36; /* 8 rows of 32 keys and one padding quad each */
 __device__ __forceinline__ int keyWord(int v) { return v + ((v >> 5) << 2); }
 
-/* Pass 2: the kDepth best of a lane's share (quads q of nq, 4 keys each, at
- * 4 (nq g + q) of the segment's packed keys), below `below` when MASKED;
- * each key gets its group's bits (sgb, by packed row). */
-template <bool MASKED>
-__device__ __forceinline__ void fillCache(const uint32_t* keys, const uint32_t* sgb, int g, int nq, uint32_t below,
+/* Pass 2: the kDepth best of a lane's share (quads q of nq, 4 keys each,
+ * at 4 (nq g + q) of the kept groups' keys taken one group after the other:
+ * rows[i] is the i-th kept group), below `below` when MASKED; each key gets
+ * its group's bits. */
+template <bool MASKED, bool ALLKEPT>
+__device__ __forceinline__ void fillCache(const uint32_t* keys, const uint32_t* rows, int g, int nq, uint32_t below,
                                           uint32_t (&c)[kDepth]) {
 #pragma unroll
   for (int i = 0; i < kDepth; i++) c[i] = 0;
 #pragma unroll 2
   for (int q = 0; q < nq; q++) {
     const int v = 4 * (nq * g + q);
-    const uint32_t gb = sgb[v >> 5];
-    const uint4 w = *(const uint4*)(keys + keyWord(v));
+    const int r = ALLKEPT ? v >> 5 : (int)rows[v >> 5];
+    const uint32_t gb = (uint32_t)(7 - r) << 5;
+    const uint4 w = *(const uint4*)(keys + keyWord(r * kSegGroupSize + (v & 31)));
     uint32_t k[4] = {w.x | gb, w.y | gb, w.z | gb, w.w | gb};
     if (MASKED)
 #pragma unroll
@@ -408,20 +411,20 @@ __device__ __forceinline__ void fillCache(const uint32_t* keys, const uint32_t* 
 }
 
 /* The token loop of moeGateSegKernel. sb: the biases by group (rows of 36
- * floats), sbs: the same shifted by C (BIN), keys/sgb: this warp's 4
- * segments' packed keys (kSegKeyWords each) and group bits (8 each). */
+ * floats), sbs: the same shifted by C (BIN), keys/rows: this warp's 4
+ * segments' keys (kSegKeyWords each, row g: group g) and kept groups (8
+ * each). */
 template <typename TIn, bool ALLKEPT, bool BIN>
 __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, const float* sbs, uint32_t* keys,
-                                          uint32_t* sgb, const SegFixed f) {
+                                          uint32_t* rows, const SegFixed f) {
   const int lane = threadIdx.x & 31, g = lane & 7, segBase = lane & 24;
   const unsigned segMask = 0xffu << segBase;
-  const uint32_t laneBits = (uint32_t)(7 - g) << 5; /* bits 5-7 of a key: 255 - expert = (7 - g) * 32 + 31 - j */
   const float* myBias = sb + g * 36;
   const float* myFastBias = (BIN ? sbs : sb) + g * 36;
   const uint32_t hm = BIN ? a.keyMul : a.hiMask;
   const int nq = ALLKEPT ? kSegGroups : a.topkGroup; /* quads of candidate keys per lane in pass 2 */
   uint32_t* segKeys = keys + (segBase >> 3) * kSegKeyWords;
-  uint32_t* segGb = sgb + segBase;
+  uint32_t* segRows = rows + segBase;
   const TIn* logits = (const TIn*)a.logits;
   const size_t step = (size_t)gridDim.x * kWarps * 4;
   for (size_t t0 = ((size_t)blockIdx.x * kWarps + (threadIdx.x >> 5)) * 4; t0 < a.T; t0 += step) {
@@ -431,22 +434,24 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, co
     const TIn* grp = row + g * kSegGroupSize;
     if (t + step < a.T) /* the next quad's rows into L2 while this one is worked on */
       asm volatile("prefetch.global.L2 [%0];" ::"l"(grp + step * kSegExperts));
-    /* Pass 1: the lane's 32 keys (low bits 31 - j) and their top-2. */
-    uint32_t k[32], a1 = 0, a2 = 0;
+    /* Pass 1: the lane's 32 keys (low bits 31 - j, the group's bits come
+     * in pass 2) to row g of the segment's keys, and their top-2. */
+    uint32_t a1 = 0, a2 = 0;
+    __syncwarp(); /* the previous quad's reads of these keys are done */
     {
       float x[32];
       loadGroup<TIn>(grp, x);
+      uint32_t* dst = segKeys + keyWord(g * kSegGroupSize);
 #pragma unroll
       for (int q = 0; q < 8; q++) {
         const float4 b = *(const float4*)(myFastBias + 4 * q);
         const float bb[4] = {b.x, b.y, b.z, b.w};
+        uint32_t k[4];
 #pragma unroll
-        for (int i = 0; i < 4; i++) k[4 * q + i] = fastPack<BIN>(x[4 * q + i], bb[i], hm, 31u - (4 * q + i));
-        if (!ALLKEPT) {
-          top2Quad(k[4 * q], k[4 * q + 1], k[4 * q + 2], k[4 * q + 3], a1, a2);
-        } else {
-          a1 = max(a1, max(max(k[4 * q], k[4 * q + 1]), max(k[4 * q + 2], k[4 * q + 3])));
-        }
+        for (int i = 0; i < 4; i++) k[i] = fastPack<BIN>(x[4 * q + i], bb[i], hm, 31u - (4 * q + i));
+        *(uint4*)(dst + 4 * q) = make_uint4(k[0], k[1], k[2], k[3]);
+        if (!ALLKEPT) top2Quad(k[0], k[1], k[2], k[3], a1, a2);
+        else a1 = max(a1, max(max(k[0], k[1]), max(k[2], k[3])));
       }
     }
     /* A NaN score (its key is the largest) or, with vgKey's map, +inf in
@@ -503,19 +508,15 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, co
         kept = rank < a.topkGroup;
       }
     }
-    /* Pass 2: the kept groups' keys packed in the segment's shared memory
-     * (kept groups in lane order), each lane's share into its cache. */
-    const int packedRow = ALLKEPT ? g : __popc(__ballot_sync(kFull, kept) & segMask & ((1u << lane) - 1u));
-    __syncwarp(); /* the previous quad's reads of these keys are done */
-    if (kept) {
-      uint32_t* dst = segKeys + keyWord(packedRow * kSegGroupSize);
-#pragma unroll
-      for (int q = 0; q < 8; q++) *(uint4*)(dst + 4 * q) = make_uint4(k[4 * q], k[4 * q + 1], k[4 * q + 2], k[4 * q + 3]);
-      segGb[packedRow] = laneBits;
+    /* Pass 2: the kept groups (in lane order) listed in segRows, each
+     * lane's share of their keys into its cache. */
+    if (!ALLKEPT) {
+      const int packedRow = __popc(__ballot_sync(kFull, kept) & segMask & ((1u << lane) - 1u));
+      if (kept) segRows[packedRow] = (uint32_t)g;
     }
     __syncwarp();
     uint32_t c[kDepth];
-    fillCache<false>(segKeys, segGb, g, nq, 0u, c);
+    fillCache<false, ALLKEPT>(segKeys, segRows, g, nq, 0u, c);
 
     /* topk rounds: segment max of the lanes' heads; expert 255 - (p & 255).
      * A lane whose cache runs out refills it at once. */
@@ -530,7 +531,7 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, co
 #pragma unroll
         for (int i = 0; i < kDepth - 1; i++) c[i] = c[i + 1];
         c[kDepth - 1] = 0;
-        if (c[0] == 0) fillCache<true>(segKeys, segGb, g, nq, bp, c); /* the kDepth best below the one taken */
+        if (c[0] == 0) fillCache<true, ALLKEPT>(segKeys, segRows, g, nq, bp, c); /* the kDepth best below the one taken */
       }
     }
     uint32_t e = 255u - (myP & 255u); /* expert of slot g (g < topk) */
@@ -558,17 +559,26 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, co
     exact = __ballot_sync(kFull, exact) & segMask;
     if (exact) {
       /* Segment-uniform: the selection again on unique 64-bit values
-       * (key, 255 - expert) of the exact keys; each round rescans all 32. */
-      uint32_t ek[32];
-#pragma unroll
-      for (int j = 0; j < 32; j++) ek[j] = exactKey<TIn>(grp, myBias, j);
+       * (key, 255 - expert) of the exact keys, which replace the lane's
+       * row of approximate ones (the refills are over); each round rescans
+       * all 32. */
+      uint32_t* myRow = segKeys + keyWord(g * kSegGroupSize);
+#pragma unroll 2
+      for (int q = 0; q < 8; q++)
+        *(uint4*)(myRow + 4 * q) = make_uint4(exactKey<TIn>(grp, myBias, 4 * q), exactKey<TIn>(grp, myBias, 4 * q + 1),
+                                              exactKey<TIn>(grp, myBias, 4 * q + 2), exactKey<TIn>(grp, myBias, 4 * q + 3));
       uint64_t last = ~0ull;
       for (int r = 0; r < a.topk; r++) {
         uint64_t best = 0;
+#pragma unroll 2
+        for (int q = 0; q < 8; q++) {
+          const uint4 w = *(const uint4*)(myRow + 4 * q);
+          const uint32_t ek[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
-        for (int j = 0; j < 32; j++) {
-          const uint64_t q = kept ? ((uint64_t)ek[j] << 32) | (uint64_t)(0xffffu - (g * 32 + j)) : 0ull;
-          if (q < last && q > best) best = q;
+          for (int i = 0; i < 4; i++) {
+            const uint64_t v = kept ? ((uint64_t)ek[i] << 32) | (uint64_t)(0xffffu - (g * 32 + 4 * q + i)) : 0ull;
+            if (v < last && v > best) best = v;
+          }
         }
 #pragma unroll
         for (int d = 4; d > 0; d >>= 1) {
@@ -620,14 +630,14 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, co
   }
 }
 
-template <typename TIn, bool ALLKEPT>
-__global__ void __launch_bounds__(kWarps * 32, kSegMinBlocks) moeGateSegKernel(const GateArgs a) {
+template <typename TIn, bool ALLKEPT, int MINB>
+__global__ void __launch_bounds__(kWarps * 32, MINB) moeGateSegKernel(const GateArgs a) {
   /* Biases by group, rows padded to 36 floats: the 8 lanes of a segment
    * read 16 bytes each at 36 g + 4 q, in 8 different bank quads. */
   __shared__ __align__(16) float sb[kSegGroups * 36];
   __shared__ __align__(16) float sbs[kSegGroups * 36];
   __shared__ __align__(16) uint32_t keys[kWarps * 4 * kSegKeyWords];
-  __shared__ uint32_t sgb[kWarps * 4 * kSegGroups];
+  __shared__ uint32_t rows[kWarps * 4 * kSegGroups];
   __shared__ float red[3][kWarps];
   const int i = threadIdx.x, w = i >> 5;
   const float v = a.bias != nullptr ? __ldg(a.bias + i) : 0.0f;
@@ -657,7 +667,7 @@ __global__ void __launch_bounds__(kWarps * 32, kSegMinBlocks) moeGateSegKernel(c
   if (bin) sbs[(i >> 5) * 36 + (i & 31)] = __fadd_rn(v, __fsub_rn(1.0625f * (float)(1 << m), mn));
   __syncthreads();
   uint32_t* myKeys = keys + w * 4 * kSegKeyWords;
-  uint32_t* myGb = sgb + w * 4 * kSegGroups;
+  uint32_t* myRows = rows + w * 4 * kSegGroups;
   SegFixed f;
   f.expBits = (uint32_t)(127 + m) << 23;
   if (bin) {
@@ -670,22 +680,30 @@ __global__ void __launch_bounds__(kWarps * 32, kSegMinBlocks) moeGateSegKernel(c
     /* A group's b1 + b2: twice err, half an ulp of the exact sum (<= (2|bias| + 2) 2^-24), and of the
      * approximate sum and of each bound (2^(m-23) each); doubled. */
     f.gm = 2.0f * (2.0f * f.err + 6.0f * ulpHalf + (2.0f * ab + 2.0f) * eps);
-    segTokens<TIn, ALLKEPT, true>(a, sb, sbs, myKeys, myGb, f);
+    segTokens<TIn, ALLKEPT, true>(a, sb, sbs, myKeys, myRows, f);
   } else {
     f.err = f.gm = 0.0f;
-    segTokens<TIn, ALLKEPT, false>(a, sb, sbs, myKeys, myGb, f);
+    segTokens<TIn, ALLKEPT, false>(a, sb, sbs, myKeys, myRows, f);
   }
 }
 /* On the blocks the device holds at once (kSegMinBlocks per SM). */
-template <typename TIn, bool ALLKEPT>
-vcollResult_t launchSeg(const GateArgs& a, cudaStream_t stream) {
+template <typename TIn, bool ALLKEPT, int MINB>
+vcollResult_t launchSegB(const GateArgs& a, cudaStream_t stream) {
   static int perSm[64];
   unsigned blocks = 0;
-  VCOLL_CHECK_RES(vcollResidentGrid((const void*)moeGateSegKernel<TIn, ALLKEPT>, kWarps * 32, 0, perSm,
+  VCOLL_CHECK_RES(vcollResidentGrid((const void*)moeGateSegKernel<TIn, ALLKEPT, MINB>, kWarps * 32, 0, perSm,
                                     (a.T + kWarps * 4 - 1) / (kWarps * 4), &blocks));
-  moeGateSegKernel<TIn, ALLKEPT><<<blocks, kWarps * 32, 0, stream>>>(a);
+  moeGateSegKernel<TIn, ALLKEPT, MINB><<<blocks, kWarps * 32, 0, stream>>>(a);
   VCOLL_CUDACHECK(NULL, cudaGetLastError());
   return vcollSuccess;
+}
+template <typename TIn, bool ALLKEPT>
+vcollResult_t launchSeg(const GateArgs& a, cudaStream_t stream) {
+  const char* e = getenv("VCOLL_GATE_SEG_BLOCKS"); /* EXPERIMENT: A/B of the register cap */
+  const int b = e ? atoi(e) : kSegMinBlocks;
+  if (b == 4) return launchSegB<TIn, ALLKEPT, 4>(a, stream);
+  if (b == 5) return launchSegB<TIn, ALLKEPT, 5>(a, stream);
+  return launchSegB<TIn, ALLKEPT, kSegMinBlocks>(a, stream);
 }
 
 /* The segment kernel for its shapes from kSegMinTokens tokens on;
