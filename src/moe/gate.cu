@@ -291,18 +291,28 @@ constexpr size_t kSegMinTokens = 8192;
  * 65536 tokens by 3-12% (docs/perf/2026-12-02_gate_1xH200_93bed5a_*). */
 constexpr int kSegMinBlocks = 3;
 
-template <typename TIn> __device__ __forceinline__ void loadGroup(const TIn* p, float (&x)[32]);
-template <> __device__ __forceinline__ void loadGroup<float>(const float* p, float (&x)[32]) {
+/* Pass 1's loads: the 8 lanes of a segment read each 128-byte line of the
+ * row together (16 bytes each), so that every load instruction of a warp
+ * touches 4 whole lines (it touched 32 half-used ones when a lane read its
+ * own group: the L1 was the kernel's busiest unit). Quad Q of lane g (x[4Q
+ * .. 4Q+3]) holds experts spreadExpert(Q, g) ... + 3. */
+template <typename TIn> __device__ __forceinline__ int spreadExpert(int Q, int g);
+template <> __device__ __forceinline__ int spreadExpert<float>(int Q, int g) { return 32 * Q + 4 * g; }
+template <> __device__ __forceinline__ int spreadExpert<__nv_bfloat16>(int Q, int g) {
+  return 64 * (Q >> 1) + 8 * g + 4 * (Q & 1);
+}
+template <typename TIn> __device__ __forceinline__ void loadSpread(const TIn* row, int g, float (&x)[32]);
+template <> __device__ __forceinline__ void loadSpread<float>(const float* row, int g, float (&x)[32]) {
 #pragma unroll
   for (int q = 0; q < 8; q++) {
-    const float4 v = __ldg((const float4*)p + q);
+    const float4 v = __ldg((const float4*)(row + spreadExpert<float>(q, g)));
     x[4 * q] = v.x; x[4 * q + 1] = v.y; x[4 * q + 2] = v.z; x[4 * q + 3] = v.w;
   }
 }
-template <> __device__ __forceinline__ void loadGroup<__nv_bfloat16>(const __nv_bfloat16* p, float (&x)[32]) {
+template <> __device__ __forceinline__ void loadSpread<__nv_bfloat16>(const __nv_bfloat16* row, int g, float (&x)[32]) {
 #pragma unroll
   for (int q = 0; q < 4; q++) {
-    const uint4 v = __ldg((const uint4*)p + q);
+    const uint4 v = __ldg((const uint4*)(row + spreadExpert<__nv_bfloat16>(2 * q, g)));
     const uint32_t w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
     for (int i = 0; i < 4; i++) {
@@ -342,17 +352,17 @@ struct SegFixed {
   float gm;         /* margin of a group score's bounds (sum of two, and roundings) */
 };
 
-/* The fast path's packed key of expert j (low = 255 - expert's low 5 bits,
- * 31 - j; the group's bits are added in pass 2) from its approximate score
- * with bias b (BIN: the shifted bias). A NaN x comes out as the canonical NaN
- * 0x7fffffff (fp32 arithmetic on the GPU has no NaN payloads), whose key is
- * above every number's: 0xffffff00 | low with BIN (numbers give keys below
- * 2^31), vgKey's map (0xffffffxx) otherwise. The score is never -0. */
+/* The fast path's key of an approximate score with bias b (BIN: the
+ * shifted bias), low 8 bits clear: pass 2 puts 255 - expert there. A NaN x
+ * comes out as the canonical NaN 0x7fffffff (fp32 arithmetic on the GPU has
+ * no NaN payloads), whose key is above every number's: 0xffffff00 with BIN
+ * (numbers give keys below 2^31), vgKey's map (0xffffff00) otherwise. The
+ * score is never -0. */
 template <bool BIN>
-__device__ __forceinline__ uint32_t fastPack(float x, float b, uint32_t hm, uint32_t low) {
+__device__ __forceinline__ uint32_t fastPack(float x, float b, uint32_t hm) {
   const uint32_t u = __float_as_uint(__fadd_rn(vcollGate::sigmoidApprox(x), b));
-  if (BIN) return u * hm + low; /* hm = keyMul = 256: the binade's exponent bits leave at the top */
-  return ((u ^ ((uint32_t)((int32_t)u >> 31) | 0x80000000u)) & hm) | low;
+  if (BIN) return u * hm; /* hm = keyMul = 256: the binade's exponent bits leave at the top */
+  return (u ^ ((uint32_t)((int32_t)u >> 31) | 0x80000000u)) & hm;
 }
 
 /* BIN: the shifted score a key holds (exact: all of its bits are kept). */
@@ -390,7 +400,8 @@ __device__ __forceinline__ int keyWord(int v) { return v + ((v >> 5) << 2); }
 /* Pass 2: the kDepth best of a lane's share (quads q of nq, 4 keys each,
  * at 4 (nq g + q) of the kept groups' keys taken one group after the other:
  * rows[i] is the i-th kept group), below `below` when MASKED; each key gets
- * its group's bits. */
+ * 255 - expert in its low 8 bits (one LOP3: (7 - r) << 5 | (28 - place of
+ * the quad's first) in a register, 3 - i as the immediate). */
 template <bool MASKED, bool ALLKEPT>
 __device__ __forceinline__ void fillCache(const uint32_t* keys, const uint32_t* rows, int g, int nq, uint32_t below,
                                           uint32_t (&c)[kDepth]) {
@@ -400,9 +411,9 @@ __device__ __forceinline__ void fillCache(const uint32_t* keys, const uint32_t* 
   for (int q = 0; q < nq; q++) {
     const int v = 4 * (nq * g + q);
     const int r = ALLKEPT ? v >> 5 : (int)rows[v >> 5];
-    const uint32_t gb = (uint32_t)(7 - r) << 5;
+    const uint32_t lb = ((uint32_t)(7 - r) << 5) | (uint32_t)(28 - (v & 31));
     const uint4 w = *(const uint4*)(keys + keyWord(r * kSegGroupSize + (v & 31)));
-    uint32_t k[4] = {w.x | gb, w.y | gb, w.z | gb, w.w | gb};
+    uint32_t k[4] = {w.x | lb | 3u, w.y | lb | 2u, w.z | lb | 1u, w.w | lb};
     if (MASKED)
 #pragma unroll
       for (int i = 0; i < 4; i++) k[i] = k[i] < below ? k[i] : 0u;
@@ -420,7 +431,8 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, co
   const int lane = threadIdx.x & 31, g = lane & 7, segBase = lane & 24;
   const unsigned segMask = 0xffu << segBase;
   const float* myBias = sb + g * 36;
-  const float* myFastBias = (BIN ? sbs : sb) + g * 36;
+  const float* fastBias = BIN ? sbs : sb;
+  const int spreadBase = keyWord(spreadExpert<TIn>(0, g)); /* lane's quad Q at spreadBase + keyWord(spreadExpert(Q, 0)) */
   const uint32_t hm = BIN ? a.keyMul : a.hiMask;
   const int nq = ALLKEPT ? kSegGroups : a.topkGroup; /* quads of candidate keys per lane in pass 2 */
   uint32_t* segKeys = keys + (segBase >> 3) * kSegKeyWords;
@@ -434,31 +446,37 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, co
     const TIn* grp = row + g * kSegGroupSize;
     if (t + step < a.T) /* the next quad's rows into L2 while this one is worked on */
       asm volatile("prefetch.global.L2 [%0];" ::"l"(grp + step * kSegExperts));
-    /* Pass 1: the lane's 32 keys (low bits 31 - j, the group's bits come
-     * in pass 2) to row g of the segment's keys, and their top-2. */
-    uint32_t a1 = 0, a2 = 0;
+    /* Pass 1: the keys of the 32 experts the lane loaded (spreadExpert)
+     * to their places in the segment's rows (row = group; the bias is kept
+     * in the same layout), then the top-2 of the lane's own group g. */
     __syncwarp(); /* the previous quad's reads of these keys are done */
     {
       float x[32];
-      loadGroup<TIn>(grp, x);
-      uint32_t* dst = segKeys + keyWord(g * kSegGroupSize);
+      loadSpread<TIn>(row, g, x);
 #pragma unroll
-      for (int q = 0; q < 8; q++) {
-        const float4 b = *(const float4*)(myFastBias + 4 * q);
-        const float bb[4] = {b.x, b.y, b.z, b.w};
-        uint32_t k[4];
-#pragma unroll
-        for (int i = 0; i < 4; i++) k[i] = fastPack<BIN>(x[4 * q + i], bb[i], hm, 31u - (4 * q + i));
-        *(uint4*)(dst + 4 * q) = make_uint4(k[0], k[1], k[2], k[3]);
-        if (!ALLKEPT) top2Quad(k[0], k[1], k[2], k[3], a1, a2);
-        else a1 = max(a1, max(max(k[0], k[1]), max(k[2], k[3])));
+      for (int Q = 0; Q < 8; Q++) {
+        const int pos = spreadBase + keyWord(spreadExpert<TIn>(Q, 0));
+        const float4 b = *(const float4*)(fastBias + pos);
+        const uint4 k = make_uint4(fastPack<BIN>(x[4 * Q], b.x, hm), fastPack<BIN>(x[4 * Q + 1], b.y, hm),
+                                   fastPack<BIN>(x[4 * Q + 2], b.z, hm), fastPack<BIN>(x[4 * Q + 3], b.w, hm));
+        *(uint4*)(segKeys + pos) = k;
       }
     }
-    /* A NaN score (its key is the largest) or, with vgKey's map, +inf in
-     * the lane: its segment takes the exact group ranking and selection. */
-    const bool special = a1 >= (BIN ? 0x80000000u : 0xff800000u);
-    bool kept = true;
+    __syncwarp();
+    /* Special: a NaN score (its key is the largest) or, with vgKey's map,
+     * +inf in the lane's group: its segment takes the exact group ranking
+     * and selection. */
+    const uint32_t specialKey = BIN ? 0x80000000u : 0xff800000u;
+    bool special = false, kept = true;
     if (!ALLKEPT) {
+      uint32_t a1 = 0, a2 = 0;
+      const uint32_t* myRow = segKeys + keyWord(g * kSegGroupSize);
+#pragma unroll
+      for (int q = 0; q < 8; q++) {
+        const uint4 k = *(const uint4*)(myRow + 4 * q);
+        top2Quad(k.x, k.y, k.z, k.w, a1, a2);
+      }
+      special = a1 >= specialKey;
       /* Group score b1 + b2 bounded from the top-2 of the approximate
        * scores (the top-2 sum moves by at most the sum of the two errors);
        * ranks that the bounds decide are exact; otherwise the warp ranks
@@ -517,6 +535,7 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, co
     __syncwarp();
     uint32_t c[kDepth];
     fillCache<false, ALLKEPT>(segKeys, segRows, g, nq, 0u, c);
+    if (ALLKEPT) special = c[0] >= specialKey; /* the lane's share is its group */
 
     /* topk rounds: segment max of the lanes' heads; expert 255 - (p & 255).
      * A lane whose cache runs out refills it at once. */
