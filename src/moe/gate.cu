@@ -439,27 +439,20 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, co
   uint32_t* segRows = rows + segBase;
   const TIn* logits = (const TIn*)a.logits;
   const size_t step = (size_t)gridDim.x * kWarps * 4;
-  /* The row of this lane's segment in the quad of tokens from tq on (a
-   * spare segment past T works on a valid row). */
-  auto rowOf = [&](size_t tq) {
-    const size_t tt = tq + (lane >> 3);
-    return logits + (tt < a.T ? tt : tq) * kSegExperts;
-  };
-  const size_t first = ((size_t)blockIdx.x * kWarps + (threadIdx.x >> 5)) * 4;
-  float x[32]; /* the logits of pass 1, loaded one quad ahead */
-  if (first < a.T) loadSpread<TIn>(rowOf(first), g, x);
-  for (size_t t0 = first; t0 < a.T; t0 += step) {
+  for (size_t t0 = ((size_t)blockIdx.x * kWarps + (threadIdx.x >> 5)) * 4; t0 < a.T; t0 += step) {
     const size_t t = t0 + (lane >> 3);
     const bool valid = t < a.T;
-    const TIn* row = rowOf(t0);
+    const TIn* row = logits + (valid ? t : t0) * kSegExperts; /* a spare segment works on a valid row */
     const TIn* grp = row + g * kSegGroupSize;
-    if (t + 2 * step < a.T) /* the quad after next into L2 */
-      asm volatile("prefetch.global.L2 [%0];" ::"l"(grp + 2 * step * kSegExperts));
+    if (t + step < a.T) /* the next quad's rows into L2 while this one is worked on */
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(grp + step * kSegExperts));
     /* Pass 1: the keys of the 32 experts the lane loaded (spreadExpert)
      * to their places in the segment's rows (row = group; the bias is kept
      * in the same layout), then the top-2 of the lane's own group g. */
     __syncwarp(); /* the previous quad's reads of these keys are done */
     {
+      float x[32];
+      loadSpread<TIn>(row, g, x);
 #pragma unroll
       for (int Q = 0; Q < 8; Q++) {
         const int pos = spreadBase + keyWord(spreadExpert<TIn>(Q, 0));
@@ -469,8 +462,6 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, co
         *(uint4*)(segKeys + pos) = k;
       }
     }
-    /* The next quad's logits into registers while this one is worked on. */
-    if (t0 + step < a.T) loadSpread<TIn>(rowOf(t0 + step), g, x);
     __syncwarp();
     /* Special: a NaN score (its key is the largest) or, with vgKey's map,
      * +inf in the lane's group: its segment takes the exact group ranking
