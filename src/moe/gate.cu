@@ -5,7 +5,6 @@
  * (gate_common.h); the selections are warp reductions on them. */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "vcoll.h"
@@ -286,10 +285,12 @@ static_assert(kWarps * 32 == kSegExperts, "the segment kernel's preamble reads o
  * warps in flight for the same tokens; measured on an H200 up to 4096 tokens,
  * docs/perf/2026-12-02_gate_1xH200_*). */
 constexpr size_t kSegMinTokens = 8192;
-/* Blocks of kWarps warps per SM the segment kernel is built for (80
- * registers): 3 was faster than 2 (96 registers) and 4 (64, spilling), at
- * 65536 tokens by 3-12% (docs/perf/2026-12-02_gate_1xH200_93bed5a_*). */
-constexpr int kSegMinBlocks = 3;
+/* Blocks of kWarps warps per SM the segment kernel is built for: 4 (64
+ * registers, no spills; 40 KB of shared memory each). 3 (up to 80
+ * registers) and 5 (48, small spills) measured within run-to-run noise of
+ * it at 65536 tokens; 5 was slower before pass 1's loads were coalesced
+ * (docs/perf/2026-12-02_gate-two-pass-steps_1xH200.txt). */
+constexpr int kSegMinBlocks = 4;
 
 /* Pass 1's loads: the 8 lanes of a segment read each 128-byte line of the
  * row together (16 bytes each), so that every load instruction of a warp
@@ -608,27 +609,37 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, co
         if (g == r) e = 0xffffu - (uint32_t)(best & 0xffffu);
       }
     }
-    /* Slot g (< topk): exact score, weight and key of expert e, recomputed. */
+    /* The slots are in the reference's order already when each slot's
+     * approximate score exceeds the next one's by more than both errors
+     * (BIN keys, no exact selection): exact scores strictly decreasing.
+     * Warp-uniform, as the sort below is a warp-wide network. */
+    bool ordered = false;
+    if (BIN) {
+      const uint32_t nextP = __shfl_down_sync(kFull, myP, 1); /* slot g + 1 (for g + 1 < topk) */
+      ordered = __all_sync(kFull, !exact && (g + 1 >= a.topk || __fsub_rn(fixedScore(myP, f.expBits),
+                                                                          fixedScore(nextP, f.expBits)) > 2.0f * f.err));
+    }
+    /* Slot g (< topk): exact score and weight of expert e, recomputed. */
     float w = 0.0f;
-    uint64_t sk = 0; /* sort value (key, 255 - e); 0 for slots past topk */
-    if (g < a.topk) {
-      w = vgSigmoid(rawToFloat<TIn>(loadRaw<TIn>(row + e)));
-      const uint32_t key = vgKey(__fadd_rn(w, sb[(e >> 5) * 36 + (e & 31)]));
-      sk = ((uint64_t)key << 32) | (uint64_t)(0xffffu - e);
-    }
-    /* Bitonic sort of the 8 slots, descending. */
+    if (g < a.topk) w = vgSigmoid(rawToFloat<TIn>(loadRaw<TIn>(row + e)));
+    if (!ordered) {
+      /* Bitonic sort of the 8 slots by (exact key, 255 - e), descending; 0 for slots past topk. */
+      uint64_t sk = 0;
+      if (g < a.topk)
+        sk = ((uint64_t)vgKey(__fadd_rn(w, sb[(e >> 5) * 36 + (e & 31)])) << 32) | (uint64_t)(0xffffu - e);
 #pragma unroll
-    for (int size = 2; size <= 8; size <<= 1) {
+      for (int size = 2; size <= 8; size <<= 1) {
 #pragma unroll
-      for (int d = size >> 1; d > 0; d >>= 1) {
-        const uint64_t o = __shfl_xor_sync(kFull, sk, d);
-        const float ow = __shfl_xor_sync(kFull, w, d);
-        const bool lower = (g & d) == 0, desc = (g & size) == 0 || size == 8;
-        const bool takeMax = lower == desc;
-        if (takeMax ? o > sk : o < sk) { sk = o; w = ow; }
+        for (int d = size >> 1; d > 0; d >>= 1) {
+          const uint64_t o = __shfl_xor_sync(kFull, sk, d);
+          const float ow = __shfl_xor_sync(kFull, w, d);
+          const bool lower = (g & d) == 0, desc = (g & size) == 0 || size == 8;
+          const bool takeMax = lower == desc;
+          if (takeMax ? o > sk : o < sk) { sk = o; w = ow; }
+        }
       }
+      e = 0xffffu - (uint32_t)(sk & 0xffffu);
     }
-    e = 0xffffu - (uint32_t)(sk & 0xffffu);
     float sum = 0.0f;
     for (int r = 0; r < a.topk; r++) sum = __fadd_rn(sum, __shfl_sync(kFull, w, segBase | r)); /* slot order */
     if (valid) {
@@ -649,8 +660,8 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, co
   }
 }
 
-template <typename TIn, bool ALLKEPT, int MINB>
-__global__ void __launch_bounds__(kWarps * 32, MINB) moeGateSegKernel(const GateArgs a) {
+template <typename TIn, bool ALLKEPT>
+__global__ void __launch_bounds__(kWarps * 32, kSegMinBlocks) moeGateSegKernel(const GateArgs a) {
   /* Biases by group, rows padded to 36 floats: the 8 lanes of a segment
    * read 16 bytes each at 36 g + 4 q, in 8 different bank quads. */
   __shared__ __align__(16) float sb[kSegGroups * 36];
@@ -706,23 +717,15 @@ __global__ void __launch_bounds__(kWarps * 32, MINB) moeGateSegKernel(const Gate
   }
 }
 /* On the blocks the device holds at once (kSegMinBlocks per SM). */
-template <typename TIn, bool ALLKEPT, int MINB>
-vcollResult_t launchSegB(const GateArgs& a, cudaStream_t stream) {
-  static int perSm[64];
-  unsigned blocks = 0;
-  VCOLL_CHECK_RES(vcollResidentGrid((const void*)moeGateSegKernel<TIn, ALLKEPT, MINB>, kWarps * 32, 0, perSm,
-                                    (a.T + kWarps * 4 - 1) / (kWarps * 4), &blocks));
-  moeGateSegKernel<TIn, ALLKEPT, MINB><<<blocks, kWarps * 32, 0, stream>>>(a);
-  VCOLL_CUDACHECK(NULL, cudaGetLastError());
-  return vcollSuccess;
-}
 template <typename TIn, bool ALLKEPT>
 vcollResult_t launchSeg(const GateArgs& a, cudaStream_t stream) {
-  const char* e = getenv("VCOLL_GATE_SEG_BLOCKS"); /* EXPERIMENT: A/B of the register cap */
-  const int b = e ? atoi(e) : kSegMinBlocks;
-  if (b == 4) return launchSegB<TIn, ALLKEPT, 4>(a, stream);
-  if (b == 5) return launchSegB<TIn, ALLKEPT, 5>(a, stream);
-  return launchSegB<TIn, ALLKEPT, kSegMinBlocks>(a, stream);
+  static int perSm[64];
+  unsigned blocks = 0;
+  VCOLL_CHECK_RES(vcollResidentGrid((const void*)moeGateSegKernel<TIn, ALLKEPT>, kWarps * 32, 0, perSm,
+                                    (a.T + kWarps * 4 - 1) / (kWarps * 4), &blocks));
+  moeGateSegKernel<TIn, ALLKEPT><<<blocks, kWarps * 32, 0, stream>>>(a);
+  VCOLL_CUDACHECK(NULL, cudaGetLastError());
+  return vcollSuccess;
 }
 
 /* The segment kernel for its shapes from kSegMinTokens tokens on;
