@@ -583,6 +583,7 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, co
        * row of approximate ones (the refills are over); each round rescans
        * all 32. */
       uint32_t* myRow = segKeys + keyWord(g * kSegGroupSize);
+      __syncwarp(segMask); /* the segment's reads of the approximate keys (pass 2, refills) are done */
 #pragma unroll 2
       for (int q = 0; q < 8; q++)
         *(uint4*)(myRow + 4 * q) = make_uint4(exactKey<TIn>(grp, myBias, 4 * q), exactKey<TIn>(grp, myBias, 4 * q + 1),
