@@ -281,10 +281,11 @@ vcollResult_t launchGate(const GateArgs& a, cudaStream_t stream) {
  * 256 ulp, so more decisions fall back to exact). */
 constexpr int kSegExperts = 256, kSegGroups = 8, kSegGroupSize = 32;
 static_assert(kWarps * 32 == kSegExperts, "the segment kernel's preamble reads one bias per thread");
-/* Below this many tokens the one-warp-per-token kernel is faster (more
- * warps in flight for the same tokens; measured on an H200 up to 4096 tokens,
- * docs/perf/2026-12-02_gate_1xH200_*). */
-constexpr size_t kSegMinTokens = 8192;
+/* Below this many tokens the one-warp-per-token kernel is as fast or
+ * faster (more warps in flight for the same tokens). At 0933f2d on an H200,
+ * per call in a graph, fp32: 2048 tokens 5.11 us (segment) vs 4.95 (warp),
+ * 4096 tokens 6.70 vs 8.72 (docs/perf/2026-12-02_gate_1xH200_0933f2d.txt). */
+constexpr size_t kSegMinTokens = 4096;
 /* Blocks of kWarps warps per SM the segment kernel is built for: 4 (64
  * registers, no spills; 40 KB of shared memory each). 3 (up to 80
  * registers) and 5 (48, small spills) measured within run-to-run noise of

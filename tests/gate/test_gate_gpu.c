@@ -181,7 +181,7 @@ static void test_deepseek(void** state) {
 }
 
 /* DeepSeek-V3's shape through the 8-lanes-per-token kernel (the default
- * for E 256 in 8 groups, topk <= 8, 16-byte aligned logits, from 8192
+ * for E 256 in 8 groups, topk <= 8, 16-byte aligned logits, from 4096
  * tokens; forced here with VCOLL_GATE_KERNEL=seg) and through the
  * one-warp-per-token kernel (VCOLL_GATE_KERNEL=warp), with the inputs that
  * send the segment kernel to its exact 64-bit selection: exact ties, scores
