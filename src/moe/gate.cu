@@ -245,20 +245,21 @@ vcollResult_t launchGate(const GateArgs& a, cudaStream_t stream) {
 }
 
 /* DeepSeek-V3's shape (E = 256 in 8 groups of 32, topk <= 8) with 8 lanes
- * per token: lane g of a token's 8-lane segment loads group g's 32 logits
- * (one 128-byte or 64-byte contiguous run), so the group scores need no
- * warp reductions and every selection step is 3 shuffle levels among 8
- * lanes instead of 5 among 32 for 4 times fewer tokens per warp.
+ * per token (a segment; a warp takes 4 tokens): every selection step is 3
+ * shuffle levels among 8 lanes instead of 5 among 32.
  *
  * The selection runs on approximate scores, sigmoidApprox(x) + bias
  * (gate_device.cuh: 2 MUFU instead of about 20 instructions for the exact
  * recipe; within kSigApproxErr of it, checked for all 2^32 floats), as
- * packed keys that carry the expert in their low 8 bits (255 - expert), so
- * one 32-bit max names it. Two passes:
- *  1. each lane scores its group and keeps only its top-2 (the group score);
- *  2. the kept groups' keys go to shared memory, packed one group after the
- *     other, and each of the segment's 8 lanes takes an equal share of them
- *     (16 of the 128 candidates for topk_group 4) and keeps its kDepth best.
+ * keys that carry the expert in their low 8 bits (255 - expert), so one
+ * 32-bit max names it. Two passes over the segment's keys in shared memory
+ * (a row of 32 per group):
+ *  1. the 8 lanes load the row's 128-byte lines together (coalesced), score
+ *     and write the keys to their rows; lane g then reads row g back and
+ *     keeps its top-2 (the group score);
+ *  2. the kept groups are listed, and each of the 8 lanes takes an equal
+ *     share of their keys (16 of the 128 candidates for topk_group 4) and
+ *     keeps its kDepth best.
  * Every decision is then either proved exact or redone exactly:
  *  - group ranks: each group's score is bounded from its top-2 and the
  *    error bound; where the bounds do not decide a rank, the warp ranks on
@@ -267,16 +268,17 @@ vcollResult_t launchGate(const GateArgs& a, cudaStream_t stream) {
  *    the smallest score taken and the largest left are further apart than
  *    both errors; otherwise (near ties, NaN or infinite scores) the segment
  *    selects again on unique 64-bit (exact key, expert) values.
- * The chosen experts' scores and weights are recomputed exactly from their
- * logits and sorted by (exact key, expert) across the segment, so ids,
+ * The chosen experts' weights are recomputed exactly from their logits;
+ * the slots stay in round order when the approximate scores prove it, and
+ * are sorted by (exact key, expert) across the segment otherwise, so ids,
  * order and weights are the reference's bit for bit.
  *
  * Keys. When every bias is finite and their spread and size are moderate
  * (the common case; checked once per block), the kernel adds a constant C
  * to every bias so that every shifted score sigmoidApprox(x) + (bias + C)
  * lies in one binade [2^m, 2^(m+1)): its fp32 bits are then a fixed-point
- * number, and (bits << 8) | low (one integer multiply-add, on the FMA pipe)
- * keeps all 23 bits of it with the expert below. Otherwise the key is the
+ * number, and bits * 256 (one integer multiply, on the FMA pipe) keeps all
+ * 23 bits of it with 8 free bits below for the expert. Otherwise the key is the
  * score's order-preserving map with its low 8 bits replaced (classes of
  * 256 ulp, so more decisions fall back to exact). */
 constexpr int kSegExperts = 256, kSegGroups = 8, kSegGroupSize = 32;
