@@ -36,7 +36,8 @@ typedef struct {
   int biasMode; /* 1: every bias >= 0; 2: as 1, and -0.0;
                  * 3: one bias NaN; 4: one bias +inf, one -inf; 5: spread over about +-300 and 6: all
                  * near 1500 (both: the segment kernel's 8-bit-class keys with finite biases); 7: N(0, 2)
-                 * (fixed-point keys in a wider binade) */
+                 * (fixed-point keys in a wider binade); 8: all near 1000 (fixed-point keys with the
+                 * exact scores' rounding, 2^-14, as their largest error) */
   int wide;     /* logits 40 times wider in about one token in 4 (past the sigmoid's clamps) */
   int nanKinds; /* with nans: NaNs of both signs and with payloads */
 } Case;
@@ -75,6 +76,7 @@ static int runCase(const Case* c, vtRng* rng, cudaStream_t stream) {
     if (c->biasMode == 5) hBias[e] = (float)(vtNormal(rng) * 100.0);
     if (c->biasMode == 6) hBias[e] = 1500.0f + hBias[e];
     if (c->biasMode == 7) hBias[e] = (float)(vtNormal(rng) * 2.0);
+    if (c->biasMode == 8) hBias[e] = 1000.0f + hBias[e];
   }
   if (c->biasMode == 3) hBias[vtNext(rng) % E] = NAN;
   if (c->biasMode == 4) {
@@ -217,6 +219,8 @@ static void test_segment_kernel(void** state) {
       {256, 8, 4, 8, 1, 1, 0, vcollFloat32, 3001, 0, 0, 0, 0, 0, 7, 0, 0},
       {256, 8, 8, 8, 1, 1, 0, vcollBfloat16, 3001, 1, 0, 0, 1, 0, 7, 0, 0},
       {256, 8, 2, 8, 1, 1, 0, vcollFloat32, 3001, 0, 0, 0, 0, 1, 7, 1, 1},
+      {256, 8, 4, 8, 1, 1, 0, vcollFloat32, 3001, 0, 0, 0, 0, 0, 8, 0, 0},
+      {256, 8, 4, 8, 1, 1, 0, vcollBfloat16, 3001, 1, 0, 0, 1, 1, 8, 0, 0},
       /* logits past the sigmoid's clamps; NaNs of both signs and with payloads */
       {256, 8, 4, 8, 1, 1, 0, vcollFloat32, 3001, 0, 0, 0, 0, 0, 0, 1, 0},
       {256, 8, 4, 8, 1, 1, 0, vcollBfloat16, 3001, 0, 0, 0, 0, 0, 1, 1, 0},
