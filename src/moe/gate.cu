@@ -394,10 +394,11 @@ __device__ __forceinline__ void top2Quad(uint32_t k0, uint32_t k1, uint32_t k2, 
   a1 = max(a1, t0);
 }
 
-/* Packed keys of a segment in shared memory: quad Q (4 keys) at word 4 (Q +
- * Q / 8), so that the 8 quads a segment's lanes read or write at once fall
- * in 8 different bank quads (kept rows are 8 quads apart; pass-2 shares
- * nq quads apart). */
+/* Keys of a segment in shared memory, and the biases (one copy per block),
+ * by expert: quad Q (4 experts) at word 4 (Q + Q / 8), rows of 32 padded
+ * to 36 words, so that the 8 quads a segment's lanes write in pass 1 or read
+ * back (one row each) fall in 8 different bank quads (pass 2's shares, in
+ * arbitrary kept rows, can meet in pairs). */
 constexpr int kSegKeyWords = 8 * 36; /* 8 rows of 32 keys and one padding quad each */
 __device__ __forceinline__ int keyWord(int v) { return v + ((v >> 5) << 2); }
 
@@ -425,8 +426,8 @@ __device__ __forceinline__ void fillCache(const uint32_t* keys, const uint32_t* 
   }
 }
 
-/* The token loop of moeGateSegKernel. sb: the biases by group (rows of 36
- * floats), sbs: the same shifted by C (BIN), keys/rows: this warp's 4
+/* The token loop of moeGateSegKernel. sb: the biases (keyWord layout),
+ * sbs: the same shifted by C (BIN), keys/rows: this warp's 4
  * segments' keys (kSegKeyWords each, row g: group g) and kept groups (8
  * each). */
 template <typename TIn, bool ALLKEPT, bool BIN>
@@ -434,13 +435,14 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, co
                                           uint32_t* rows, const SegFixed f) {
   const int lane = threadIdx.x & 31, g = lane & 7, segBase = lane & 24;
   const unsigned segMask = 0xffu << segBase;
-  const float* myBias = sb + g * 36;
+  const float* myBias = sb + keyWord(g * kSegGroupSize);
   const float* fastBias = BIN ? sbs : sb;
   const int spreadBase = keyWord(spreadExpert<TIn>(0, g)); /* lane's quad Q at spreadBase + keyWord(spreadExpert(Q, 0)) */
   const uint32_t hm = BIN ? a.keyMul : a.hiMask;
   const int nq = ALLKEPT ? kSegGroups : a.topkGroup; /* quads of candidate keys per lane in pass 2 */
   uint32_t* segKeys = keys + (segBase >> 3) * kSegKeyWords;
   uint32_t* segRows = rows + segBase;
+  uint32_t* myRow = segKeys + keyWord(g * kSegGroupSize); /* group g's keys */
   const TIn* logits = (const TIn*)a.logits;
   const size_t step = (size_t)gridDim.x * kWarps * 4;
   for (size_t t0 = ((size_t)blockIdx.x * kWarps + (threadIdx.x >> 5)) * 4; t0 < a.T; t0 += step) {
@@ -474,7 +476,6 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, co
     bool special = false, kept = true;
     if (!ALLKEPT) {
       uint32_t a1 = 0, a2 = 0;
-      const uint32_t* myRow = segKeys + keyWord(g * kSegGroupSize);
 #pragma unroll
       for (int q = 0; q < 8; q++) {
         const uint4 k = *(const uint4*)(myRow + 4 * q);
@@ -585,7 +586,6 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, co
        * (key, 255 - expert) of the exact keys, which replace the lane's
        * row of approximate ones (the refills are over); each round rescans
        * all 32. */
-      uint32_t* myRow = segKeys + keyWord(g * kSegGroupSize);
       __syncwarp(segMask); /* the segment's reads of the approximate keys (pass 2, refills) are done */
 #pragma unroll 2
       for (int q = 0; q < 8; q++)
@@ -630,7 +630,7 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, co
       /* Bitonic sort of the 8 slots by (exact key, 255 - e), descending; 0 for slots past topk. */
       uint64_t sk = 0;
       if (g < a.topk)
-        sk = ((uint64_t)vgKey(__fadd_rn(w, sb[(e >> 5) * 36 + (e & 31)])) << 32) | (uint64_t)(0xffffu - e);
+        sk = ((uint64_t)vgKey(__fadd_rn(w, sb[keyWord(e)])) << 32) | (uint64_t)(0xffffu - e);
 #pragma unroll
       for (int size = 2; size <= 8; size <<= 1) {
 #pragma unroll
@@ -666,16 +666,15 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, co
 
 template <typename TIn, bool ALLKEPT>
 __global__ void __launch_bounds__(kWarps * 32, kSegMinBlocks) moeGateSegKernel(const GateArgs a) {
-  /* Biases by group, rows padded to 36 floats: the 8 lanes of a segment
-   * read 16 bytes each at 36 g + 4 q, in 8 different bank quads. */
-  __shared__ __align__(16) float sb[kSegGroups * 36];
-  __shared__ __align__(16) float sbs[kSegGroups * 36];
+  /* Biases in the keys' layout (keyWord). */
+  __shared__ __align__(16) float sb[kSegKeyWords];
+  __shared__ __align__(16) float sbs[kSegKeyWords];
   __shared__ __align__(16) uint32_t keys[kWarps * 4 * kSegKeyWords];
   __shared__ uint32_t rows[kWarps * 4 * kSegGroups];
   __shared__ float red[3][kWarps];
   const int i = threadIdx.x, w = i >> 5;
   const float v = a.bias != nullptr ? __ldg(a.bias + i) : 0.0f;
-  sb[(i >> 5) * 36 + (i & 31)] = v;
+  sb[keyWord(i)] = v;
   /* The fixed-point keys need every bias finite, and fit the shifted
    * scores sigmoid + bias + C into one binade [2^m, 2^(m+1)), m <= 8: C =
    * 1.0625 * 2^m - min(bias) (the 2^m / 16 margins absorb every rounding),
@@ -698,7 +697,7 @@ __global__ void __launch_bounds__(kWarps * 32, kSegMinBlocks) moeGateSegKernel(c
   int m = 1;
   while (m <= 8 && __fadd_rn(__fsub_rn(mx, mn), 1.0f) > 0.875f * (float)(1 << m)) m++;
   const bool bin = finite && m <= 8 && ab <= 1024.0f;
-  if (bin) sbs[(i >> 5) * 36 + (i & 31)] = __fadd_rn(v, __fsub_rn(1.0625f * (float)(1 << m), mn));
+  if (bin) sbs[keyWord(i)] = __fadd_rn(v, __fsub_rn(1.0625f * (float)(1 << m), mn));
   __syncthreads();
   uint32_t* myKeys = keys + w * 4 * kSegKeyWords;
   uint32_t* myRows = rows + w * 4 * kSegGroups;
@@ -720,6 +719,7 @@ __global__ void __launch_bounds__(kWarps * 32, kSegMinBlocks) moeGateSegKernel(c
     segTokens<TIn, ALLKEPT, false>(a, sb, sbs, myKeys, myRows, f);
   }
 }
+
 /* On the blocks the device holds at once (kSegMinBlocks per SM). */
 template <typename TIn, bool ALLKEPT>
 vcollResult_t launchSeg(const GateArgs& a, cudaStream_t stream) {
