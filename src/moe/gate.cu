@@ -5,8 +5,6 @@
  * (gate_common.h); the selections are warp reductions on them. */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "vcoll.h"
@@ -38,8 +36,6 @@ struct GateArgs {
   float rsf, sharedW;
   uint32_t hiMask; /* ~255u, as a value: the packing below is then one LOP3 with a register mask */
   uint32_t keyMul; /* 256, as a value: the fixed-point packing is then an IMAD (FMA pipe), not a LEA */
-  int pfMode, pfDist, selNet, hoist; /* EXPERIMENT */
-  size_t pfStep;      /* EXPERIMENT: tokens the resident grid works on at once */
 };
 
 template <typename TIn> __device__ __forceinline__ uint32_t loadRaw(const TIn* p);
@@ -294,9 +290,13 @@ static_assert(kWarps * 32 == kSegExperts, "the segment kernel's preamble reads o
 constexpr size_t kSegMinTokens = 4096;
 /* Blocks of kWarps warps per SM the segment kernel is built for: 4 (64
  * registers, no spills; 40 KB of shared memory each). 3 (up to 80
- * registers) and 5 (48, small spills) measured within run-to-run noise of
- * it at 65536 tokens; 5 was slower before pass 1's loads were coalesced
- * (docs/perf/2026-12-02_gate-two-pass-steps_1xH200.txt). */
+ * registers) measured within run-to-run noise of it at 65536 tokens; 5 (48
+ * registers) spills for fp32 and is slower there (40.1 vs 37.7 us per call
+ * in a graph), and gives bf16 no more than the grid below does
+ * (docs/perf/2026-12-02_gate-experiments_1xH200_4c5ace5.txt).
+ * Nothing is prefetched: an L2 prefetch of the next rows (per lane, or
+ * one bulk prefetch per warp, 1 to 3 iterations ahead) made every size
+ * slower or no faster (65536 fp32: 39.4 us with it, 36.9 without). */
 constexpr int kSegMinBlocks = 4;
 
 /* Pass 1's loads: the 8 lanes of a segment read each 128-byte line of the
@@ -351,36 +351,6 @@ __device__ __forceinline__ void mergeQuad(uint32_t (&b)[4], uint32_t (&c)[kDepth
   n[3] = max(max(max(c[3], b[3]), min(c[2], b[0])), max(min(c[1], b[1]), min(c[0], b[2])));
 #pragma unroll
   for (int i = 0; i < 4; i++) c[i] = n[i];
-}
-
-/* EXPERIMENT: Batcher's odd-even merge of two descending 4-lists into a
- * descending 8-list (9 compare-exchanges). */
-__device__ __forceinline__ void cxd(uint32_t& x, uint32_t& y) { const uint32_t h = max(x, y); y = min(x, y); x = h; }
-__device__ __forceinline__ void merge44(const uint32_t (&a)[4], const uint32_t (&b)[4], uint32_t (&v)[8]) {
-#pragma unroll
-  for (int i = 0; i < 4; i++) { v[i] = a[i]; v[4 + i] = b[i]; }
-  cxd(v[0], v[4]); cxd(v[1], v[5]); cxd(v[2], v[6]); cxd(v[3], v[7]);
-  cxd(v[2], v[4]); cxd(v[3], v[5]);
-  cxd(v[1], v[2]); cxd(v[3], v[4]); cxd(v[5], v[6]);
-}
-/* The descending top 8 of two descending 8-lists, into a: max(a_i, b_(7-i))
- * is bitonic; then a bitonic sort. */
-__device__ __forceinline__ void top8Merge(uint32_t (&a)[8], const uint32_t (&b)[8]) {
-#pragma unroll
-  for (int i = 0; i < 8; i++) a[i] = max(a[i], b[7 - i]);
-#pragma unroll
-  for (int d = 4; d > 0; d >>= 1)
-#pragma unroll
-    for (int i = 0; i < 8; i++)
-      if ((i & d) == 0) cxd(a[i], a[i + d]);
-}
-
-/* t[i] for i in 0..7 by a tree of selects (no local-memory indexing). */
-__device__ __forceinline__ uint32_t pick8(const uint32_t (&t)[8], int i) {
-  const bool b2 = i & 4, b1 = i & 2, b0 = i & 1;
-  const uint32_t q0 = b2 ? t[4] : t[0], q1 = b2 ? t[5] : t[1], q2 = b2 ? t[6] : t[2], q3 = b2 ? t[7] : t[3];
-  const uint32_t r0 = b1 ? q2 : q0, r1 = b1 ? q3 : q1;
-  return b0 ? r1 : r0;
 }
 
 /* Per-block constants of the fixed-point keys (BIN, see above). */
@@ -479,29 +449,11 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, co
   uint32_t* myRow = segKeys + keyWord(g * kSegGroupSize); /* group g's keys */
   const TIn* logits = (const TIn*)a.logits;
   const size_t step = (size_t)gridDim.x * kWarps * 4;
-  const size_t pstep = a.pfStep;
-  auto pf = [&](size_t tw) { /* EXPERIMENT: the warp's 4 rows from tw into L2 */
-    if (tw >= a.T) return;
-    if (a.pfMode == 3) {
-#if __CUDA_ARCH__ >= 900
-      if (lane == 0) {
-        const uint32_t n = (uint32_t)(min(a.T - tw, (size_t)4) * kSegExperts * sizeof(TIn));
-        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(logits + tw * kSegExperts), "r"(n) : "memory");
-      }
-#endif
-    } else {
-      const size_t tt = tw + (lane >> 3);
-      if (tt < a.T) asm volatile("prefetch.global.L2 [%0];" ::"l"(logits + tt * kSegExperts + g * kSegGroupSize));
-    }
-  };
-  if (a.pfMode != 0)
-    for (int d = 1; d < a.pfDist; d++) pf(((size_t)blockIdx.x * kWarps + (threadIdx.x >> 5)) * 4 + d * pstep);
   for (size_t t0 = ((size_t)blockIdx.x * kWarps + (threadIdx.x >> 5)) * 4; t0 < a.T; t0 += step) {
     const size_t t = t0 + (lane >> 3);
     const bool valid = t < a.T;
     const TIn* row = logits + (valid ? t : t0) * kSegExperts; /* a spare segment works on a valid row */
     const TIn* grp = row + g * kSegGroupSize;
-    if (a.pfMode == 1) pf(t0 + a.pfDist * pstep); /* the next quad's rows into L2 while this one is worked on */
     /* Pass 1: the keys of the 32 experts the lane loaded (spreadExpert)
      * to their places in the segment's rows (row = group; the bias is kept
      * in the same layout), then the top-2 of the lane's own group g. */
@@ -509,7 +461,6 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, co
     {
       float x[32];
       loadSpread<TIn>(row, g, x);
-      if (a.pfMode >= 2) pf(t0 + a.pfDist * pstep);
 #pragma unroll
       for (int Q = 0; Q < 8; Q++) {
         const int pos = spreadBase + keyWord(spreadExpert<TIn>(Q, 0));
@@ -593,44 +544,9 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, co
     fillCache<false, ALLKEPT>(segKeys, segRows, g, nq, 0u, c);
     if (ALLKEPT) special = c[0] >= specialKey; /* the lane's share is its group */
 
-    /* EXPERIMENT selNet: the segment's sorted top-8 of the lanes' cached
-     * keys by a merging network; exact unless a lane's uncached key beats
-     * the topk-th (then the rounds below). */
-    uint32_t myP = 0, lo = 0xffffffffu, hi = 0;
-    bool rounds = a.selNet == 0;
-    if (!rounds) {
-      uint32_t t[8];
-      {
-        uint32_t o[kDepth];
-#pragma unroll
-        for (int i = 0; i < kDepth; i++) o[i] = __shfl_xor_sync(kFull, c[i], 1);
-        merge44(c, o, t);
-      }
-#pragma unroll
-      for (int d = 2; d <= 4; d <<= 1) {
-        uint32_t o[8];
-#pragma unroll
-        for (int i = 0; i < 8; i++) o[i] = __shfl_xor_sync(kFull, t[i], d);
-        top8Merge(t, o);
-      }
-      const uint32_t kth = pick8(t, a.topk - 1);
-      myP = pick8(t, g);
-      lo = kth;
-      const int cnt = (c[0] >= kth) + (c[1] >= kth) + (c[2] >= kth) + (c[3] >= kth);
-      uint32_t head = cnt == 0 ? c[0] : cnt == 1 ? c[1] : cnt == 2 ? c[2] : c[3];
-      if (cnt == kDepth) {
-        fillCache<true, ALLKEPT>(segKeys, segRows, g, nq, c[3], c);
-        head = c[0];
-      }
-      hi = head;
-      rounds = __any_sync(kFull, head > kth) || a.selNet == 2; /* 2: EXPERIMENT, the fallback always */
-      if (rounds) fillCache<false, ALLKEPT>(segKeys, segRows, g, nq, 0u, c);
-    }
-    if (rounds) {
     /* topk rounds: segment max of the lanes' heads; expert 255 - (p & 255).
      * A lane whose cache runs out refills it at once. */
-    uint32_t lastTaken = 0xffffffffu;
-    myP = 0;
+    uint32_t myP = 0, lastTaken = 0xffffffffu;
     for (int r = 0; r < a.topk; r++) {
       uint32_t bp = c[0];
 #pragma unroll
@@ -644,12 +560,11 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, co
         if (c[0] == 0) fillCache<true, ALLKEPT>(segKeys, segRows, g, nq, bp, c); /* the kDepth best below the one taken */
       }
     }
-    lo = lastTaken;
-    hi = c[0];
-    }
     uint32_t e = 255u - (myP & 255u); /* expert of slot g (g < topk) */
-    uint32_t xe = 0; /* EXPERIMENT hoist: slot g's logit, loaded early */
-    if (a.hoist) xe = loadRaw<TIn>(row + (g < a.topk ? e : 0u));
+    /* Its logit for the weight, loaded now (mostly an L2 hit: the rows left
+     * the L1 since pass 1) so that the checks below hide the latency; the
+     * exact selection, if any, reloads it. */
+    const uint32_t xe = loadRaw<TIn>(row + (g < a.topk ? e : 0u));
     /* Every expert taken scores (approximately) at least the score of lo,
      * the smallest key taken, and every one left at most that of hi, the
      * largest head left (each lane takes its keys in order). The set is
@@ -658,6 +573,7 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, co
      * selects exactly. */
     bool exact = special;
     if (kSegGroupSize * a.topkGroup > a.topk) { /* candidates are left */
+      uint32_t lo = lastTaken, hi = c[0];
 #pragma unroll
       for (int d = 4; d > 0; d >>= 1) {
         lo = min(lo, __shfl_xor_sync(kFull, lo, d));
@@ -715,7 +631,7 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, co
     }
     /* Slot g (< topk): exact score and weight of expert e, recomputed. */
     float w = 0.0f;
-    if (g < a.topk) w = vgSigmoid(rawToFloat<TIn>(a.hoist && !exact ? xe : loadRaw<TIn>(row + e)));
+    if (g < a.topk) w = vgSigmoid(rawToFloat<TIn>(exact ? loadRaw<TIn>(row + e) : xe));
     if (!ordered) {
       /* Bitonic sort of the 8 slots by (exact key, 255 - e), descending; 0 for slots past topk. */
       uint64_t sk = 0;
@@ -754,8 +670,8 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, co
   }
 }
 
-template <typename TIn, bool ALLKEPT, int MINB>
-__global__ void __launch_bounds__(kWarps * 32, MINB) moeGateSegKernel(const GateArgs a) {
+template <typename TIn, bool ALLKEPT>
+__global__ void __launch_bounds__(kWarps * 32, kSegMinBlocks) moeGateSegKernel(const GateArgs a) {
   /* Biases in the keys' layout (keyWord). */
   __shared__ __align__(16) float sb[kSegKeyWords];
   __shared__ __align__(16) float sbs[kSegKeyWords];
@@ -810,19 +726,23 @@ __global__ void __launch_bounds__(kWarps * 32, MINB) moeGateSegKernel(const Gate
   }
 }
 
-/* On the blocks the device holds at once (kSegMinBlocks per SM). */
-template <typename TIn, bool ALLKEPT, int MINB>
+/* fp32: on the blocks the device holds at once (kSegMinBlocks per SM), each
+ * warp looping over its tokens. bf16: one block per 32 tokens (each warp
+ * takes 4 tokens once), as the hardware schedules blocks while others
+ * finish; at 65536 tokens 32.7 us per call in a graph against 36.3 on the
+ * resident grid, while fp32 is 0.5-0.8 us slower that way
+ * (docs/perf/2026-12-02_gate-experiments_1xH200_4c5ace5.txt). */
+template <typename TIn, bool ALLKEPT>
 vcollResult_t launchSeg(const GateArgs& a, cudaStream_t stream) {
   static int perSm[64];
+  const size_t need = (a.T + kWarps * 4 - 1) / (kWarps * 4);
   unsigned blocks = 0;
-  VCOLL_CHECK_RES(vcollResidentGrid((const void*)moeGateSegKernel<TIn, ALLKEPT, MINB>, kWarps * 32, 0, perSm,
-                                    (a.T + kWarps * 4 - 1) / (kWarps * 4), &blocks));
-  GateArgs b = a; /* EXPERIMENT */
-  b.pfStep = (size_t)blocks * kWarps * 4;
-  const char* gm = getenv("VCOLL_GATE_GRID");
-  const int per = gm != nullptr ? atoi(gm) : 0; /* iterations per warp; 0: the resident grid */
-  if (per > 0) blocks = (unsigned)((a.T + (size_t)kWarps * 4 * per - 1) / ((size_t)kWarps * 4 * per));
-  moeGateSegKernel<TIn, ALLKEPT, MINB><<<blocks, kWarps * 32, 0, stream>>>(b);
+  if (sizeof(TIn) == 2)
+    blocks = (unsigned)(need < 0x7fffffffu ? need : 0x7fffffffu); /* the token loop covers any rest */
+  else
+    VCOLL_CHECK_RES(vcollResidentGrid((const void*)moeGateSegKernel<TIn, ALLKEPT>, kWarps * 32, 0, perSm, need,
+                                      &blocks));
+  moeGateSegKernel<TIn, ALLKEPT><<<blocks, kWarps * 32, 0, stream>>>(a);
   VCOLL_CUDACHECK(NULL, cudaGetLastError());
   return vcollSuccess;
 }
@@ -852,12 +772,7 @@ vcollResult_t launchMode(const GateArgs& a, cudaStream_t stream) {
 
 template <typename TIn>
 vcollResult_t launchRows(const GateArgs& a, cudaStream_t stream) {
-  if (segShape(a)) {
-    const char* mb = getenv("VCOLL_GATE_MINB"); /* EXPERIMENT */
-    if (mb != nullptr && mb[0] == '5')
-      return a.topkGroup == a.G ? launchSeg<TIn, true, 5>(a, stream) : launchSeg<TIn, false, 5>(a, stream);
-    return a.topkGroup == a.G ? launchSeg<TIn, true, 4>(a, stream) : launchSeg<TIn, false, 4>(a, stream);
-  }
+  if (segShape(a)) return a.topkGroup == a.G ? launchSeg<TIn, true>(a, stream) : launchSeg<TIn, false>(a, stream);
   if (a.E <= 64) return launchMode<TIn, 2>(a, stream);
   if (a.E <= 128) return launchMode<TIn, 4>(a, stream);
   if (a.E <= 256) return launchMode<TIn, 8>(a, stream);
@@ -891,11 +806,6 @@ extern "C" vcollResult_t vcollMoeGate(const void* logits, vcollDataType_t logits
   a.sharedW = p->applyScalingInKernel ? 1.0f : 1.0f / p->routedScalingFactor;
   a.hiMask = ~255u;
   a.keyMul = 256u;
-  a.pfMode = 1;
-  a.pfDist = 1;
-  if (const char* e = getenv("VCOLL_GATE_PF")) sscanf(e, "%d,%d", &a.pfMode, &a.pfDist); /* EXPERIMENT */
-  a.hoist = getenv("VCOLL_GATE_HOIST") != nullptr ? atoi(getenv("VCOLL_GATE_HOIST")) : 0;
-  a.selNet = getenv("VCOLL_GATE_SEL") != nullptr ? atoi(getenv("VCOLL_GATE_SEL")) : 0;
   VCOLL_TRACE("vcollMoeGate: T %zu E %d G %d topkGroup %d topk %d shared %d", T, a.E, a.G, a.topkGroup, a.topk,
               p->numFusedSharedExperts);
   if (logitsType == vcollFloat32) return launchRows<float>(a, stream);
