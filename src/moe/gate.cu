@@ -288,39 +288,48 @@ static_assert(kWarps * 32 == kSegExperts, "the segment kernel's preamble reads o
  * per call in a graph, fp32: 2048 tokens 5.11 us (segment) vs 4.95 (warp),
  * 4096 tokens 6.70 vs 8.72 (docs/perf/2026-12-02_gate_1xH200_0933f2d.txt). */
 constexpr size_t kSegMinTokens = 4096;
-/* Blocks of kWarps warps per SM the segment kernel is built for: 4 (64
- * registers, no spills; 40 KB of shared memory each). 3 (up to 80
- * registers) measured within run-to-run noise of it at 65536 tokens; 5 (48
- * registers) spills for fp32 and is slower there (40.1 vs 37.7 us per call
- * in a graph), and gives bf16 no more than the grid below does
- * (docs/perf/2026-12-02_gate-experiments_1xH200_4c5ace5.txt).
+/* Blocks of kWarps warps per SM the segment kernel is built for (its
+ * __launch_bounds__; 40 KB of shared memory each): 5 (48 registers, no
+ * spills) for fp32 from kSegWideTokens tokens, 4 (64 registers) otherwise.
+ * At 65536 fp32 tokens 5 blocks take 35.6 us per call in a graph against
+ * 37.2 with 4, at 32768 19.9 against 20.6; at 16384 they are 2% slower, and
+ * for bf16 (one block per 32 tokens, below) equal at 65536 and 22% slower
+ * at 16384: the 48-register code is slower where the extra block does not
+ * help (docs/perf/2026-12-02_gate-ab_1xH200_dc0ea31.txt). 3 blocks (up
+ * to 80 registers) measured within noise of 4 at 65536 tokens.
  * Nothing is prefetched: an L2 prefetch of the next rows (per lane, or
  * one bulk prefetch per warp, 1 to 3 iterations ahead) made every size
- * slower or no faster (65536 fp32: 39.4 us with it, 36.9 without). */
-constexpr int kSegMinBlocks = 4;
+ * slower or no faster (65536 fp32: 39.4 us with it, 36.9 without;
+ * docs/perf/2026-12-02_gate-experiments_1xH200_4c5ace5.txt). */
+constexpr int kSegBlocks = 4, kSegBlocksWide = 5;
+constexpr size_t kSegWideTokens = 32768;
 
 /* Pass 1's loads: the 8 lanes of a segment read each 128-byte line of the
  * row together (16 bytes each), so that every load instruction of a warp
  * touches 4 whole lines (it touched 32 half-used ones when a lane read its
- * own group: the L1 was the kernel's busiest unit). Quad Q of lane g (x[4Q
- * .. 4Q+3]) holds experts spreadExpert(Q, g) ... + 3. */
+ * own group: the L1 was the kernel's busiest unit). Quad Q of lane g holds
+ * experts spreadExpert(Q, g) ... + 3. */
 template <typename TIn> __device__ __forceinline__ int spreadExpert(int Q, int g);
 template <> __device__ __forceinline__ int spreadExpert<float>(int Q, int g) { return 32 * Q + 4 * g; }
 template <> __device__ __forceinline__ int spreadExpert<__nv_bfloat16>(int Q, int g) {
   return 64 * (Q >> 1) + 8 * g + 4 * (Q & 1);
 }
-template <typename TIn> __device__ __forceinline__ void loadSpread(const TIn* row, int g, float (&x)[32]);
-template <> __device__ __forceinline__ void loadSpread<float>(const float* row, int g, float (&x)[32]) {
+/* Half h of a lane's pass-1 logits: quads 4h .. 4h + 3 (x[4q .. 4q+3] =
+ * quad 4h + q). Two halves of 16 registers, not 32 at once: the fp32
+ * kernel then fits 48 registers (5 blocks per SM) without spills. */
+template <typename TIn> __device__ __forceinline__ void loadSpread(const TIn* row, int g, int h, float (&x)[16]);
+template <> __device__ __forceinline__ void loadSpread<float>(const float* row, int g, int h, float (&x)[16]) {
 #pragma unroll
-  for (int q = 0; q < 8; q++) {
-    const float4 v = __ldg((const float4*)(row + spreadExpert<float>(q, g)));
+  for (int q = 0; q < 4; q++) {
+    const float4 v = __ldg((const float4*)(row + spreadExpert<float>(4 * h + q, g)));
     x[4 * q] = v.x; x[4 * q + 1] = v.y; x[4 * q + 2] = v.z; x[4 * q + 3] = v.w;
   }
 }
-template <> __device__ __forceinline__ void loadSpread<__nv_bfloat16>(const __nv_bfloat16* row, int g, float (&x)[32]) {
+template <> __device__ __forceinline__ void loadSpread<__nv_bfloat16>(const __nv_bfloat16* row, int g, int h,
+                                                                          float (&x)[16]) {
 #pragma unroll
-  for (int q = 0; q < 4; q++) {
-    const uint4 v = __ldg((const uint4*)(row + spreadExpert<__nv_bfloat16>(2 * q, g)));
+  for (int q = 0; q < 2; q++) {
+    const uint4 v = __ldg((const uint4*)(row + spreadExpert<__nv_bfloat16>(4 * h + 2 * q, g)));
     const uint32_t w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
     for (int i = 0; i < 4; i++) {
@@ -459,15 +468,19 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, co
      * in the same layout), then the top-2 of the lane's own group g. */
     __syncwarp(); /* the previous quad's reads of these keys are done */
     {
-      float x[32];
-      loadSpread<TIn>(row, g, x);
 #pragma unroll
-      for (int Q = 0; Q < 8; Q++) {
-        const int pos = spreadBase + keyWord(spreadExpert<TIn>(Q, 0));
-        const float4 b = *(const float4*)(fastBias + pos);
-        const uint4 k = make_uint4(fastPack<BIN>(x[4 * Q], b.x, hm), fastPack<BIN>(x[4 * Q + 1], b.y, hm),
-                                   fastPack<BIN>(x[4 * Q + 2], b.z, hm), fastPack<BIN>(x[4 * Q + 3], b.w, hm));
-        *(uint4*)(segKeys + pos) = k;
+      for (int h = 0; h < 2; h++) {
+        float x[16];
+        loadSpread<TIn>(row, g, h, x);
+#pragma unroll
+        for (int Qh = 0; Qh < 4; Qh++) {
+          const int Q = 4 * h + Qh;
+          const int pos = spreadBase + keyWord(spreadExpert<TIn>(Q, 0));
+          const float4 b = *(const float4*)(fastBias + pos);
+          const uint4 k = make_uint4(fastPack<BIN>(x[4 * Qh], b.x, hm), fastPack<BIN>(x[4 * Qh + 1], b.y, hm),
+                                     fastPack<BIN>(x[4 * Qh + 2], b.z, hm), fastPack<BIN>(x[4 * Qh + 3], b.w, hm));
+          *(uint4*)(segKeys + pos) = k;
+        }
       }
     }
     __syncwarp();
@@ -670,8 +683,8 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, co
   }
 }
 
-template <typename TIn, bool ALLKEPT>
-__global__ void __launch_bounds__(kWarps * 32, kSegMinBlocks) moeGateSegKernel(const GateArgs a) {
+template <typename TIn, bool ALLKEPT, int BLOCKS>
+__global__ void __launch_bounds__(kWarps * 32, BLOCKS) moeGateSegKernel(const GateArgs a) {
   /* Biases in the keys' layout (keyWord). */
   __shared__ __align__(16) float sb[kSegKeyWords];
   __shared__ __align__(16) float sbs[kSegKeyWords];
@@ -726,13 +739,13 @@ __global__ void __launch_bounds__(kWarps * 32, kSegMinBlocks) moeGateSegKernel(c
   }
 }
 
-/* fp32: on the blocks the device holds at once (kSegMinBlocks per SM), each
+/* fp32: on the blocks the device holds at once (BLOCKS per SM), each
  * warp looping over its tokens. bf16: one block per 32 tokens (each warp
  * takes 4 tokens once), as the hardware schedules blocks while others
  * finish; at 65536 tokens 32.7 us per call in a graph against 36.3 on the
  * resident grid, while fp32 is 0.5-0.8 us slower that way
  * (docs/perf/2026-12-02_gate-experiments_1xH200_4c5ace5.txt). */
-template <typename TIn, bool ALLKEPT>
+template <typename TIn, bool ALLKEPT, int BLOCKS>
 vcollResult_t launchSeg(const GateArgs& a, cudaStream_t stream) {
   static int perSm[64];
   const size_t need = (a.T + kWarps * 4 - 1) / (kWarps * 4);
@@ -740,11 +753,18 @@ vcollResult_t launchSeg(const GateArgs& a, cudaStream_t stream) {
   if (sizeof(TIn) == 2)
     blocks = (unsigned)(need < 0x7fffffffu ? need : 0x7fffffffu); /* the token loop covers any rest */
   else
-    VCOLL_CHECK_RES(vcollResidentGrid((const void*)moeGateSegKernel<TIn, ALLKEPT>, kWarps * 32, 0, perSm, need,
-                                      &blocks));
-  moeGateSegKernel<TIn, ALLKEPT><<<blocks, kWarps * 32, 0, stream>>>(a);
+    VCOLL_CHECK_RES(vcollResidentGrid((const void*)moeGateSegKernel<TIn, ALLKEPT, BLOCKS>, kWarps * 32, 0, perSm,
+                                      need, &blocks));
+  moeGateSegKernel<TIn, ALLKEPT, BLOCKS><<<blocks, kWarps * 32, 0, stream>>>(a);
   VCOLL_CUDACHECK(NULL, cudaGetLastError());
   return vcollSuccess;
+}
+
+template <typename TIn, bool ALLKEPT>
+vcollResult_t launchSegBlocks(const GateArgs& a, cudaStream_t stream) {
+  constexpr int wide = sizeof(TIn) == 4 ? kSegBlocksWide : kSegBlocks; /* bf16: one kernel */
+  if (a.T >= kSegWideTokens) return launchSeg<TIn, ALLKEPT, wide>(a, stream);
+  return launchSeg<TIn, ALLKEPT, kSegBlocks>(a, stream);
 }
 
 /* The segment kernel for its shapes from kSegMinTokens tokens on;
@@ -772,7 +792,8 @@ vcollResult_t launchMode(const GateArgs& a, cudaStream_t stream) {
 
 template <typename TIn>
 vcollResult_t launchRows(const GateArgs& a, cudaStream_t stream) {
-  if (segShape(a)) return a.topkGroup == a.G ? launchSeg<TIn, true>(a, stream) : launchSeg<TIn, false>(a, stream);
+  if (segShape(a))
+    return a.topkGroup == a.G ? launchSegBlocks<TIn, true>(a, stream) : launchSegBlocks<TIn, false>(a, stream);
   if (a.E <= 64) return launchMode<TIn, 2>(a, stream);
   if (a.E <= 128) return launchMode<TIn, 4>(a, stream);
   if (a.E <= 256) return launchMode<TIn, 8>(a, stream);

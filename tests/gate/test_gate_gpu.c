@@ -184,7 +184,8 @@ static void test_deepseek(void** state) {
 
 /* DeepSeek-V3's shape through the 8-lanes-per-token kernel (the default
  * for E 256 in 8 groups, topk <= 8, 16-byte aligned logits, from 4096
- * tokens; forced here with VCOLL_GATE_KERNEL=seg) and through the
+ * tokens, built for 5 blocks per SM for fp32 from 32768; forced here with
+ * VCOLL_GATE_KERNEL=seg) and through the
  * one-warp-per-token kernel (VCOLL_GATE_KERNEL=warp), with the inputs that
  * send the segment kernel to its exact 64-bit selection: exact ties, scores
  * equal in all but their last bits, NaN logits. */
@@ -227,6 +228,10 @@ static void test_segment_kernel(void** state) {
       {256, 8, 4, 8, 1, 1, 0, vcollFloat32, 3001, 0, 0, 0, 0, 1, 0, 1, 1},
       {256, 8, 4, 8, 1, 1, 0, vcollBfloat16, 3001, 0, 0, 0, 0, 1, 1, 0, 1},
       {256, 8, 1, 3, 2, 1, 1, vcollFloat32, 3001, 1, 0, 0, 0, 1, 1, 1, 1},
+      /* fp32 from 32768 tokens: the 5-blocks-per-SM build of the kernel */
+      {256, 8, 4, 8, 1, 1, 0, vcollFloat32, 32771, 1, 0, 0, 1, 0, 0, 0, 0},
+      {256, 8, 4, 8, 1, 1, 0, vcollFloat32, 32771, 0, 0, 0, 0, 1, 5, 0, 0},
+      {256, 8, 3, 6, 1, 1, 1, vcollFloat32, 40000, 0, 0, 0, 0, 0, 8, 1, 0},
   };
   const size_t n = sizeof(cases) / sizeof(cases[0]);
   setenv("VCOLL_GATE_KERNEL", "seg", 1);
