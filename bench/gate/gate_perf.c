@@ -2,14 +2,16 @@
  * the logits, measured in the same run.
  *
  *   gate_perf [-t f32|bf16|all] [-b minT] [-e maxT] [-n iters] [-w warmup]
- *             [-E experts -G groups -g topkGroup -k topk -s shared] [-B biasSd] [-c 0|1]
+ *             [-E experts -G groups -g topkGroup -k topk -s shared] [-B biasSd] [-S seed] [-c 0|1]
  *
  * Defaults: DeepSeek-V3's gate (E 256, 8 groups, topk_group 4, topk 8, one
  * fused shared expert, renormalized), T = 1, 2, 4, ... 65536, both types.
  * Logits are normal with standard deviation 2, the bias normal with 0.1
  * (some biased scores negative) or -B biasSd (the segment kernel takes its
  * fixed-point keys up to a bias spread of about 220, its 8-bit-class keys
- * beyond: -B 100 measures those).
+ * beyond: -B 100 measures those). -S seed draws other inputs (default: the
+ * same every run, so that tables compare; the few tokens whose near-ties
+ * send a segment to the exact selection move with the seed).
  * Every sample is one call timed with CUDA events; the table shows medians.
  *   bytes   = logits + bias read + ids + weights written
  *   GB/s    = bytes / median time
@@ -39,9 +41,10 @@ int main(int argc, char** argv) {
   size_t minT = 1, maxT = 65536;
   int iters = 100, warmup = 10, check = 1, types = 3;
   double biasSd = 0.1;
+  unsigned long long seed = 0;
   vcollMoeGateParams_t p = {256, 8, 4, 8, 1, 1, 0, 2.5f};
   int opt;
-  while ((opt = getopt(argc, argv, "t:b:e:n:w:E:G:g:k:s:B:c:h")) != -1) {
+  while ((opt = getopt(argc, argv, "t:b:e:n:w:E:G:g:k:s:B:S:c:h")) != -1) {
     switch (opt) {
       case 't': types = !strcmp(optarg, "f32") ? 1 : !strcmp(optarg, "bf16") ? 2 : 3; break;
       case 'b': minT = strtoull(optarg, NULL, 0); break;
@@ -54,10 +57,11 @@ int main(int argc, char** argv) {
       case 'k': p.topk = atoi(optarg); break;
       case 's': p.numFusedSharedExperts = atoi(optarg); break;
       case 'B': biasSd = atof(optarg); break;
+      case 'S': seed = strtoull(optarg, NULL, 0); break;
       case 'c': check = atoi(optarg); break;
       default:
         fprintf(stderr, "usage: %s [-t f32|bf16|all] [-b minT] [-e maxT] [-n iters] [-w warmup] "
-                        "[-E experts -G groups -g topkGroup -k topk -s shared] [-B biasSd] [-c 0|1]\n", argv[0]);
+                        "[-E experts -G groups -g topkGroup -k topk -s shared] [-B biasSd] [-S seed] [-c 0|1]\n", argv[0]);
         return opt == 'h' ? 0 : 2;
     }
   }
@@ -68,9 +72,11 @@ int main(int argc, char** argv) {
   struct cudaDeviceProp prop;
   CUDACHECK(cudaGetDevice(&dev));
   CUDACHECK(cudaGetDeviceProperties(&prop, dev));
-  printf("# gate_perf: %s, E %zu groups %d topk_group %d topk %d shared %d renormalize %d, bias N(0,%g), %d iters (%d warm-up)\n",
+  benchRngState ^= (uint64_t)seed * 0x9e3779b97f4a7c15ull; /* seed 0: the default stream */
+  printf("# gate_perf: %s, E %zu groups %d topk_group %d topk %d shared %d renormalize %d, bias N(0,%g), seed %llu, %d iters "
+         "(%d warm-up)\n",
          prop.name, E, p.numExpertGroup, p.topkGroup, p.topk, p.numFusedSharedExperts, p.renormalize,
-         biasSd, iters, warmup);
+         biasSd, seed, iters, warmup);
   printf("# %5s %8s %12s %10s %9s %10s %9s %10s %9s %6s %6s\n", "type", "T", "bytes", "time(us)", "GB/s", "graph(us)",
          "GB/s", "copy(us)", "copyGB/s", "%copy", "#wrong");
 
