@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Same-run A/B of the routing gate (or any single-GPU benchmark) between the
+# working tree and other revisions, for one lease of a GPU machine.
+#
+# Here (no GPU needed):
+#   scripts/gpu_ab.sh pack REV...      .deps/snap = this working tree, with
+#                                      ab/<rev>/ = each REV (git archive)
+#                                      and .deps/debs (cmocka) for the tests
+# On the GPU machine (the device tool, carry [".deps/snap"]):
+#   cd .deps/snap && scripts/gpu_ab.sh run
+#     builds "cur" (the working tree) and every ab/<rev>/ (gate_perf and
+#     the gate GPU test), runs each build's gate test, then gate_perf of
+#     every build interleaved (build order rotated each repetition), and
+#     prints a summary: per build, type and T, every repetition's eager and
+#     graph median. Raw output in $OUT/ab (default /tmp/vcoll-ab).
+#   Environment: AB_ARGS (gate_perf arguments, default "-t all -b 2048 -e
+#   65536 -n 200 -w 20"), AB_SEEDS (gate_perf -S seeds, default "0"),
+#   AB_REPS (repetitions, default 2), AB_TESTS=0 skips the tests.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+pack() {
+  local S=.deps/snap r
+  rm -rf "$S" && mkdir -p "$S/.deps" "$S/ab"
+  git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | tar -x -C "$S"
+  [ -d .deps/debs ] && cp -r .deps/debs "$S/.deps/"
+  for r in "$@"; do
+    mkdir -p "$S/ab/${r//\//_}"
+    git archive "$r" | tar -x -C "$S/ab/${r//\//_}" || { echo "gpu_ab: cannot archive $r" >&2; exit 2; }
+  done
+  du -sh "$S"
+}
+
+run() {
+  local OUTD=${OUT:-/tmp/vcoll-ab}/ab
+  mkdir -p "$OUTD"
+  export PATH=/opt/torch/.venv/bin:/usr/local/cuda/bin:$PATH NCCL_NVLS_ENABLE=0
+  if ! pkg-config --exists cmocka 2>/dev/null && ls .deps/debs/*.deb >/dev/null 2>&1; then
+    for d in .deps/debs/*.deb; do dpkg -x "$d" /tmp/deps; done
+    sed -i 's|/usr|/tmp/deps/usr|g' /tmp/deps/usr/lib/x86_64-linux-gnu/pkgconfig/cmocka.pc
+    export PKG_CONFIG_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu/pkgconfig
+    export LD_LIBRARY_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu
+  fi
+  local names=(cur) dirs=(.) d n
+  for d in ab/*/; do [ -d "$d" ] && names+=("$(basename "$d")") && dirs+=("${d%/}"); done
+  local i
+  for i in "${!dirs[@]}"; do
+    d=${dirs[$i]}
+    (cd "$d" && meson setup bab -Dgpu_arch=90 -Dexamples=false >"$OUTD/build-${names[$i]}.txt" 2>&1 &&
+      ninja -C bab bench/gate/gate_perf tests/gate/test_gate_gpu >>"$OUTD/build-${names[$i]}.txt" 2>&1) ||
+      { echo "gpu_ab: build of ${names[$i]} failed"; tail -20 "$OUTD/build-${names[$i]}.txt"; exit 1; }
+  done
+  if [ "${AB_TESTS:-1}" != 0 ]; then
+    for i in "${!dirs[@]}"; do
+      timeout 120 "${dirs[$i]}/bab/tests/gate/test_gate_gpu" >"$OUTD/test-${names[$i]}.txt" 2>&1
+      echo "test_gate_gpu ${names[$i]}: exit $? $(grep -E 'PASSED|FAILED' "$OUTD/test-${names[$i]}.txt" | tr '\n' ' ')"
+    done
+  fi
+  local R=$OUTD/ab.txt rep seed k
+  : >"$R"
+  for rep in $(seq 1 "${AB_REPS:-2}"); do
+    for seed in ${AB_SEEDS:-0}; do
+      for k in "${!dirs[@]}"; do
+        i=$(((k + rep - 1) % ${#dirs[@]}))
+        echo "## rep $rep seed $seed build ${names[$i]}" >>"$R"
+        CUDA_VISIBLE_DEVICES=0 "${dirs[$i]}/bab/bench/gate/gate_perf" ${AB_ARGS:--t all -b 2048 -e 65536 -n 200 -w 20} \
+          -S "$seed" 2>&1 | grep -v '^#' >>"$R"
+        [ "${PIPESTATUS[0]}" = 0 ] || echo "gpu_ab: gate_perf of ${names[$i]} failed (rep $rep, seed $seed)"
+      done
+    done
+  done
+  python3 - "$R" <<'PY'
+import collections, sys
+d = collections.defaultdict(list)
+key = None
+for line in open(sys.argv[1]):
+    if line.startswith("## "):
+        f = line.split()
+        key = (f[6], f[4])  # build, seed
+        continue
+    f = line.split()
+    if len(f) >= 11 and f[0] in ("f32", "bf16") and f[1].isdigit():
+        d[(f[0], int(f[1]), key[1], key[0])].append((f[3], f[5], f[-1]))
+print("# type T seed build: eager(us) per repetition | graph(us) per repetition | #wrong")
+for (t, T, seed, b), v in sorted(d.items()):
+    print(f"{t:5s} {T:6d} {seed:>4s} {b:14s} " + " ".join(x[0] for x in v) + " | " + " ".join(x[1] for x in v)
+          + " | " + ",".join(x[2] for x in v))
+PY
+}
+
+case "${1:-}" in
+  pack) shift; pack "$@" ;;
+  run) run ;;
+  *) sed -n '2,20p' "$0"; exit 2 ;;
+esac
