@@ -26,6 +26,14 @@ struct vcollCopyDesc {
 vcollResult_t vcollBatchCopy(vcollComm_t comm, const struct vcollCopyDesc* descs, int n, int numSms,
                              cudaStream_t stream);
 
+/* reduce.cu: dst[i] = op over k = 0 .. nsrc-1 of srcs[k][i], for `elems`
+ * elements of `type` (avg: the sum divided by avgDivisor), on `stream`, one
+ * launch. dst may be one of the sources (element-wise in place). */
+#define VCOLL_REDUCE_MAX_SRCS 64
+vcollResult_t vcollBatchReduce(vcollComm_t comm, void* dst, const void* const* srcs, int nsrc, size_t elems,
+                               vcollDataType_t type, vcollRedOp_t op, int avgDivisor, int numSms,
+                               cudaStream_t stream);
+
 /* Staging buffers. The plain one comes from cudaMalloc; the symmetric one
  * from ncclMemAlloc, registered with NCCL_WIN_COLL_SYMMETRIC (collective:
  * every rank grows it at the same call, which holds because all ranks pass

@@ -111,12 +111,67 @@ static vcollResult_t rsvPadSymmRun(vcollComm_t comm, const void* vcall) {
   return rsvPadRunKind(comm, vcall, vcollStagingSymm);
 }
 
+/* Point to point: every rank sends each peer that peer's rows
+ * (ncclSend), receives its own rows from every peer into a staging
+ * buffer (ncclRecv, one slot of counts[me] rows per peer), all in one
+ * group, then one kernel reduces its own rows and the n - 1 slots, in rank
+ * order, into recvbuff. Moves exactly the rows each rank needs, whatever
+ * the imbalance. Up to VCOLL_REDUCE_MAX_SRCS ranks. */
+static int rsvP2pSupported(vcollComm_t comm, const void* vcall) {
+  (void)vcall;
+  return comm->nranks <= VCOLL_REDUCE_MAX_SRCS;
+}
+
+static vcollResult_t rsvP2pRun(vcollComm_t comm, const void* vcall) {
+  const struct vcollRsvCall* c = vcall;
+  if (c->totalRows == 0) return vcollSuccess;
+  const int n = comm->nranks, me = comm->rank;
+  const size_t mine = c->counts[me] * c->rowBytes, mineElems = c->counts[me] * c->width;
+  /* The size asked for is the same on every rank ((n - 1) slots of maxRows
+   * rows), as growing the staging buffer is collective; slots of this
+   * rank's counts[me] rows are used. */
+  size_t slotMax = 0, total = 0;
+  if (!vcollMulOk(c->maxRows, c->rowBytes, &slotMax) || !vcollMulOk(slotMax, (size_t)(n - 1), &total))
+    return vcollSetError(comm, vcollInvalidArgument, "vcollReduceScatterV : p2p staging size overflows");
+  char* stage = NULL;
+  if (total > 0)
+    VCOLL_CHECK_RES(vcollStagingAcquire(comm, vcollStagingPlain, total, c->stream, "vcollReduceScatterV",
+                                        (void**)&stage));
+  const ncclDataType_t dt = vcollToNcclType(c->datatype);
+  const char* send = c->sendbuff;
+  vcollResult_t res = vcollSuccess;
+  VCOLL_NCCLCHECK(comm, ncclGroupStart());
+  for (int k = 1; k < n; k++) { /* peers in ring order: every rank starts with a different one */
+    const int to = (me + k) % n, from = (me - k + n) % n;
+    if (c->counts[to] > 0)
+      VCOLL_NCCLCHECKGOTO(comm, ncclSend(send + c->displs[to] * c->rowBytes, c->counts[to] * c->width, dt, to,
+                                         comm->nccl, c->stream), res, end);
+    if (mine > 0)
+      VCOLL_NCCLCHECKGOTO(comm, ncclRecv(stage + (size_t)(from < me ? from : from - 1) * mine, mineElems, dt, from,
+                                         comm->nccl, c->stream), res, end);
+  }
+end:
+  VCOLL_NCCLCHECK(comm, ncclGroupEnd());
+  VCOLL_CHECK_RES(res);
+  if (mine > 0) {
+    const void* srcs[VCOLL_REDUCE_MAX_SRCS];
+    for (int r = 0; r < n; r++)
+      srcs[r] = r == me ? (const void*)(send + c->displs[me] * c->rowBytes)
+                        : (const void*)(stage + (size_t)(r < me ? r : r - 1) * mine);
+    /* In place, recvbuff is srcs[me]: each element is read before it is written. */
+    VCOLL_CHECK_RES(vcollBatchReduce(comm, c->recvbuff, srcs, n, mineElems, c->datatype, c->op, n,
+                                     vcollNumSms(comm), c->stream));
+  }
+  return total > 0 ? vcollStagingRelease(comm, c->stream) : vcollSuccess;
+}
+
 const struct vcollAlgo vcollRsvAlgos[] = {
     {"reduce", "one ncclReduce per root in a group (baseline)", rsvAlways, rsvReduceRun},
     {"native", "ncclReduceScatter; only when all counts are equal", rsvEqualSupported, rsvNativeRun},
     {"pad", "pack rows padded to maxRows, one ncclReduceScatter, copy out", rsvAlways, rsvPadRun},
     {"pad_symm", "pad over vcoll's staging buffer in an NCCL symmetric window (NCCL >= 2.27)", rsvSymmSupported,
      rsvPadSymmRun},
+    {"p2p", "grouped ncclSend/ncclRecv of each rank's rows, then one reduction kernel", rsvP2pSupported, rsvP2pRun},
 };
 const int vcollRsvAlgoCount = sizeof(vcollRsvAlgos) / sizeof(vcollRsvAlgos[0]);
 

@@ -1,0 +1,71 @@
+/* The reduction step of the p2p reducescatterv: this rank's rows of every
+ * rank, received side by side in a staging buffer, reduced into recvbuff
+ * by one kernel (element arithmetic in reduce_elem.cuh). */
+#include <cuda_runtime.h>
+
+#include "coll.h"
+#include "reduce_elem.cuh"
+
+#define REDUCE_THREADS 256
+#define REDUCE_BLOCKS_PER_SM 8
+
+/* Passed by value (about 0.5 KB of parameter space), so a launch captured
+ * into a CUDA graph carries its own source list. */
+struct ReduceArgs {
+  void* dst;
+  const void* src[VCOLL_REDUCE_MAX_SRCS];
+  int nsrc;
+  int op;
+  int divisor;
+  size_t n;
+};
+
+template <typename T>
+static __global__ void __launch_bounds__(REDUCE_THREADS) reduceKernel(const __grid_constant__ ReduceArgs a) {
+  vcollReduce::reduceRange<T>((T*)a.dst, a.src, a.nsrc, a.n, a.op, a.divisor,
+                              (size_t)blockIdx.x * REDUCE_THREADS + threadIdx.x, (size_t)gridDim.x * REDUCE_THREADS);
+}
+
+template <typename T>
+static void launch(const ReduceArgs& a, unsigned blocks, cudaStream_t stream) {
+  reduceKernel<T><<<blocks, REDUCE_THREADS, 0, stream>>>(a);
+}
+
+extern "C" vcollResult_t vcollBatchReduce(vcollComm_t comm, void* dst, const void* const* srcs, int nsrc,
+                                          size_t elems, vcollDataType_t type, vcollRedOp_t op, int avgDivisor,
+                                          int numSms, cudaStream_t stream) {
+  if (nsrc < 1 || nsrc > VCOLL_REDUCE_MAX_SRCS)
+    return vcollSetError(comm, vcollInternalError, "vcollBatchReduce: %d sources (1..%d)", nsrc,
+                         VCOLL_REDUCE_MAX_SRCS);
+  if (elems == 0) return vcollSuccess;
+  ReduceArgs a;
+  a.dst = dst;
+  for (int k = 0; k < nsrc; k++) a.src[k] = srcs[k];
+  a.nsrc = nsrc;
+  a.op = (int)op;
+  a.divisor = avgDivisor > 0 ? avgDivisor : 1;
+  a.n = elems;
+  const size_t need = (elems + REDUCE_THREADS - 1) / REDUCE_THREADS;
+  const size_t cap = (size_t)(numSms > 0 ? numSms : 1) * REDUCE_BLOCKS_PER_SM;
+  const unsigned blocks = (unsigned)(need < cap ? need : cap);
+  switch (type) {
+    case vcollInt8: launch<int8_t>(a, blocks, stream); break;
+    case vcollUint8: launch<uint8_t>(a, blocks, stream); break;
+    case vcollInt32: launch<int32_t>(a, blocks, stream); break;
+    case vcollUint32: launch<uint32_t>(a, blocks, stream); break;
+    case vcollInt64: launch<int64_t>(a, blocks, stream); break;
+    case vcollUint64: launch<uint64_t>(a, blocks, stream); break;
+    case vcollFloat16: launch<__half>(a, blocks, stream); break;
+    case vcollFloat32: launch<float>(a, blocks, stream); break;
+    case vcollFloat64: launch<double>(a, blocks, stream); break;
+    case vcollBfloat16: launch<__nv_bfloat16>(a, blocks, stream); break;
+    case vcollFloat8e4m3: launch<__nv_fp8_e4m3>(a, blocks, stream); break;
+    case vcollFloat8e5m2: launch<__nv_fp8_e5m2>(a, blocks, stream); break;
+    default: return vcollSetError(comm, vcollInternalError, "vcollBatchReduce: type %d", (int)type);
+  }
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess)
+    return vcollSetError(comm, vcollUnhandledCudaError, "reduction kernel launch (%d sources, %zu elements) failed: %s",
+                         nsrc, elems, cudaGetErrorString(err));
+  return vcollSuccess;
+}

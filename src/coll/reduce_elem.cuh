@@ -1,0 +1,87 @@
+/* Element-wise reduction of nsrc arrays into one, for the p2p
+ * reducescatterv: shared by the device kernel (src/coll/reduce.cu) and the
+ * host unit test (tests/unit/test_reduce_elem.cu), which runs the same
+ * reduceRange on the host. Semantics as the host backend's: integers in
+ * their own type (wrapping), fp16/bf16/fp8 in float with one rounding at
+ * the end (fp8 saturating, as vcollF32ToE4m3Sat/E5m2Sat), float and double
+ * in their own type; avg (floating-point types only) is the sum divided by
+ * `divisor` in the accumulator's type. Sources are taken in order 0..nsrc-1. */
+#ifndef VCOLL_REDUCE_ELEM_CUH_
+#define VCOLL_REDUCE_ELEM_CUH_
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "vcoll.h"
+
+namespace vcollReduce {
+
+/* Accumulator type of T and the conversions to and from it. */
+template <typename T>
+struct Acc {
+  typedef T type;
+  static __host__ __device__ __forceinline__ type load(T v) { return v; }
+  static __host__ __device__ __forceinline__ T store(type a) { return a; }
+};
+template <>
+struct Acc<__half> {
+  typedef float type;
+  static __host__ __device__ __forceinline__ float load(__half v) { return __half2float(v); }
+  static __host__ __device__ __forceinline__ __half store(float a) { return __float2half_rn(a); }
+};
+template <>
+struct Acc<__nv_bfloat16> {
+  typedef float type;
+  static __host__ __device__ __forceinline__ float load(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static __host__ __device__ __forceinline__ __nv_bfloat16 store(float a) { return __float2bfloat16_rn(a); }
+};
+template <>
+struct Acc<__nv_fp8_e4m3> {
+  typedef float type;
+  static __host__ __device__ __forceinline__ float load(__nv_fp8_e4m3 v) { return (float)v; }
+  static __host__ __device__ __forceinline__ __nv_fp8_e4m3 store(float a) {
+    __nv_fp8_e4m3 r;
+    r.__x = __nv_cvt_float_to_fp8(a, __NV_SATFINITE, __NV_E4M3);
+    return r;
+  }
+};
+template <>
+struct Acc<__nv_fp8_e5m2> {
+  typedef float type;
+  static __host__ __device__ __forceinline__ float load(__nv_fp8_e5m2 v) { return (float)v; }
+  static __host__ __device__ __forceinline__ __nv_fp8_e5m2 store(float a) {
+    __nv_fp8_e5m2 r;
+    r.__x = __nv_cvt_float_to_fp8(a, __NV_SATFINITE, __NV_E5M2);
+    return r;
+  }
+};
+
+template <typename A>
+__host__ __device__ __forceinline__ A applyOp(int op, A a, A b) {
+  switch (op) {
+    case vcollProd: return (A)(a * b);
+    case vcollMax: return a > b ? a : b;
+    case vcollMin: return a < b ? a : b;
+    default: return (A)(a + b); /* sum; avg divides afterwards */
+  }
+}
+
+/* dst[i] = op over k of srcs[k][i] for i = begin, begin + stride, ... < n. */
+template <typename T>
+__host__ __device__ void reduceRange(T* dst, const void* const* srcs, int nsrc, size_t n, int op, int divisor,
+                                     size_t begin, size_t stride) {
+  typedef typename Acc<T>::type A;
+  for (size_t i = begin; i < n; i += stride) {
+    A acc = Acc<T>::load(((const T*)srcs[0])[i]);
+    for (int k = 1; k < nsrc; k++) acc = applyOp<A>(op, acc, Acc<T>::load(((const T*)srcs[k])[i]));
+    if (op == vcollAvg) acc = (A)(acc / (A)divisor);
+    dst[i] = Acc<T>::store(acc);
+  }
+}
+
+}  // namespace vcollReduce
+
+#endif /* VCOLL_REDUCE_ELEM_CUH_ */
