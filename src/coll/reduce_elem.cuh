@@ -38,26 +38,21 @@ struct Acc<__nv_bfloat16> {
   static __host__ __device__ __forceinline__ float load(__nv_bfloat16 v) { return __bfloat162float(v); }
   static __host__ __device__ __forceinline__ __nv_bfloat16 store(float a) { return __float2bfloat16_rn(a); }
 };
-template <>
-struct Acc<__nv_fp8_e4m3> {
+/* fp8: float accumulator, saturating rounding back. */
+template <typename F8, __nv_fp8_interpretation_t KIND>
+struct AccFp8 {
   typedef float type;
-  static __host__ __device__ __forceinline__ float load(__nv_fp8_e4m3 v) { return (float)v; }
-  static __host__ __device__ __forceinline__ __nv_fp8_e4m3 store(float a) {
-    __nv_fp8_e4m3 r;
-    r.__x = __nv_cvt_float_to_fp8(a, __NV_SATFINITE, __NV_E4M3);
+  static __host__ __device__ __forceinline__ float load(F8 v) { return (float)v; }
+  static __host__ __device__ __forceinline__ F8 store(float a) {
+    F8 r;
+    r.__x = __nv_cvt_float_to_fp8(a, __NV_SATFINITE, KIND);
     return r;
   }
 };
 template <>
-struct Acc<__nv_fp8_e5m2> {
-  typedef float type;
-  static __host__ __device__ __forceinline__ float load(__nv_fp8_e5m2 v) { return (float)v; }
-  static __host__ __device__ __forceinline__ __nv_fp8_e5m2 store(float a) {
-    __nv_fp8_e5m2 r;
-    r.__x = __nv_cvt_float_to_fp8(a, __NV_SATFINITE, __NV_E5M2);
-    return r;
-  }
-};
+struct Acc<__nv_fp8_e4m3> : AccFp8<__nv_fp8_e4m3, __NV_E4M3> {};
+template <>
+struct Acc<__nv_fp8_e5m2> : AccFp8<__nv_fp8_e5m2, __NV_E5M2> {};
 
 template <typename A>
 __host__ __device__ __forceinline__ A applyOp(int op, A a, A b) {
