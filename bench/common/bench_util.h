@@ -56,6 +56,4 @@ static inline float benchMedian(float* v, int n) {
   return n % 2 ? v[n / 2] : 0.5f * (v[n / 2 - 1] + v[n / 2]);
 }
 
-/* Round to nearest even bf16 (finite inputs). */
-
 #endif /* VCOLL_BENCH_UTIL_H_ */

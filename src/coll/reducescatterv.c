@@ -122,6 +122,11 @@ static int rsvP2pSupported(vcollComm_t comm, const void* vcall) {
   return comm->nranks <= VCOLL_REDUCE_MAX_SRCS;
 }
 
+/* Peer r's slot (r != me) of `mine` bytes in the p2p staging buffer. */
+static char* rsvP2pSlot(char* stage, int r, int me, size_t mine) {
+  return stage + (size_t)(r < me ? r : r - 1) * mine;
+}
+
 static vcollResult_t rsvP2pRun(vcollComm_t comm, const void* vcall) {
   const struct vcollRsvCall* c = vcall;
   if (c->totalRows == 0) return vcollSuccess;
@@ -147,8 +152,8 @@ static vcollResult_t rsvP2pRun(vcollComm_t comm, const void* vcall) {
       VCOLL_NCCLCHECKGOTO(comm, ncclSend(send + c->displs[to] * c->rowBytes, c->counts[to] * c->width, dt, to,
                                          comm->nccl, c->stream), res, end);
     if (mine > 0)
-      VCOLL_NCCLCHECKGOTO(comm, ncclRecv(stage + (size_t)(from < me ? from : from - 1) * mine, mineElems, dt, from,
-                                         comm->nccl, c->stream), res, end);
+      VCOLL_NCCLCHECKGOTO(comm, ncclRecv(rsvP2pSlot(stage, from, me, mine), mineElems, dt, from, comm->nccl,
+                                         c->stream), res, end);
   }
 end:
   VCOLL_NCCLCHECK(comm, ncclGroupEnd());
@@ -156,8 +161,7 @@ end:
   if (mine > 0) {
     const void* srcs[VCOLL_REDUCE_MAX_SRCS];
     for (int r = 0; r < n; r++)
-      srcs[r] = r == me ? (const void*)(send + c->displs[me] * c->rowBytes)
-                        : (const void*)(stage + (size_t)(r < me ? r : r - 1) * mine);
+      srcs[r] = r == me ? (const void*)(send + c->displs[me] * c->rowBytes) : rsvP2pSlot(stage, r, me, mine);
     /* In place, recvbuff is srcs[me]: each element is read before it is written. */
     VCOLL_CHECK_RES(vcollBatchReduce(comm, c->recvbuff, srcs, n, mineElems, c->datatype, c->op, n,
                                      vcollNumSms(comm), c->stream));

@@ -166,11 +166,11 @@ int vcollStreamCapturing(vcollComm_t comm, cudaStream_t stream);
 /* Kernel grids that loop over their work (misc/device.c): blocks of
  * `threads` threads and `smem` bytes of dynamic shared memory of `kernel`
  * that the current device holds at once (SMs x resident blocks per SM, at
- * least 1), or `need` when that is fewer. perSm: the caller's cache of the
- * per-SM count, 64 zero-initialized entries (one per device) for each
- * kernel; the count is queried once per device (a benign race: every
- * thread stores the same value). */
-vcollResult_t vcollResidentGrid(const void* kernel, int threads, size_t smem, int* perSm, size_t need,
+ * least 1), or `need` when that is fewer. resident: the caller's cache of
+ * that count, 64 zero-initialized entries (one per device) for each kernel;
+ * it is queried once per device (a benign race: every thread stores the
+ * same value), so later calls make no CUDA call but cudaGetDevice. */
+vcollResult_t vcollResidentGrid(const void* kernel, int threads, size_t smem, int* resident, size_t need,
                                 unsigned* grid);
 
 /* coll/window.c: windows registered through vcollMemAlloc. */

@@ -233,12 +233,12 @@ __global__ void __launch_bounds__(kWarps * 32) moeGateKernel(const GateArgs a) {
 
 template <typename TIn, int NR, int MODE, bool FULL, int RPG>
 vcollResult_t launchGate(const GateArgs& a, cudaStream_t stream) {
-  static int perSm[64];
+  static int resident[64];
   const size_t smemMax = MODE == kSmem ? (size_t)kWarps * (NR * 32 + VCOLL_MOE_GATE_MAX_EXPERTS / 2) * 4 : 0;
   const size_t smem = MODE == kSmem ? (size_t)kWarps * (NR * 32 + a.G) * 4 : 0;
   unsigned blocks = 0;
   VCOLL_CHECK_RES(vcollResidentGrid((const void*)moeGateKernel<TIn, NR, MODE, FULL, RPG>, kWarps * 32, smemMax,
-                                    perSm, (a.T + kWarps - 1) / kWarps, &blocks));
+                                    resident, (a.T + kWarps - 1) / kWarps, &blocks));
   moeGateKernel<TIn, NR, MODE, FULL, RPG><<<blocks, kWarps * 32, smem, stream>>>(a);
   VCOLL_CUDACHECK(NULL, cudaGetLastError());
   return vcollSuccess;
@@ -391,7 +391,7 @@ __device__ __forceinline__ float fixedScore(uint32_t k, uint32_t expBits) { retu
 __device__ __forceinline__ float scoreErr(float a) { return vcollGate::kSigApproxErr + fabsf(a) * 2.384185791015625e-07f; }
 
 /* The exact key (gate_common.h's, as the reference computes it) of expert j
- * of a lane's group, from its logit reloaded (an L1 hit). */
+ * of a lane's group, from its logit reloaded (an L1 or L2 hit). */
 template <typename TIn>
 __device__ __forceinline__ uint32_t exactKey(const TIn* grp, const float* myBias, int j) {
   return vgKey(__fadd_rn(vgSigmoid(rawToFloat<TIn>(loadRaw<TIn>(grp + j))), myBias[j]));
@@ -747,13 +747,13 @@ __global__ void __launch_bounds__(kWarps * 32, BLOCKS) moeGateSegKernel(const Ga
  * (docs/perf/2026-12-02_gate-experiments_1xH200_4c5ace5.txt). */
 template <typename TIn, bool ALLKEPT, int BLOCKS>
 vcollResult_t launchSeg(const GateArgs& a, cudaStream_t stream) {
-  static int perSm[64];
+  static int resident[64];
   const size_t need = (a.T + kWarps * 4 - 1) / (kWarps * 4);
   unsigned blocks = 0;
   if (sizeof(TIn) == 2)
     blocks = (unsigned)(need < 0x7fffffffu ? need : 0x7fffffffu); /* the token loop covers any rest */
   else
-    VCOLL_CHECK_RES(vcollResidentGrid((const void*)moeGateSegKernel<TIn, ALLKEPT, BLOCKS>, kWarps * 32, 0, perSm,
+    VCOLL_CHECK_RES(vcollResidentGrid((const void*)moeGateSegKernel<TIn, ALLKEPT, BLOCKS>, kWarps * 32, 0, resident,
                                       need, &blocks));
   moeGateSegKernel<TIn, ALLKEPT, BLOCKS><<<blocks, kWarps * 32, 0, stream>>>(a);
   VCOLL_CUDACHECK(NULL, cudaGetLastError());

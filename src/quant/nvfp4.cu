@@ -331,9 +331,9 @@ unsigned gridFor(size_t work, size_t perCta) {
  * loops over blocks; need: blocks for one block of input per thread. */
 template <typename T, bool kVec>
 vcollResult_t launchQuantizeKernel(const QuantArgs& a, unsigned need, cudaStream_t stream) {
-  static int perSm[64];
+  static int resident[64];
   unsigned g = 0;
-  const vcollResult_t r = vcollResidentGrid((const void*)quantizeKernel<T, kVec>, kThreads, 0, perSm, need, &g);
+  const vcollResult_t r = vcollResidentGrid((const void*)quantizeKernel<T, kVec>, kThreads, 0, resident, need, &g);
   if (r != vcollSuccess) return r;
   quantizeKernel<T, kVec><<<g, kThreads, 0, stream>>>(a);
   return vcollSuccess;
