@@ -7,6 +7,10 @@
 #     quick: build, all test suites, benchmarks with their quick settings
 #     full:  build, all test suites, every benchmark in bench/run_gpu.d/
 #   bench names pick benchmarks (bench/run_gpu.d/NAME.sh); "none" runs none.
+#   VCOLL_SHARE_GPU=1 runs the multi-rank suites and benchmarks with their
+#   ranks sharing the GPU(s) (vcollCommInitMPI gives each rank an NCCL host
+#   id of its own, and NCCL moves data over sockets on loopback): checks the
+#   multi-rank algorithms and kernels on a one-GPU machine; times meaningless.
 #   VCOLL_SKIP_TESTS=1 skips the test suites, VCOLL_TEST_TIMEOUT (s, default
 #   300) bounds them, VCOLL_BENCH_TIMEOUT (s, default 420) each benchmark.
 #
@@ -24,6 +28,9 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_btl_vader_single_copy_mechanism=none
 export PATH=/opt/torch/.venv/bin:/usr/local/cuda/bin:$PATH
 export VCOLL_BENCH_MODE=$MODE
+if [ "${VCOLL_SHARE_GPU:-0}" = 1 ]; then
+  export VCOLL_SHARE_GPU NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-lo} NCCL_IB_DISABLE=1
+fi
 
 if ! pkg-config --exists cmocka 2>/dev/null && ls .deps/debs/*.deb >/dev/null 2>&1; then
   for d in .deps/debs/*.deb; do dpkg -x "$d" /tmp/deps; done
@@ -41,7 +48,7 @@ nccl_ver() {
 {
   echo "# vcoll GPU session: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
   echo "# commit: ${VCOLL_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
-  echo "# mode: $MODE"
+  echo "# mode: $MODE${VCOLL_SHARE_GPU:+, VCOLL_SHARE_GPU=$VCOLL_SHARE_GPU (ranks share GPUs, NCCL over sockets)}"
   echo "# NCCL headers: $(nccl_ver)"
   nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader | sed 's/^/# gpu: /'
   nvidia-smi topo -m 2>/dev/null | sed 's/^/# topo: /'

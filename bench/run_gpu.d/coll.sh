@@ -13,7 +13,14 @@ TXT=$OUT/coll.txt
 : >"$TXT"
 MPI=(mpirun --allow-run-as-root --oversubscribe -x NCCL_NVLS_ENABLE=0 -x VCOLL_DEBUG=WARN)
 NGPU=$(nvidia-smi -L 2>/dev/null | wc -l)
-if [ "${VCOLL_BENCH_MODE:-full}" = quick ]; then
+SHARE=0
+if [ "${VCOLL_SHARE_GPU:-0}" = 1 ] && [ "$NGPU" -ge 1 ]; then
+  # Ranks share the GPU(s) and NCCL moves data over sockets (scripts/gpu_session.sh
+  # with VCOLL_SHARE_GPU=1): results checked, times meaningless.
+  SHARE=1 REALNGPU=$NGPU NGPU=8
+  SWEEP=(-b 1K -e 1M -f 32 -s all -n 3 -w 1)
+  echo "# VCOLL_SHARE_GPU=1: all ranks on $REALNGPU GPU(s), NCCL over sockets; times are not GPU times" | tee -a "$TXT"
+elif [ "${VCOLL_BENCH_MODE:-full}" = quick ]; then
   SWEEP=(-b 64K -e 16M -f 4 -s equal,skew,one)
 else
   SWEEP=(-b 1K -e 256M -f 4 -s all)
@@ -22,6 +29,7 @@ rc=0
 run() { # name np json-suffix args...
   local bin=$1 np=$2 tag=$3; shift 3
   local devs=$(seq -s, 0 $((np - 1)))
+  [ "$SHARE" = 1 ] && devs=$(seq -s, 0 $((REALNGPU - 1)))
   if [ "$NGPU" -lt "$np" ]; then echo "# skipped $bin -np $np: $NGPU GPUs" | tee -a "$TXT"; return; fi
   echo "### $bin -np $np $* ($(date -u +%H:%M:%S))" | tee -a "$TXT"
   local t0=$SECONDS
@@ -33,6 +41,13 @@ for np in 8 4 2; do
   run allgatherv_perf $np agv_np$np "${SWEEP[@]}" -d bfloat16 -c 1
   run reducescatterv_perf $np rsv_np$np "${SWEEP[@]}" -d bfloat16 -o sum -c 1
 done
+if [ "$SHARE" = 1 ]; then
+  run allgatherv_perf 4 agv_np4_reg -b 1K -e 1M -f 32 -s equal,skew -R 1 -p 0 -c 1 -n 3 -w 1
+  run allgatherv_perf 3 agv_np3_t4 -b 1K -e 1M -f 32 -s all -t 4 -c 1 -n 3 -w 1
+  run reducescatterv_perf 3 rsv_np3 -b 1K -e 1M -f 32 -s all -d float -o max -c 1 -n 3 -w 1
+  grep -E "^# (Out of bounds|Avg|Points)|^###" "$TXT"
+  exit $rc
+fi
 # Registered user buffers (vcollMemAlloc) and CUDA graphs, 4 GPUs, equal and skewed sizes.
 run allgatherv_perf 4 agv_np4_reg -b 64K -e 16M -f 4 -s equal,skew -R 1 -p 0 -c 1
 run allgatherv_perf 4 agv_np4_graph -b 16K -e 4M -f 4 -s equal,skew -G 10 -p 0 -c 1

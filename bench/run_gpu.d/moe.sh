@@ -13,6 +13,19 @@ TXT=$OUT/moe.txt
 MPI=(mpirun --allow-run-as-root --oversubscribe -x NCCL_NVLS_ENABLE=0 -x VCOLL_DEBUG=WARN)
 NGPU=$(nvidia-smi -L 2>/dev/null | wc -l)
 rc=0
+if [ "${VCOLL_SHARE_GPU:-0}" = 1 ] && [ "$NGPU" -ge 1 ]; then
+  # Ranks share the GPU(s), NCCL over sockets (VCOLL_SHARE_GPU=1): results
+  # checked on the device, times meaningless.
+  echo "# VCOLL_SHARE_GPU=1: all ranks on $NGPU GPU(s), NCCL over sockets; times are not GPU times" | tee -a "$TXT"
+  for np in 2 3 4; do
+    echo "### moe_dispatch_perf -np $np shared ($(date -u +%H:%M:%S))" | tee -a "$TXT"
+    timeout 120 "${MPI[@]}" -np "$np" "$BUILD/bench/moe/moe_dispatch_perf" \
+      -b 1 -e 1024 -f 8 -H 7168 -k 8 -s equal,skew,moe -n 2 -w 1 -c 1 >>"$TXT" 2>&1 ||
+      { echo "### moe_dispatch_perf -np $np FAILED (exit $?)" | tee -a "$TXT"; rc=1; }
+  done
+  grep -E "^# (min speedup|check)|^###" "$TXT"
+  exit $rc
+fi
 for np in 8 4 2; do
   if [ "$NGPU" -lt "$np" ]; then echo "# skipped -np $np: $NGPU GPUs" | tee -a "$TXT"; continue; fi
   devs=$(seq -s, 0 $((np - 1)))

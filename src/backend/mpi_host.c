@@ -1,6 +1,7 @@
 /* The host backend over MPI (part of libvcoll_mpi): the same API on host
  * buffers, for machines without a GPU. Slow by design; correct first. */
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -287,7 +288,8 @@ static vcollResult_t initNccl(MPI_Comm mpiComm, vcollComm_t* out) {
   ndev = visibleGpus();
   /* One GPU per rank: decide together, so that no rank enters NCCL's
    * initialization alone (it would wait for the others forever). */
-  int ok = ndev >= localSize;
+  const int share = vcollParamShareGpu();
+  int ok = ndev >= localSize || (share && ndev > 0);
   MPICHECK(NULL, MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, mpiComm));
   if (!ok) {
     if (ndev < localSize)
@@ -298,7 +300,20 @@ static vcollResult_t initNccl(MPI_Comm mpiComm, vcollComm_t* out) {
     return vcollSetError(NULL, vcollInvalidUsage,
                          "vcollCommInitMPI : backend nccl needs one GPU per rank, and another node has too few");
   }
-  int dev = localRank;
+  int dev = localRank % ndev; /* localRank itself unless VCOLL_SHARE_GPU */
+  if (localSize > ndev) {
+    /* NCCL refuses two ranks of one host on one GPU; a host id of its own
+     * per rank makes each rank a node of its own to NCCL, which then moves
+     * all data over its network transport (sockets on loopback, with
+     * NCCL_SOCKET_IFNAME=lo): slow, but the same algorithms and kernels. */
+    char hostId[64];
+    snprintf(hostId, sizeof(hostId), "vcoll-share-gpu-rank-%d", rank);
+    setenv("NCCL_HOSTID", hostId, 1);
+    if (rank == 0)
+      VCOLL_WARN("vcollCommInitMPI : VCOLL_SHARE_GPU: %d ranks share %d GPU(s) on this node, each rank a host of its "
+                 "own to NCCL (NCCL_HOSTID); for tests only",
+                 localSize, ndev);
+  }
   if (cudaSetDevice(dev) != cudaSuccess)
     return vcollSetError(NULL, vcollUnhandledCudaError, "vcollCommInitMPI : cudaSetDevice(%d) failed", dev);
   struct { int ok; ncclUniqueId id; } uid;
@@ -335,7 +350,7 @@ VCOLL_API vcollResult_t vcollCommInitMPI(MPI_Comm mpiComm, vcollBackend_t backen
       int localRank, localSize;
       MPICHECK(NULL, localRanks(mpiComm, &localRank, &localSize));
       int ndev = visibleGpus();
-      int all = ndev > 0 && ndev >= localSize;
+      int all = ndev > 0 && (ndev >= localSize || vcollParamShareGpu());
       MPICHECK(NULL, MPI_Allreduce(MPI_IN_PLACE, &all, 1, MPI_INT, MPI_MIN, mpiComm));
       if (!all && ndev > 0)
         VCOLL_WARN("vcollCommInitMPI : %d ranks on this node but %d GPU(s) visible; backend auto uses the host backend "

@@ -20,6 +20,15 @@ int64_t vcollParamCheck(void) {
   return value;
 }
 
+int vcollParamShareGpu(void) {
+  static int value = -1;
+  if (value < 0) {
+    const char* s = envOrNull("VCOLL_SHARE_GPU");
+    value = s ? (strtol(s, NULL, 0) != 0) : 0;
+  }
+  return value;
+}
+
 const char* vcollParamAlgo(void) { return envOrNull("VCOLL_ALGO"); }
 const char* vcollParamBackend(void) { return envOrNull("VCOLL_BACKEND"); }
 const char* vcollParamGateKernel(void) { return envOrNull("VCOLL_GATE_KERNEL"); }
