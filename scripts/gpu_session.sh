@@ -12,7 +12,7 @@
 #   id of its own, and NCCL moves data over sockets on loopback): checks the
 #   multi-rank algorithms and kernels on a one-GPU machine; times meaningless.
 #   VCOLL_SKIP_TESTS=1 skips the test suites, VCOLL_TEST_TIMEOUT (s, default
-#   300) bounds them, VCOLL_BENCH_TIMEOUT (s, default 420) each benchmark.
+#   300) bounds them (VCOLL_TEST_TIMEOUT_MULT scales each test's own limit), VCOLL_BENCH_TIMEOUT (s, default 420) each benchmark.
 #
 # The GPU machine of this project has no cmocka: carry .deps/debs (the
 # Debian packages libcmocka0 and libcmocka-dev) and this script unpacks them.
@@ -70,10 +70,30 @@ if [ $build_rc -ne 0 ]; then
   exit 1
 fi
 
+if [ "${VCOLL_SHARE_GPU:-0}" = 1 ]; then
+  # Two ranks on one GPU first: if NCCL does not take it (or hangs), the
+  # suites run without sharing rather than each waiting for its timeout.
+  step "share-gpu smoke"
+  NCCL_DEBUG=${NCCL_DEBUG:-WARN} timeout 90 mpirun --oversubscribe -np 2 "$B/mpi_examples/uneven_batches" --backend nccl \
+    >"$LOG/share-smoke.txt" 2>&1
+  smoke_rc=$?
+  tail -15 "$LOG/share-smoke.txt"
+  if [ $smoke_rc -ne 0 ]; then
+    echo "share-gpu smoke failed (exit $smoke_rc): VCOLL_SHARE_GPU unset, multi-rank suites skip"
+    unset VCOLL_SHARE_GPU
+  else
+    for np in 3 4; do
+      echo "--- moe_layer example, $np ranks sharing the GPU(s)"
+      timeout 120 mpirun --oversubscribe -np $np "$B/mpi_examples/moe_layer" --backend nccl 2>&1 | tail -12
+      echo "exit ${PIPESTATUS[0]}"
+    done
+  fi
+fi
+
 step tests
 if [ "${VCOLL_SKIP_TESTS:-0}" != 1 ]; then
   timeout "${VCOLL_TEST_TIMEOUT:-300}" meson test -C "$B" --suite unit --suite mpi --suite gpu --print-errorlogs \
-    --num-processes 1 >"$LOG/tests.txt" 2>&1
+    --timeout-multiplier "${VCOLL_TEST_TIMEOUT_MULT:-1}" --num-processes 1 >"$LOG/tests.txt" 2>&1
   echo "meson test exit $?"
   grep -E "^ *[0-9]+/[0-9]+ " "$LOG/tests.txt" | sed 's/  */ /g'
   cp "$B/meson-logs/testlog.txt" "$LOG/testlog.txt" 2>/dev/null
