@@ -654,7 +654,7 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, co
             }
             last = best;
 #pragma unroll
-            for (int i = 0; i < kBand; i++) won |= (uint32_t)(bv[i] == best) << i;
+            for (int i = 0; i < kBand; i++) won |= (uint32_t)(bv[i] == best && best != 0) << i;
           }
           /* The set (any order: the sort below orders it) into the
            * segment's 8 words of segRows, free since the refills. */
@@ -667,11 +667,12 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, co
           }
           pos -= cnt;
           __syncwarp(segMask); /* the refills' reads of segRows are done */
-          for (uint32_t m = sure; m != 0; m &= m - 1) segRows[pos++] = (uint32_t)(g * 32 + __ffs(m) - 1);
+          /* (The bounds put exactly topk experts here; pos is checked all the same.) */
+          for (uint32_t m = sure; m != 0 && pos < kSegGroups; m &= m - 1) segRows[pos++] = (uint32_t)(g * 32 + __ffs(m) - 1);
           bm = bandMask;
 #pragma unroll
           for (int i = 0; i < kBand; i++) {
-            if ((won >> i) & 1u) segRows[pos++] = (uint32_t)(g * 32 + __ffs(bm) - 1);
+            if (((won >> i) & 1u) && pos < kSegGroups) segRows[pos++] = (uint32_t)(g * 32 + __ffs(bm) - 1);
             bm &= bm - 1;
           }
           __syncwarp(segMask);
