@@ -342,6 +342,8 @@ template <> __device__ __forceinline__ void loadSpread<__nv_bfloat16>(const __nv
 /* Depth of each lane's cache of its best candidate keys in pass 2: a lane
  * rescans its share (from shared memory) when it wins a fifth time. */
 constexpr int kDepth = 4;
+/* Band experts per lane the cheap exact selection takes (see segTokens). */
+constexpr int kBand = 4;
 
 /* Merges the sorted quad b0 > b1 > b2 > b3 into the descending list c of
  * kDepth = 4, keeping its length: the k-th largest of two sorted lists is
@@ -585,8 +587,8 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, co
      * otherwise (near ties, and NaN or infinite scores) the segment
      * selects exactly. */
     bool exact = special;
-    if (kSegGroupSize * a.topkGroup > a.topk) { /* candidates are left */
-      uint32_t lo = lastTaken, hi = c[0];
+    uint32_t lo = lastTaken, hi = c[0];
+    if (kSegGroupSize * a.topkGroup > a.topk) { /* candidates are left (always, for topk <= 8) */
 #pragma unroll
       for (int d = 4; d > 0; d >>= 1) {
         lo = min(lo, __shfl_xor_sync(kFull, lo, d));
@@ -601,35 +603,116 @@ __device__ __forceinline__ void segTokens(const GateArgs& a, const float* sb, co
     }
     exact = __ballot_sync(kFull, exact) & segMask;
     if (exact) {
-      /* Segment-uniform: the selection again on unique 64-bit values
-       * (key, 255 - expert) of the exact keys, which replace the lane's
-       * row of approximate ones (the refills are over); each round rescans
-       * all 32. */
-      __syncwarp(segMask); /* the segment's reads of the approximate keys (pass 2, refills) are done */
+      /* Near ties with fixed-point keys (no NaN): only the experts whose
+       * approximate scores the bounds cannot place need exact keys. With L
+       * the smallest approximate score taken and H the largest left, an
+       * expert with approximate score above H + 2 err beats every one left
+       * (sure: in the set); one below L - 2 err is beaten by all topk taken
+       * (out); the rest (the band) gets exact keys, and its best take the
+       * slots the sure ones leave. Up to kBand per lane; more (exact ties
+       * of many experts) take the full exact selection below. */
+      bool done = false;
+      if (BIN && !(__ballot_sync(segMask, special) & segMask)) {
+        const float sL = fixedScore(lo, f.expBits), sH = fixedScore(hi, f.expBits), e2 = 2.0f * f.err;
+        uint32_t sure = 0, bandMask = 0;
+        if (kept) {
 #pragma unroll 2
-      for (int q = 0; q < 8; q++)
-        *(uint4*)(myRow + 4 * q) = make_uint4(exactKey<TIn>(grp, myBias, 4 * q), exactKey<TIn>(grp, myBias, 4 * q + 1),
-                                              exactKey<TIn>(grp, myBias, 4 * q + 2), exactKey<TIn>(grp, myBias, 4 * q + 3));
-      uint64_t last = ~0ull;
-      for (int r = 0; r < a.topk; r++) {
-        uint64_t best = 0;
-#pragma unroll 2
-        for (int q = 0; q < 8; q++) {
-          const uint4 w = *(const uint4*)(myRow + 4 * q);
-          const uint32_t ek[4] = {w.x, w.y, w.z, w.w};
+          for (int q = 0; q < 8; q++) {
+            const uint4 w = *(const uint4*)(myRow + 4 * q);
+            const uint32_t k4[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
-          for (int i = 0; i < 4; i++) {
-            const uint64_t v = kept ? ((uint64_t)ek[i] << 32) | (uint64_t)(0xffffu - (g * 32 + 4 * q + i)) : 0ull;
-            if (v < last && v > best) best = v;
+            for (int i = 0; i < 4; i++) {
+              const float sj = fixedScore(k4[i], f.expBits); /* both in one binade: the differences are exact */
+              if (__fsub_rn(sj, sH) > e2) sure |= 1u << (4 * q + i);
+              else if (!(__fsub_rn(sL, sj) > e2)) bandMask |= 1u << (4 * q + i);
+            }
           }
         }
+        if (__all_sync(segMask, __popc(bandMask) <= kBand)) {
+          uint64_t bv[kBand]; /* (exact key, 0xffff - expert) of the lane's band, 0 past it */
+          uint32_t bm = bandMask;
 #pragma unroll
-        for (int d = 4; d > 0; d >>= 1) {
-          const uint64_t o = __shfl_xor_sync(segMask, best, d);
-          best = o > best ? o : best;
+          for (int i = 0; i < kBand; i++) {
+            const int j = __ffs(bm) - 1;
+            bv[i] = bm ? ((uint64_t)exactKey<TIn>(grp, myBias, j) << 32) | (uint64_t)(0xffffu - (g * 32 + j)) : 0ull;
+            bm &= bm - 1;
+          }
+          int nSure = __popc(sure);
+#pragma unroll
+          for (int d = 4; d > 0; d >>= 1) nSure += __shfl_xor_sync(segMask, nSure, d);
+          uint32_t won = 0;
+          uint64_t last = ~0ull;
+          for (int r = nSure; r < a.topk; r++) {
+            uint64_t best = 0;
+#pragma unroll
+            for (int i = 0; i < kBand; i++)
+              if (bv[i] < last && bv[i] > best) best = bv[i];
+#pragma unroll
+            for (int d = 4; d > 0; d >>= 1) {
+              const uint64_t o = __shfl_xor_sync(segMask, best, d);
+              best = o > best ? o : best;
+            }
+            last = best;
+#pragma unroll
+            for (int i = 0; i < kBand; i++) won |= (uint32_t)(bv[i] == best && best != 0) << i;
+          }
+          /* The set (any order: the sort below orders it) into the
+           * segment's 8 words of segRows, free since the refills. */
+          const int cnt = __popc(sure) + __popc(won);
+          int pos = cnt;
+#pragma unroll
+          for (int d = 1; d < 8; d <<= 1) {
+            const int o = __shfl_up_sync(segMask, pos, d, 8);
+            if (g >= d) pos += o;
+          }
+          pos -= cnt;
+          __syncwarp(segMask); /* the refills' reads of segRows are done */
+          /* (The bounds put exactly topk experts here; pos is checked all the same.) */
+          for (uint32_t m = sure; m != 0 && pos < kSegGroups; m &= m - 1) segRows[pos++] = (uint32_t)(g * 32 + __ffs(m) - 1);
+          bm = bandMask;
+#pragma unroll
+          for (int i = 0; i < kBand; i++) {
+            if (((won >> i) & 1u) && pos < kSegGroups) segRows[pos++] = (uint32_t)(g * 32 + __ffs(bm) - 1);
+            bm &= bm - 1;
+          }
+          __syncwarp(segMask);
+          if (g < a.topk) e = segRows[g];
+          done = true;
         }
-        last = best;
-        if (g == r) e = 0xffffu - (uint32_t)(best & 0xffffu);
+      }
+      if (!done) {
+        /* Segment-uniform: the selection again on unique 64-bit values
+         * (key, 255 - expert) of the exact keys, which replace the lane's
+         * row of approximate ones (the refills are over); each round rescans
+         * all 32. */
+        __syncwarp(segMask); /* the segment's reads of the approximate keys (pass 2, refills) are done */
+#pragma unroll 2
+        for (int q = 0; q < 8; q++)
+          *(uint4*)(myRow + 4 * q) =
+              make_uint4(exactKey<TIn>(grp, myBias, 4 * q), exactKey<TIn>(grp, myBias, 4 * q + 1),
+                         exactKey<TIn>(grp, myBias, 4 * q + 2), exactKey<TIn>(grp, myBias, 4 * q + 3));
+        uint64_t last = ~0ull;
+        for (int r = 0; r < a.topk; r++) {
+          uint64_t best = 0;
+#pragma unroll 2
+          for (int q = 0; q < 8; q++) {
+            const uint4 w = *(const uint4*)(myRow + 4 * q);
+            const uint32_t ek[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+              const uint64_t v =
+                  kept ? ((uint64_t)ek[i] << 32) | (uint64_t)(0xffffu - (g * 32 + 4 * q + i)) : 0ull;
+              if (v < last && v > best) best = v;
+            }
+          }
+#pragma unroll
+          for (int d = 4; d > 0; d >>= 1) {
+            const uint64_t o = __shfl_xor_sync(segMask, best, d);
+            best = o > best ? o : best;
+          }
+          last = best;
+          if (g == r) e = 0xffffu - (uint32_t)(best & 0xffffu);
+        }
       }
     }
     /* The slots are in the reference's order already when each slot's
