@@ -23,6 +23,7 @@ shift || true
 OUT=${OUT:-/tmp/vcoll-gpu}
 LOG=$OUT/logs
 mkdir -p "$LOG" "$OUT/bench"
+exec > >(tee -a "$LOG/session.txt") 2>&1 # everything printed below also in logs/session.txt
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_btl_vader_single_copy_mechanism=none
