@@ -402,9 +402,14 @@ int main(int argc, char** argv) {
       }
     }
   if (rank == 0) {
-    printf("# min speedup fp4/bf16 dispatch (given scale): %.2f over all sizes, %.2f from 1024 tokens/rank up\n",
-           minSpeedAll, minSpeed1k);
-    printf("# min speedup fp4/bf16 dispatch (computed scale): %.2f over all sizes\n", minSpeedCAll);
+    /* INFINITY: no point measured in that range (e.g. -e below 1024). */
+    char all[32] = "-", from1k[32] = "-", allC[32] = "-";
+    if (minSpeedAll != INFINITY) snprintf(all, sizeof(all), "%.2f", minSpeedAll);
+    if (minSpeed1k != INFINITY) snprintf(from1k, sizeof(from1k), "%.2f", minSpeed1k);
+    if (minSpeedCAll != INFINITY) snprintf(allC, sizeof(allC), "%.2f", minSpeedCAll);
+    printf("# min speedup fp4/bf16 dispatch (given scale): %s over all sizes, %s from 1024 tokens/rank up\n", all,
+           from1k);
+    printf("# min speedup fp4/bf16 dispatch (computed scale): %s over all sizes\n", allC);
     printf("# check: %s (%llu wrong)\n", check ? (wrongTotal ? "FAILED" : "OK") : "off", wrongTotal);
   }
   cudaFree(dX); cudaFree(dIds); cudaFree(dW); cudaFree(c.copySrc); cudaFree(c.copyDst);
