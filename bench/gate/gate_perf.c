@@ -22,6 +22,9 @@
  *             (median over replays / 20): the per-call device time without
  *             the launch gap of an isolated call, as a runtime that
  *             captures its decode step sees it
+ *   copyG   = the copy the same way (20 copies in one graph), and %copyG
+ *             the graph bandwidth over it: the ratio of device times,
+ *             without either launch gap
  * -c 1 (default) checks each size against vcollMoeGateRef (ids exact,
  * weights within 1 ulp) and prints the count of wrong slots. */
 #include <cuda_runtime_api.h>
@@ -35,7 +38,29 @@
 #include "vcoll/gate.h"
 #include "bench_util.h"
 
+enum { kGraphCalls = 20 };
 
+/* Time per operation of a graph of kGraphCalls operations: the median over
+ * replays (after 3 warm-up replays) divided by kGraphCalls. */
+static float graphTime(cudaGraph_t graph, cudaStream_t stream, cudaEvent_t ev0, cudaEvent_t ev1, int iters,
+                       float* samples) {
+  cudaGraphExec_t exec;
+  float ms;
+  CUDACHECK(cudaGraphInstantiate(&exec, graph, 0));
+  for (int i = 0; i < 3; i++) CUDACHECK(cudaGraphLaunch(exec, stream));
+  const int n = iters < 50 ? iters : 50;
+  for (int i = 0; i < n; i++) {
+    CUDACHECK(cudaEventRecord(ev0, stream));
+    CUDACHECK(cudaGraphLaunch(exec, stream));
+    CUDACHECK(cudaEventRecord(ev1, stream));
+    CUDACHECK(cudaEventSynchronize(ev1));
+    CUDACHECK(cudaEventElapsedTime(&ms, ev0, ev1));
+    samples[i] = ms * 1000.0f / kGraphCalls;
+  }
+  CUDACHECK(cudaGraphExecDestroy(exec));
+  CUDACHECK(cudaGraphDestroy(graph));
+  return benchMedian(samples, n);
+}
 
 int main(int argc, char** argv) {
   size_t minT = 1, maxT = 65536;
@@ -77,8 +102,8 @@ int main(int argc, char** argv) {
          "(%d warm-up)\n",
          prop.name, E, p.numExpertGroup, p.topkGroup, p.topk, p.numFusedSharedExperts, p.renormalize,
          biasSd, seed, iters, warmup);
-  printf("# %5s %8s %12s %10s %9s %10s %9s %10s %9s %6s %6s\n", "type", "T", "bytes", "time(us)", "GB/s", "graph(us)",
-         "GB/s", "copy(us)", "copyGB/s", "%copy", "#wrong");
+  printf("# %5s %8s %12s %10s %9s %10s %9s %10s %9s %6s %9s %6s %6s\n", "type", "T", "bytes", "time(us)", "GB/s",
+         "graph(us)", "GB/s", "copy(us)", "copyGB/s", "%copy", "copyG(us)", "%copyG", "#wrong");
 
   /* One allocation for the largest size; random normal logits, never zeros. */
   const size_t inMax = maxT * E * 4;
@@ -133,27 +158,17 @@ int main(int argc, char** argv) {
         samples[i] = ms * 1000.0f;
       }
       const float tGate = benchMedian(samples, iters);
-      /* The same call, 20 times back to back in one CUDA graph. */
-      enum { kGraphCalls = 20 };
+      /* The same call, kGraphCalls times back to back in one CUDA graph. */
       cudaGraph_t graph;
-      cudaGraphExec_t exec;
       CUDACHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
       for (int i = 0; i < kGraphCalls; i++) VCOLLCHECK(vcollMoeGate(dIn, type, dBias, T, &p, dIds, dW, stream));
       CUDACHECK(cudaStreamEndCapture(stream, &graph));
-      CUDACHECK(cudaGraphInstantiate(&exec, graph, 0));
-      for (int i = 0; i < 3; i++) CUDACHECK(cudaGraphLaunch(exec, stream));
-      const int graphIters = iters < 50 ? iters : 50;
-      for (int i = 0; i < graphIters; i++) {
-        CUDACHECK(cudaEventRecord(ev0, stream));
-        CUDACHECK(cudaGraphLaunch(exec, stream));
-        CUDACHECK(cudaEventRecord(ev1, stream));
-        CUDACHECK(cudaEventSynchronize(ev1));
-        CUDACHECK(cudaEventElapsedTime(&ms, ev0, ev1));
-        samples[i] = ms * 1000.0f / kGraphCalls;
-      }
-      const float tGraph = benchMedian(samples, graphIters);
-      CUDACHECK(cudaGraphExecDestroy(exec));
-      CUDACHECK(cudaGraphDestroy(graph));
+      const float tGraph = graphTime(graph, stream, ev0, ev1, iters, samples);
+      CUDACHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+      for (int i = 0; i < kGraphCalls; i++)
+        CUDACHECK(cudaMemcpyAsync(dCopy, dIn, inBytes, cudaMemcpyDeviceToDevice, stream));
+      CUDACHECK(cudaStreamEndCapture(stream, &graph));
+      const float tCopyGraph = graphTime(graph, stream, ev0, ev1, iters, samples);
       for (int i = 0; i < warmup; i++)
         CUDACHECK(cudaMemcpyAsync(dCopy, dIn, inBytes, cudaMemcpyDeviceToDevice, stream));
       for (int i = 0; i < iters; i++) {
@@ -180,8 +195,10 @@ int main(int argc, char** argv) {
         if (wrong) anyWrong = 1;
       }
       const double gbs = bytes / (tGate * 1e3), copyGbs = 2.0 * (double)inBytes / (tCopy * 1e3);
-      printf("  %5s %8zu %12.0f %10.2f %9.1f %10.2f %9.1f %10.2f %9.1f %5.1f%% %6ld\n", ti == 0 ? "f32" : "bf16", T,
-             bytes, tGate, gbs, tGraph, bytes / (tGraph * 1e3), tCopy, copyGbs, 100.0 * gbs / copyGbs, wrong);
+      const double graphGbs = bytes / (tGraph * 1e3), copyGraphGbs = 2.0 * (double)inBytes / (tCopyGraph * 1e3);
+      printf("  %5s %8zu %12.0f %10.2f %9.1f %10.2f %9.1f %10.2f %9.1f %5.1f%% %9.2f %5.1f%% %6ld\n",
+             ti == 0 ? "f32" : "bf16", T, bytes, tGate, gbs, tGraph, graphGbs, tCopy, copyGbs, 100.0 * gbs / copyGbs,
+             tCopyGraph, 100.0 * graphGbs / copyGraphGbs, wrong);
       fflush(stdout);
       if (T > maxT / 2) break; /* T *= 2 would overflow past maxT */
     }
