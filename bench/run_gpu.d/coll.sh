@@ -4,7 +4,9 @@
 # checked; raw tables in OUT_DIR/coll.txt, JSON in OUT_DIR/coll_*.json,
 # plots in OUT_DIR/coll_*.png.
 #   bench/run_gpu.d/coll.sh BUILD_DIR OUT_DIR
-# VCOLL_BENCH_MODE=quick runs a shorter sweep (64K..16M, three shapes).
+# VCOLL_BENCH_MODE=quick runs a shorter sweep (64K..16M, three shapes);
+# VCOLL_BENCH_NP="4" (default "8 4 2") picks the rank counts of the sweeps,
+# so that a lease's 600 s calls can take them one at a time.
 set -uo pipefail
 BUILD=${1:?usage: coll.sh BUILD_DIR OUT_DIR}
 OUT=${2:?usage: coll.sh BUILD_DIR OUT_DIR}
@@ -37,7 +39,7 @@ run() { # name np json-suffix args...
     >>"$TXT" 2>&1 || { echo "### $bin -np $np FAILED (exit $?)" | tee -a "$TXT"; rc=1; }
   echo "### $bin -np $np took $((SECONDS - t0)) s" | tee -a "$TXT"
 }
-for np in 8 4 2; do
+for np in ${VCOLL_BENCH_NP:-8 4 2}; do
   run allgatherv_perf $np agv_np$np "${SWEEP[@]}" -d bfloat16 -c 1
   run reducescatterv_perf $np rsv_np$np "${SWEEP[@]}" -d bfloat16 -o sum -c 1
 done

@@ -4,6 +4,7 @@
 # skew and moe; every point checked on the device. Raw tables in
 # OUT_DIR/moe.txt.
 #   bench/run_gpu.d/moe.sh BUILD_DIR OUT_DIR
+# VCOLL_BENCH_NP="4" (default "8 4 2") picks the rank counts.
 set -uo pipefail
 BUILD=${1:?usage: moe.sh BUILD_DIR OUT_DIR}
 OUT=${2:?usage: moe.sh BUILD_DIR OUT_DIR}
@@ -26,7 +27,7 @@ if [ "${VCOLL_SHARE_GPU:-0}" = 1 ] && [ "$NGPU" -ge 1 ]; then
   grep -E "^# (min speedup|check)|^###" "$TXT"
   exit $rc
 fi
-for np in 8 4 2; do
+for np in ${VCOLL_BENCH_NP:-8 4 2}; do
   if [ "$NGPU" -lt "$np" ]; then echo "# skipped -np $np: $NGPU GPUs" | tee -a "$TXT"; continue; fi
   devs=$(seq -s, 0 $((np - 1)))
   echo "### moe_dispatch_perf -np $np ($(date -u +%H:%M:%S))" | tee -a "$TXT"
