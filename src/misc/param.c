@@ -11,22 +11,23 @@ static const char* envOrNull(const char* name) {
   return (s && *s) ? s : NULL;
 }
 
-int64_t vcollParamCheck(void) {
-  static int64_t value = -1;
-  if (value < 0) {
-    const char* s = envOrNull("VCOLL_CHECK");
-    value = s ? (strtoll(s, NULL, 0) != 0) : 0;
+/* A flag variable (nonzero number: on), read once into *cache (-1: unread). */
+static int envFlag(const char* name, int* cache) {
+  if (*cache < 0) {
+    const char* s = envOrNull(name);
+    *cache = s ? (strtoll(s, NULL, 0) != 0) : 0;
   }
-  return value;
+  return *cache;
+}
+
+int64_t vcollParamCheck(void) {
+  static int value = -1;
+  return envFlag("VCOLL_CHECK", &value);
 }
 
 int vcollParamShareGpu(void) {
   static int value = -1;
-  if (value < 0) {
-    const char* s = envOrNull("VCOLL_SHARE_GPU");
-    value = s ? (strtol(s, NULL, 0) != 0) : 0;
-  }
-  return value;
+  return envFlag("VCOLL_SHARE_GPU", &value);
 }
 
 const char* vcollParamAlgo(void) { return envOrNull("VCOLL_ALGO"); }
