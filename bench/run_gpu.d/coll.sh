@@ -56,6 +56,11 @@ run allgatherv_perf 4 agv_np4_graph -b 16K -e 4M -f 4 -s equal,skew -G 10 -p 0 -
 # A list of 4 tensors (one gather of a packed stream vs one op per tensor).
 run allgatherv_perf 4 agv_np4_t4 -b 16K -e 16M -f 4 -s equal,moe -t 4 -p 0 -c 1
 grep -E "^# (Out of bounds|Avg|Points)|^###" "$TXT"
+# The recorded automatic choice against the fastest, and a fitted table, per collective.
+for c in agv rsv; do
+  ls "$OUT"/coll_${c}_np[0-9].json >/dev/null 2>&1 &&
+    python3 "$(dirname "$0")/../fit_rules.py" "$OUT"/coll_${c}_np[0-9].json | tee "$OUT/fit_$c.txt"
+done
 if python3 -c 'import matplotlib' 2>/dev/null; then
   python3 "$(dirname "$0")/../plot_busbw.py" "$OUT"/coll_*.json --out "$OUT" || rc=1
 else
