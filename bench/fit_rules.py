@@ -108,11 +108,9 @@ def fit(pts, tol, default):
                 bands[-1][0] = hi  # the same runs as the band below: one band
             else:
                 bands.append([hi, runs])
+    if bands:
+        bands[-1][0] = math.inf  # the widest band's rows serve every larger imbalance
     rules = [(last, hi, algo) for hi, runs in bands for algo, last in runs]
-    # The widest band's last run covers everything above: imbalance DBL_MAX.
-    if rules:
-        mb, _, algo = rules[-1]
-        rules[-1] = (mb, math.inf, algo)
     # Rules at the very end that only repeat the fall-through are dropped.
     while rules and rules[-1][0] == math.inf and rules[-1][1] == math.inf and rules[-1][2] == default:
         rules.pop()
