@@ -202,7 +202,7 @@ int main(int argc, char** argv) {
   MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &local);
   MPI_Comm_size(local, &localSize);
   MPI_Comm_free(&local);
-  const char* share = getenv("VCOLL_SHARE_GPU"); /* tests only: ranks share GPUs (scripts/share_gpu.sh) */
+  const char* share = getenv("VCOLL_SHARE_GPU"); /* tests only: ranks share GPUs (README: Environment) */
   int noGpu = ndev < localSize && !(ndev > 0 && share && atoi(share) != 0), someNoGpu;
   MPI_Allreduce(&noGpu, &someNoGpu, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
   if (backend == vcollBackendNccl && someNoGpu) {

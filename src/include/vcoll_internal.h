@@ -130,7 +130,7 @@ int64_t vcollParamCheck(void);        /* VCOLL_CHECK */
 const char* vcollParamAlgo(void);     /* VCOLL_ALGO */
 VCOLL_INTERNAL_API const char* vcollParamBackend(void);  /* VCOLL_BACKEND */
 /* VCOLL_SHARE_GPU: for testing multi-rank code on fewer GPUs than ranks
- * (scripts/share_gpu.sh); vcollCommInitMPI then puts local rank i on GPU
+ * (README: Environment); vcollCommInitMPI then puts local rank i on GPU
  * i % count instead of refusing. */
 VCOLL_INTERNAL_API int vcollParamShareGpu(void);
 const char* vcollParamGateKernel(void); /* VCOLL_GATE_KERNEL (read at every call: tests switch it) */

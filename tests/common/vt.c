@@ -57,7 +57,7 @@ int vtHaveGpu(void) {
       MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local);
       MPI_Comm_size(local, &localSize);
       MPI_Comm_free(&local);
-      /* VCOLL_SHARE_GPU=1 (scripts/share_gpu.sh): ranks share the GPUs,
+      /* VCOLL_SHARE_GPU=1 (README: Environment): ranks share the GPUs,
        * as vcollCommInitMPI then allows. */
       const char* share = getenv("VCOLL_SHARE_GPU");
       int ok = n >= localSize || (share && atoi(share) != 0);
