@@ -17,13 +17,15 @@ struct ReduceArgs {
   int nsrc;
   int op;
   int divisor;
+  int vec; /* dst and every source 16-byte aligned: reduceRangeVec */
   size_t n;
 };
 
 template <typename T>
 static __global__ void __launch_bounds__(REDUCE_THREADS) reduceKernel(const __grid_constant__ ReduceArgs a) {
-  vcollReduce::reduceRange<T>((T*)a.dst, a.src, a.nsrc, a.n, a.op, a.divisor,
-                              (size_t)blockIdx.x * REDUCE_THREADS + threadIdx.x, (size_t)gridDim.x * REDUCE_THREADS);
+  const size_t begin = (size_t)blockIdx.x * REDUCE_THREADS + threadIdx.x, stride = (size_t)gridDim.x * REDUCE_THREADS;
+  if (a.vec) vcollReduce::reduceRangeVec<T>((T*)a.dst, a.src, a.nsrc, a.n, a.op, a.divisor, begin, stride);
+  else vcollReduce::reduceRange<T>((T*)a.dst, a.src, a.nsrc, a.n, a.op, a.divisor, begin, stride);
 }
 
 template <typename T>
@@ -40,12 +42,18 @@ extern "C" vcollResult_t vcollBatchReduce(vcollComm_t comm, void* dst, const voi
   if (elems == 0) return vcollSuccess;
   ReduceArgs a;
   a.dst = dst;
-  for (int k = 0; k < nsrc; k++) a.src[k] = srcs[k];
+  uintptr_t any = (uintptr_t)dst;
+  for (int k = 0; k < nsrc; k++) {
+    a.src[k] = srcs[k];
+    any |= (uintptr_t)srcs[k];
+  }
+  a.vec = (any % 16) == 0;
   a.nsrc = nsrc;
   a.op = (int)op;
   a.divisor = avgDivisor > 0 ? avgDivisor : 1;
   a.n = elems;
-  const size_t need = (elems + REDUCE_THREADS - 1) / REDUCE_THREADS;
+  const size_t es = vcollTypeSize(type), perThread = a.vec && es > 0 ? 16 / es : 1; /* elements per step */
+  const size_t need = (elems / perThread + REDUCE_THREADS) / REDUCE_THREADS; /* >= 1: the tail's threads */
   const size_t cap = (size_t)(numSms > 0 ? numSms : 1) * REDUCE_BLOCKS_PER_SM;
   const unsigned blocks = (unsigned)(need < cap ? need : cap);
   switch (type) {

@@ -122,22 +122,26 @@ static int rsvP2pSupported(vcollComm_t comm, const void* vcall) {
   return comm->nranks <= VCOLL_REDUCE_MAX_SRCS;
 }
 
-/* Peer r's slot (r != me) of `mine` bytes in the p2p staging buffer. */
-static char* rsvP2pSlot(char* stage, int r, int me, size_t mine) {
-  return stage + (size_t)(r < me ? r : r - 1) * mine;
+/* Peer r's slot (r != me) in the p2p staging buffer, slots `stride` bytes apart. */
+static char* rsvP2pSlot(char* stage, int r, int me, size_t stride) {
+  return stage + (size_t)(r < me ? r : r - 1) * stride;
 }
 
 static vcollResult_t rsvP2pRun(vcollComm_t comm, const void* vcall) {
   const struct vcollRsvCall* c = vcall;
   if (c->totalRows == 0) return vcollSuccess;
   const int n = comm->nranks, me = comm->rank;
-  const size_t mine = c->counts[me] * c->rowBytes, mineElems = c->counts[me] * c->width;
+  const size_t mineElems = c->counts[me] * c->width;
   /* The size asked for is the same on every rank ((n - 1) slots of maxRows
    * rows), as growing the staging buffer is collective; slots of this
-   * rank's counts[me] rows are used. */
+   * rank's counts[me] rows are used, each starting on 16 bytes so that the
+   * reduction kernel can load 16-byte vectors (when recvbuff and this
+   * rank's rows of sendbuff are aligned too). */
   size_t slotMax = 0, total = 0;
-  if (!vcollMulOk(c->maxRows, c->rowBytes, &slotMax) || !vcollMulOk(slotMax, (size_t)(n - 1), &total))
+  if (!vcollMulOk(c->maxRows, c->rowBytes, &slotMax) || !vcollAddOk(slotMax, 15, &slotMax) ||
+      !vcollMulOk(slotMax & ~(size_t)15, (size_t)(n - 1), &total))
     return vcollSetError(comm, vcollInvalidArgument, "vcollReduceScatterV : p2p staging size overflows");
+  const size_t mine = (c->counts[me] * c->rowBytes + 15) & ~(size_t)15; /* slot stride */
   char* stage = NULL;
   if (total > 0)
     VCOLL_CHECK_RES(vcollStagingAcquire(comm, vcollStagingPlain, total, c->stream, "vcollReduceScatterV",

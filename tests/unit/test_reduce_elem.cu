@@ -110,6 +110,11 @@ static void expect(vcollDataType_t t, vcollRedOp_t op, const double* vals, int k
   encode(t, out, acc);
 }
 
+static int useVec; /* reduceRangeVec (16-byte vectors) instead of reduceRange */
+
+/* 16-byte aligned, as the kernel's vector path requires. */
+static unsigned char* alloc16(size_t bytes) { return (unsigned char*)aligned_alloc(16, (bytes + 16) / 16 * 16); }
+
 template <typename T>
 static void runT(vcollDataType_t t, vcollRedOp_t op, int nsrc, size_t n, int inPlace, int stride) {
   const size_t es = sizeof(T);
@@ -117,27 +122,28 @@ static void runT(vcollDataType_t t, vcollRedOp_t op, int nsrc, size_t n, int inP
   unsigned char* src[8];
   double* vals = (double*)malloc(sizeof(double) * n * (size_t)nsrc);
   for (int k = 0; k < nsrc; k++) {
-    src[k] = (unsigned char*)malloc(n * es + 1);
+    src[k] = alloc16(n * es + 1);
     for (size_t i = 0; i < n; i++) {
       vals[i * nsrc + k] = pick(t, op);
       encode(t, src[k] + i * es, vals[i * nsrc + k]);
     }
   }
   const int into = inPlace ? range(0, nsrc - 1) : -1;
-  unsigned char* dst = inPlace ? src[into] : (unsigned char*)malloc(n * es + 1);
+  unsigned char* dst = inPlace ? src[into] : alloc16(n * es + 1);
   if (!inPlace) memset(dst, 0xa5, n * es); /* poison */
   const void* srcs[8];
   for (int k = 0; k < nsrc; k++) srcs[k] = src[k];
   for (int th = 0; th < stride; th++) /* every thread of a grid of `stride` threads */
-    vcollReduce::reduceRange<T>((T*)dst, srcs, nsrc, n, (int)op, nsrc, (size_t)th, (size_t)stride);
+    if (useVec) vcollReduce::reduceRangeVec<T>((T*)dst, srcs, nsrc, n, (int)op, nsrc, (size_t)th, (size_t)stride);
+    else vcollReduce::reduceRange<T>((T*)dst, srcs, nsrc, n, (int)op, nsrc, (size_t)th, (size_t)stride);
   size_t wrong = 0;
   for (size_t i = 0; i < n; i++) {
     unsigned char want[8];
     expect(t, op, vals + i * nsrc, nsrc, want);
     if (memcmp(want, dst + i * es, es) != 0) {
       if (wrong < 3)
-        fprintf(stderr, "type %d op %d nsrc %d n %zu %s stride %d: element %zu wrong\n", (int)t, (int)op, nsrc, n,
-                inPlace ? "in place" : "out of place", stride, i);
+        fprintf(stderr, "type %d op %d nsrc %d n %zu %s stride %d%s: element %zu wrong\n", (int)t, (int)op, nsrc, n,
+                inPlace ? "in place" : "out of place", stride, useVec ? " (16-byte vectors)" : "", i);
       wrong++;
     }
   }
@@ -181,15 +187,32 @@ static void test_every_type_and_op(void** state) {
     }
 }
 
+/* The same through the 16-byte vector path: lengths with and without a
+ * tail (n % (16 / size) elements done one by one), grids narrower and wider
+ * than the vector count. */
+static void test_every_type_and_op_vectors(void** state) {
+  useVec = 1;
+  test_every_type_and_op(state);
+  for (int t = 0; t < vcollNumTypes; t++) {
+    const size_t V = 16 / typeSize((vcollDataType_t)t);
+    runType((vcollDataType_t)t, vcollSum, 3, 5 * V, 0, 2);        /* no tail */
+    runType((vcollDataType_t)t, vcollMax, 4, 5 * V + V - 1, 1, 7); /* the longest tail */
+    runType((vcollDataType_t)t, vcollMin, 2, V - 1, 0, 1);         /* tail only */
+  }
+  useVec = 0;
+}
+
 /* Sums that leave the small types' exact range round once, like the
  * reference's single rounding: fp8 e4m3 above 16 and e5m2 above 8. */
 static void test_rounding_once(void** state) {
   (void)state;
   for (int rep = 0; rep < 20; rep++) {
+    useVec = rep >= 10;
     runType(vcollFloat8e4m3, vcollSum, 8, 333, rep & 1, 7);
     runType(vcollFloat8e5m2, vcollSum, 8, 333, rep & 1, 7);
     runType(vcollFloat8e5m2, vcollAvg, 7, 333, rep & 1, 7);
   }
+  useVec = 0;
 }
 
 /* fp8 sums past the largest finite value saturate to it (448 for e4m3,
@@ -198,9 +221,11 @@ static void test_saturation(void** state) {
   (void)state;
   bigValues = 1;
   for (int rep = 0; rep < 10; rep++) {
+    useVec = rep >= 5;
     runType(vcollFloat8e4m3, vcollSum, 8, 257, rep & 1, 5);
     runType(vcollFloat8e5m2, vcollSum, 8, 257, rep & 1, 5);
   }
+  useVec = 0;
   bigValues = 0;
 }
 
@@ -209,6 +234,7 @@ int main(void) {
   printf("# test_reduce_elem seed %llu\n", (unsigned long long)rngState);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_every_type_and_op),
+      cmocka_unit_test(test_every_type_and_op_vectors),
       cmocka_unit_test(test_rounding_once),
       cmocka_unit_test(test_saturation),
   };
