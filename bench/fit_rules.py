@@ -6,7 +6,9 @@ shape and size), and prints
   1. how the automatic choice recorded in the run did: per point its time
      over the fastest algorithm's, and the points more than 5% slower
      (the issue's bar), with the mean speedup over the baseline at
-     256 KB-16 MB per rank;
+     256 KB-16 MB per rank; then the same for the table now in the C
+     source (--source; agvRules229 for NCCL >= 2.29), so that an edited
+     table can be scored on recorded data without a GPU;
   2. a fitted rule table in the form of agvRules / rsvRules
      (src/coll/allgatherv.c, reducescatterv.c): first match of
      (bytes per rank <= maxBytes, imbalance <= maxImbalance) -> algorithm,
@@ -25,6 +27,8 @@ paste blindly: with few points per band it follows noise.
 import argparse
 import json
 import math
+import os
+import re
 import sys
 
 BAR = 1.05  # the issue's bar: no more than 5% slower than the fastest
@@ -41,6 +45,7 @@ def human(n):
 
 def load(paths):
     pts, meta = [], None
+    nccl, dtype = None, None
     for path in paths:
         with open(path) as f:
             d = json.load(f)
@@ -48,6 +53,7 @@ def load(paths):
         if meta and m[0] != meta[0]:
             sys.exit(f"fit_rules: {path} is {m[0]}, not {meta[0]}")
         meta = meta or m
+        nccl, dtype = d.get("nccl"), d.get("type")
         for p in d["points"]:
             times = {a: v["time_us"] for a, v in p["algos"].items()
                      if v.get("time_us") is not None and v["time_us"] > 0 and not v.get("wrong")}
@@ -56,7 +62,33 @@ def load(paths):
             pts.append(dict(n=d["nranks"], shape=p["shape"], size=p["bytes_per_rank"], imb=p["imbalance"],
                             times=times, auto=p.get("auto"), auto_us=p.get("time_us"),
                             registered=d.get("registered", 0), graph=d.get("graph", 0)))
-    return pts, meta
+    return pts, meta + (nccl, dtype)
+
+
+ROW = re.compile(r'\{\s*(SIZE_MAX|\(size_t\)\s*(\d+)\s*<<\s*(\d+)|\d+)\s*,\s*(DBL_MAX|[\d.]+)\s*,'
+                 r'\s*(?:([01])\s*,\s*)?"(\w+)"\s*\}')
+
+
+def source_rules(path, array):
+    """The rows of `array` (e.g. agvRules) in a C source: [(maxBytes,
+    maxImbalance, symmOpOnly, algo)]."""
+    with open(path) as f:
+        text = f.read()
+    m = re.search(re.escape(array) + r"\[\]\s*=\s*\{(.*?)\n\};", text, re.S)
+    if not m:
+        sys.exit(f"fit_rules: no {array}[] in {path}")
+    rows = []
+    for r in ROW.finditer(m.group(1)):
+        size = math.inf if r.group(1) == "SIZE_MAX" else (
+            int(r.group(2)) << int(r.group(3)) if r.group(2) else int(r.group(1)))
+        imb = math.inf if r.group(4) == "DBL_MAX" else float(r.group(4))
+        rows.append((size, imb, int(r.group(5) or 0), r.group(6)))
+    return rows
+
+
+def symm_op(op, dtype):
+    """reducescatterv's rsvSymmOp: sum/avg of the floating-point types of 32 bits or less."""
+    return op in ("sum", "avg") and dtype in ("float", "half", "bfloat16", "f8e4m3", "f8e5m2")
 
 
 def decided_before_table(p, coll):
@@ -139,8 +171,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("json", nargs="+")
     ap.add_argument("--tol", type=float, default=1.03, help="keep an algorithm within this factor (1.03)")
+    ap.add_argument("--source", help="C file whose table to score (default: src/coll/allgatherv.c or "
+                    "reducescatterv.c beside this script's tree); 'none' to skip")
     args = ap.parse_args()
-    pts, (coll, op, baseline) = load(args.json)
+    pts, (coll, op, baseline, nccl, dtype) = load(args.json)
     default = "bcast" if coll == "allgatherv" else "reduce"
     print(f"# {coll} (op {op}), {len(pts)} points from {len(args.json)} file(s)")
     if not pts:
@@ -153,6 +187,13 @@ def main():
               f"{slowdown(p, a):.2f}x the fastest")
     recorded = [p for p in pts if p["auto"] in p["times"]]
     report("recorded automatic choice", recorded, lambda p: p["auto"], baseline)
+    src = args.source or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src", "coll",
+                                      coll + ".c")
+    if src != "none" and os.path.exists(src):
+        array = ("agvRules229" if (nccl or 0) >= 22900 else "agvRules") if coll == "allgatherv" else "rsvRules"
+        rows = [(mb, mi, a) for mb, mi, symm, a in source_rules(src, array) if not symm or symm_op(op, dtype)]
+        report(f"table {array}[] of {os.path.basename(src)}", pts,
+               lambda p: decided_before_table(p, coll) or choose(rows, p, default), baseline)
     rules = fit(table, args.tol, default)
     report("fitted table", pts, lambda p: decided_before_table(p, coll) or choose(rules, p, default), baseline)
     print("# fitted rules (first match; falls through to " + default + "):")

@@ -37,13 +37,23 @@ def main():
         pts.append(point("one", s, 4.0, one, "bcast"))
     doc = {"collective": "allgatherv", "nranks": 4, "backend": "nccl", "nccl": 22803, "op": "none",
            "baseline": "bcast", "registered": 0, "graph": 0, "points": pts}
+    # A C table like allgatherv.c's, equal to the best one: it must score every point.
+    csrc = ("static const struct agvRule agvRules[] = {\n    {(size_t)1 << 20, 1.0, \"pad_symm\"},  /* x */\n"
+            "    {SIZE_MAX, 1.0, \"native\"},\n    {(size_t)4 << 20, DBL_MAX, \"p2p\"},\n};\n")
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(doc, f)
         path = f.name
+    with tempfile.NamedTemporaryFile("w", suffix=".c", delete=False) as f:
+        f.write(csrc)
+        cpath = f.name
     try:
-        out = subprocess.run([sys.executable, FIT, path], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run([sys.executable, FIT, path, "--source", cpath], capture_output=True, text=True,
+                             check=True).stdout
+        # The repository's own tables parse (no assertion on their score: made-up data).
+        subprocess.run([sys.executable, FIT, path], capture_output=True, text=True, check=True)
     finally:
         os.unlink(path)
+        os.unlink(cpath)
     print(out)
     rules = [line.strip() for line in out.splitlines() if line.startswith("    {")]
     want = ['{(size_t)1 << 20, 1.00, "pad_symm"},', '{SIZE_MAX, 1.00, "native"},',
@@ -62,6 +72,10 @@ def main():
         ok = False
     if "65536 B/rank imb 1.50: pad is 1.20x the fastest (p2p)" not in out:
         print("FAIL: the slow recorded point is not listed")
+        ok = False
+    src = [line for line in out.splitlines() if line.startswith("# table agvRules[]")]
+    if not src or f": {len(pts)} of {len(pts)} points within 5%" not in src[0]:
+        print(f"FAIL: the C table's score: {src}")
         ok = False
     before = [line for line in out.splitlines() if "before the table" in line]
     if len(before) != len(SIZES):
