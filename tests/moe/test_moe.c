@@ -25,6 +25,7 @@
 #include "vcoll_hostfloat.h"
 #include "vcoll_mpi.h"
 #include "vt.h"
+#include "vt_comm.h"
 
 static vcollBackend_t backend = vcollBackendHost;
 static vcollComm_t comm = NULL;
@@ -688,29 +689,18 @@ static void test_graph_capture(void** state) {
 
 static int setup(void** state) {
   (void)state;
-  if (onGpu() && !vtHaveGpu()) return 0;
-  vcollResult_t res = vcollCommInitMPI(MPI_COMM_WORLD, backend, &comm);
-  if (res != vcollSuccess) fprintf(stderr, "vcollCommInitMPI: %s\n", vcollGetLastError(NULL));
-  return res == vcollSuccess ? 0 : -1;
+  return vtCommSetup(backend, &comm);
 }
 
 static int teardown(void** state) {
   (void)state;
-  vcollCommDestroy(comm);
-  comm = NULL;
+  vtCommTeardown(&comm);
   return 0;
 }
 
 int main(int argc, char** argv) {
   vtMpiInit(&argc, &argv);
-  for (int i = 1; i < argc; i++) {
-    if (strcmp(argv[i], "--backend") == 0 && i + 1 < argc) {
-      i++;
-      backend = strcmp(argv[i], "nccl") == 0 ? vcollBackendNccl : vcollBackendHost;
-    } else if (strcmp(argv[i], "--iters") == 0 && i + 1 < argc) {
-      iters = atoi(argv[++i]);
-    }
-  }
+  vtParseCommArgs(argc, argv, &backend, &iters);
   rank_ = vtRank();
   nranks_ = vtSize();
   if (nranks_ > 32) { fprintf(stderr, "at most 32 ranks\n"); return vtMpiFinalize(1); }
