@@ -56,21 +56,10 @@ extern "C" vcollResult_t vcollBatchReduce(vcollComm_t comm, void* dst, const voi
   const size_t need = (elems / perThread + REDUCE_THREADS) / REDUCE_THREADS; /* >= 1: the tail's threads */
   const size_t cap = (size_t)(numSms > 0 ? numSms : 1) * REDUCE_BLOCKS_PER_SM;
   const unsigned blocks = (unsigned)(need < cap ? need : cap);
-  switch (type) {
-    case vcollInt8: launch<int8_t>(a, blocks, stream); break;
-    case vcollUint8: launch<uint8_t>(a, blocks, stream); break;
-    case vcollInt32: launch<int32_t>(a, blocks, stream); break;
-    case vcollUint32: launch<uint32_t>(a, blocks, stream); break;
-    case vcollInt64: launch<int64_t>(a, blocks, stream); break;
-    case vcollUint64: launch<uint64_t>(a, blocks, stream); break;
-    case vcollFloat16: launch<__half>(a, blocks, stream); break;
-    case vcollFloat32: launch<float>(a, blocks, stream); break;
-    case vcollFloat64: launch<double>(a, blocks, stream); break;
-    case vcollBfloat16: launch<__nv_bfloat16>(a, blocks, stream); break;
-    case vcollFloat8e4m3: launch<__nv_fp8_e4m3>(a, blocks, stream); break;
-    case vcollFloat8e5m2: launch<__nv_fp8_e5m2>(a, blocks, stream); break;
-    default: return vcollSetError(comm, vcollInternalError, "vcollBatchReduce: type %d", (int)type);
-  }
+  const bool known = vcollReduce::byType(type, [&](auto* tag) {
+    launch<std::remove_pointer_t<decltype(tag)>>(a, blocks, stream);
+  });
+  if (!known) return vcollSetError(comm, vcollInternalError, "vcollBatchReduce: type %d", (int)type);
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess)
     return vcollSetError(comm, vcollUnhandledCudaError, "reduction kernel launch (%d sources, %zu elements) failed: %s",

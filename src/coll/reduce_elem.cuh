@@ -14,6 +14,7 @@
 #include <cuda_fp8.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <type_traits>
 #include <vector_types.h>
 
 #include "vcoll.h"
@@ -69,6 +70,28 @@ __host__ __device__ __forceinline__ A applyOp(int op, A a, A b) {
     case vcollMax: return a > b ? a : b;
     case vcollMin: return a < b ? a : b;
     default: return (A)(a + b); /* sum; avg divides afterwards */
+  }
+}
+
+/* Calls f((T*)nullptr) with T the element type of `t` and returns true;
+ * false for a type without one. The one mapping from vcoll types to C++
+ * types, for the kernel's launch and the host test that checks it. */
+template <typename F>
+inline bool byType(vcollDataType_t t, F&& f) {
+  switch (t) {
+    case vcollInt8: f((int8_t*)nullptr); return true;
+    case vcollUint8: f((uint8_t*)nullptr); return true;
+    case vcollInt32: f((int32_t*)nullptr); return true;
+    case vcollUint32: f((uint32_t*)nullptr); return true;
+    case vcollInt64: f((int64_t*)nullptr); return true;
+    case vcollUint64: f((uint64_t*)nullptr); return true;
+    case vcollFloat16: f((__half*)nullptr); return true;
+    case vcollFloat32: f((float*)nullptr); return true;
+    case vcollFloat64: f((double*)nullptr); return true;
+    case vcollBfloat16: f((__nv_bfloat16*)nullptr); return true;
+    case vcollFloat8e4m3: f((__nv_fp8_e4m3*)nullptr); return true;
+    case vcollFloat8e5m2: f((__nv_fp8_e5m2*)nullptr); return true;
+    default: return false;
   }
 }
 

@@ -154,21 +154,9 @@ static void runT(vcollDataType_t t, vcollRedOp_t op, int nsrc, size_t n, int inP
 }
 
 static void runType(vcollDataType_t t, vcollRedOp_t op, int nsrc, size_t n, int inPlace, int stride) {
-  switch (t) {
-    case vcollInt8: runT<int8_t>(t, op, nsrc, n, inPlace, stride); break;
-    case vcollUint8: runT<uint8_t>(t, op, nsrc, n, inPlace, stride); break;
-    case vcollInt32: runT<int32_t>(t, op, nsrc, n, inPlace, stride); break;
-    case vcollUint32: runT<uint32_t>(t, op, nsrc, n, inPlace, stride); break;
-    case vcollInt64: runT<int64_t>(t, op, nsrc, n, inPlace, stride); break;
-    case vcollUint64: runT<uint64_t>(t, op, nsrc, n, inPlace, stride); break;
-    case vcollFloat16: runT<__half>(t, op, nsrc, n, inPlace, stride); break;
-    case vcollFloat32: runT<float>(t, op, nsrc, n, inPlace, stride); break;
-    case vcollFloat64: runT<double>(t, op, nsrc, n, inPlace, stride); break;
-    case vcollBfloat16: runT<__nv_bfloat16>(t, op, nsrc, n, inPlace, stride); break;
-    case vcollFloat8e4m3: runT<__nv_fp8_e4m3>(t, op, nsrc, n, inPlace, stride); break;
-    case vcollFloat8e5m2: runT<__nv_fp8_e5m2>(t, op, nsrc, n, inPlace, stride); break;
-    default: fail();
-  }
+  const bool known = vcollReduce::byType(
+      t, [&](auto* tag) { runT<std::remove_pointer_t<decltype(tag)>>(t, op, nsrc, n, inPlace, stride); });
+  if (!known) fail();
 }
 
 /* Every type and op (avg: floating point only), 1 to 8 sources, odd
