@@ -47,8 +47,12 @@ def load(paths):
     pts, meta = [], None
     nccl, dtype = None, None
     for path in paths:
-        with open(path) as f:
-            d = json.load(f)
+        try:
+            with open(path) as f:
+                d = json.load(f)
+            d["collective"], d["points"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            sys.exit(f"fit_rules: {path}: not a benchmark JSON (-J) file: {e}")
         m = (d["collective"], d.get("op"), d.get("baseline"))
         if meta and m[0] != meta[0]:
             sys.exit(f"fit_rules: {path} is {m[0]}, not {meta[0]}")
