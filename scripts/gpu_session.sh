@@ -11,6 +11,9 @@
 #   ranks sharing the GPU(s) (vcollCommInitMPI gives each rank an NCCL host
 #   id of its own, and NCCL moves data over sockets on loopback): checks the
 #   multi-rank algorithms and kernels on a one-GPU machine; times meaningless.
+#   VCOLL_NCCL_PKG=archive (from scripts/nccl_pkg.py; carry .deps/nccl) or
+#   VCOLL_NCCL_HOME=prefix builds and runs everything against that NCCL
+#   instead of the system's (meson -Dnccl_home, LD_LIBRARY_PATH).
 #   VCOLL_SKIP_TESTS=1 skips the test suites, VCOLL_TEST_TIMEOUT (s, default
 #   300) bounds them (VCOLL_TEST_TIMEOUT_MULT scales each test's own limit), VCOLL_BENCH_TIMEOUT (s, default 420) each benchmark.
 #
@@ -40,9 +43,18 @@ if ! pkg-config --exists cmocka 2>/dev/null && ls .deps/debs/*.deb >/dev/null 2>
   export LD_LIBRARY_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 fi
 
+if [ -n "${VCOLL_NCCL_PKG:-}" ]; then
+  VCOLL_NCCL_HOME=/tmp/nccl-pkg/$(basename "$VCOLL_NCCL_PKG" .tar.xz)
+  mkdir -p "$VCOLL_NCCL_HOME" && tar -xJf "$VCOLL_NCCL_PKG" -C "$VCOLL_NCCL_HOME" ||
+    { echo "gpu_session: cannot unpack $VCOLL_NCCL_PKG"; exit 1; }
+fi
+if [ -n "${VCOLL_NCCL_HOME:-}" ]; then
+  export LD_LIBRARY_PATH=$VCOLL_NCCL_HOME/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
+
 nccl_ver() {
   local h
-  for h in /usr/include/nccl.h /usr/local/cuda/include/nccl.h; do
+  for h in ${VCOLL_NCCL_HOME:+$VCOLL_NCCL_HOME/include/nccl.h} /usr/include/nccl.h /usr/local/cuda/include/nccl.h; do
     [ -f "$h" ] && { awk '/define NCCL_(MAJOR|MINOR|PATCH) /{printf "%s%s", s, $3; s="."}' "$h"; echo " ($h)"; return; }
   done
 }
@@ -62,9 +74,12 @@ step() { echo "=== $* ($(date -u +%H:%M:%S))"; }
 
 step build
 B=${BUILD_DIR:-build-gpu}
-{ meson setup "$B" -Dgpu_arch=90 && ninja -C "$B" -j "$(nproc)"; } >"$LOG/build.txt" 2>&1
+{ meson setup "$B" -Dgpu_arch=90 ${VCOLL_NCCL_HOME:+-Dnccl_home=$VCOLL_NCCL_HOME} && ninja -C "$B" -j "$(nproc)"; } >"$LOG/build.txt" 2>&1
 build_rc=$?
 tail -5 "$LOG/build.txt"
+# The NCCL the library loads, and the version it reports at run time.
+echo "libvcoll loads: $(ldd "$B/src/libvcoll.so" 2>/dev/null | grep -o 'libnccl[^ ]* => [^ ]*')"
+python3 -c 'import ctypes; v = ctypes.c_int(); ctypes.CDLL("libnccl.so.2").ncclGetVersion(ctypes.byref(v)); print("NCCL run-time version:", v.value)' 2>&1
 if [ $build_rc -ne 0 ]; then
   grep -E "error|FAILED" "$LOG/build.txt" | head -40
   tar czf "$OUT/results.tgz" -C "$OUT" logs bench
