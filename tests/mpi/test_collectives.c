@@ -354,10 +354,8 @@ static int runRsvCase(uint64_t seed, int iter, const char* algo) {
       }
     }
     double gv = decode(t, got + k * es);
-    if (op == vcollAvg) {
-      acc /= nranks_;
-      if (!(fabs(gv - acc) <= tolerance(t, fabs(acc)))) wrong++;
-    } else if (!(gv == acc)) {
+    if (op == vcollAvg) acc /= nranks_;
+    if (op == vcollAvg ? !(fabs(gv - acc) <= tolerance(t, fabs(acc))) : !(gv == acc)) {
       if (wrong < 3) fprintf(stderr, "[rank %d] rsv %s %s elem %zu: got %g want %g\n", rank_, vcollTypeName(t),
                              vcollOpName(op), k, gv, acc);
       wrong++;
