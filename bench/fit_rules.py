@@ -95,7 +95,9 @@ def symm_op(op, dtype):
     return op in ("sum", "avg") and dtype in ("float", "half", "bfloat16", "f8e4m3", "f8e5m2")
 
 
-def decided_before_table(p, coll):
+def decided_before_table(p, coll, avg_gate=False):
+    if avg_gate:  # reducescatterv.c's rsvNcclAvgOk: avg on NCCL >= 2.30 goes to the grouped ncclReduce
+        return "reduce"
     if p["registered"] and abs(p["imb"] - 1.0) < 1e-9:
         return "native"
     if p["imb"] >= 0.75 * p["n"] and abs(p["imb"] - 1.0) > 1e-9:
@@ -183,10 +185,11 @@ def main():
     print(f"# {coll} (op {op}), {len(pts)} points from {len(args.json)} file(s)")
     if not pts:
         sys.exit(0)
-    pre = [p for p in pts if decided_before_table(p, coll)]
-    table = [p for p in pts if not decided_before_table(p, coll)]
+    gate = coll == "reducescatterv" and op == "avg" and (nccl or 0) >= 23000
+    pre = [p for p in pts if decided_before_table(p, coll, gate)]
+    table = [p for p in pts if not decided_before_table(p, coll, gate)]
     for p in pre:
-        a = decided_before_table(p, coll)
+        a = decided_before_table(p, coll, gate)
         print(f"#   before the table: np {p['n']} {p['shape']} {p['size']} B/rank imb {p['imb']:.2f} -> {a}, "
               f"{slowdown(p, a):.2f}x the fastest")
     recorded = [p for p in pts if p["auto"] in p["times"]]
@@ -197,7 +200,7 @@ def main():
         array = ("agvRules229" if (nccl or 0) >= 22900 else "agvRules") if coll == "allgatherv" else "rsvRules"
         rows = [(mb, mi, a) for mb, mi, symm, a in source_rules(src, array) if not symm or symm_op(op, dtype)]
         report(f"table {array}[] of {os.path.basename(src)}", pts,
-               lambda p: decided_before_table(p, coll) or choose(rows, p, default), baseline)
+               lambda p: decided_before_table(p, coll, gate) or choose(rows, p, default), baseline)
     rules = fit(table, args.tol, default)
     report("fitted table", pts, lambda p: decided_before_table(p, coll) or choose(rules, p, default), baseline)
     print("# fitted rules (first match; falls through to " + default + "):")

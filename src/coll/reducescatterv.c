@@ -10,6 +10,17 @@ static int rsvAlways(vcollComm_t comm, const void* call) {
   return 1;
 }
 
+/* ncclReduceScatter with ncclAvg returns the sum, not the average, in NCCL
+ * 2.32.3 when NCCL runs it with its PAT algorithm (one GPU per node; found
+ * with 8 ranks, each its own host); 2.28.3 and 2.29.7 are correct, 2.30 and
+ * 2.31 were not tested. From 2.30 on, the algorithms that would hand ncclAvg
+ * to ncclReduceScatter (native, pad, pad_symm) do not take avg, and the
+ * automatic choice is the grouped ncclReduce. */
+#define RSV_NCCL_AVG_SUSPECT 23000
+static int rsvNcclAvgOk(vcollComm_t comm, const struct vcollRsvCall* c) {
+  return c->op != vcollAvg || comm->ncclVersion < RSV_NCCL_AVG_SUSPECT;
+}
+
 /* Baseline: one ncclReduce per root in a group; root r receives its rows. */
 static vcollResult_t rsvReduceRun(vcollComm_t comm, const void* vcall) {
   const struct vcollRsvCall* c = vcall;
@@ -29,9 +40,12 @@ end:
   return res;
 }
 
-static int rsvEqualSupported(vcollComm_t comm, const void* vcall) {
-  const struct vcollRsvCall* c = vcall;
+static int rsvEqual(vcollComm_t comm, const struct vcollRsvCall* c) {
   return c->maxRows * (size_t)comm->nranks == c->totalRows;
+}
+
+static int rsvEqualSupported(vcollComm_t comm, const void* vcall) {
+  return rsvEqual(comm, vcall) && rsvNcclAvgOk(comm, vcall);
 }
 
 /* All counts equal: the native ncclReduceScatter. */
@@ -102,9 +116,12 @@ static vcollResult_t rsvPadRun(vcollComm_t comm, const void* vcall) {
   return rsvPadRunKind(comm, vcall, vcollStagingPlain);
 }
 
+static int rsvPadSupported(vcollComm_t comm, const void* vcall) {
+  return rsvNcclAvgOk(comm, vcall);
+}
+
 static int rsvSymmSupported(vcollComm_t comm, const void* vcall) {
-  (void)vcall;
-  return vcollSymmAvailable(comm);
+  return vcollSymmAvailable(comm) && rsvNcclAvgOk(comm, vcall);
 }
 
 static vcollResult_t rsvPadSymmRun(vcollComm_t comm, const void* vcall) {
@@ -176,7 +193,7 @@ end:
 const struct vcollAlgo vcollRsvAlgos[] = {
     {"reduce", "one ncclReduce per root in a group (baseline)", rsvAlways, rsvReduceRun},
     {"native", "ncclReduceScatter; only when all counts are equal", rsvEqualSupported, rsvNativeRun},
-    {"pad", "pack rows padded to maxRows, one ncclReduceScatter, copy out", rsvAlways, rsvPadRun},
+    {"pad", "pack rows padded to maxRows, one ncclReduceScatter, copy out", rsvPadSupported, rsvPadRun},
     {"pad_symm", "pad over vcoll's staging buffer in an NCCL symmetric window (NCCL >= 2.27)", rsvSymmSupported,
      rsvPadSymmRun},
     {"p2p", "grouped ncclSend/ncclRecv of each rank's rows, then one reduction kernel", rsvP2pSupported, rsvP2pRun},
@@ -229,14 +246,17 @@ int vcollRsvAllRegistered(vcollComm_t comm, const struct vcollRsvCall* call) {
 
 int vcollRsvSelect(vcollComm_t comm, const struct vcollRsvCall* call) {
   const int n = comm->nranks;
-  const int equal = rsvEqualSupported(comm, call);
+  const int equal = rsvEqual(comm, call);
   if (call->totalRows == 0 || n == 1) return vcollAlgoFind(vcollCollReduceScatterV, "native");
   const double imbalance = (double)call->maxRows * n / (double)call->totalRows;
   const size_t perRank = call->totalRows * call->rowBytes / (size_t)n;
   const int symmOp = rsvSymmOp(call);
   const char* algo = NULL;
   const char* why = "table";
-  if (equal && vcollRsvAllRegistered(comm, call)) {
+  if (!rsvNcclAvgOk(comm, call)) {
+    algo = "reduce";
+    why = "avg: ncclReduceScatter's avg is not trusted from NCCL 2.30 on";
+  } else if (equal && vcollRsvAllRegistered(comm, call)) {
     algo = "native";
     why = "registered buffers";
   } else if (!equal && imbalance >= 0.75 * n) {
