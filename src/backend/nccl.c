@@ -27,7 +27,8 @@ static vcollResult_t ncclRsv(vcollComm_t comm, const struct vcollRsvCall* call) 
   if (comm->nranks == 1) {
     /* Reducing over one rank is the identity for every op (avg included):
      * a copy, or nothing in place. NCCL 2.28's one-rank path rejects avg on
-     * fp8 types (it has no pre-multiply kernel for them). */
+     * fp8 types (it has no pre-multiply kernel for them), and before 2.29.7
+     * it drops trailing elements of avg (NVIDIA/nccl#1950). */
     size_t bytes = call->counts[0] * call->rowBytes;
     if (!call->inPlace && bytes > 0)
       VCOLL_CUDACHECK(comm, cudaMemcpyAsync(call->recvbuff, call->sendbuff, bytes, cudaMemcpyDeviceToDevice,
