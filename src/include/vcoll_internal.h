@@ -90,8 +90,8 @@ struct vcollComm {
   char lastError[512];
 };
 
-/* Functions libvcoll_mpi calls: exported from libvcoll but not part of
- * the public API (no public header declares them). */
+/* Functions libvcoll_mpi (or a unit test) calls: exported from libvcoll
+ * but not part of the public API (no public header declares them). */
 #define VCOLL_INTERNAL_API VCOLL_API
 
 /* comm.c */
@@ -147,9 +147,10 @@ extern const struct vcollAlgo vcollAgvAlgos[];
 extern const int vcollAgvAlgoCount;
 extern const struct vcollAlgo vcollRsvAlgos[];
 extern const int vcollRsvAlgoCount;
-/* Picks the algorithm index for a call on the NCCL backend. */
-int vcollAgvSelect(vcollComm_t comm, const struct vcollAgvCall* call);
-int vcollRsvSelect(vcollComm_t comm, const struct vcollRsvCall* call);
+/* Picks the algorithm index for a call on the NCCL backend. Exported for
+ * the unit test of the selection (tests/unit/test_select.c). */
+VCOLL_INTERNAL_API int vcollAgvSelect(vcollComm_t comm, const struct vcollAgvCall* call);
+VCOLL_INTERNAL_API int vcollRsvSelect(vcollComm_t comm, const struct vcollRsvCall* call);
 /* 1 when this rank's buffers of the call lie in windows from vcollMemAlloc
  * (then equal counts run the native call on them). Every rank must agree:
  * checked mode includes it in the digest. */
@@ -158,7 +159,7 @@ int vcollRsvAllRegistered(vcollComm_t comm, const struct vcollRsvCall* call);
 int vcollAlgoFind(vcollCollective_t coll, const char* name);
 /* The algorithm to run: the forced one (comm, then VCOLL_ALGO) when it
  * supports the call, else autoIdx. Records it as the last algorithm. */
-int vcollAlgoChoose(vcollComm_t comm, vcollCollective_t coll, const void* call, int autoIdx);
+VCOLL_INTERNAL_API int vcollAlgoChoose(vcollComm_t comm, vcollCollective_t coll, const void* call, int autoIdx);
 
 /* backend/nccl.c */
 extern const struct vcollBackendOps vcollNcclOps;

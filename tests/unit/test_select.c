@@ -1,0 +1,143 @@
+/* The NCCL backend's automatic algorithm choice (vcollAgvSelect,
+ * vcollRsvSelect) and forcing (vcollAlgoChoose), on communicators that
+ * exist only on the host: no GPU, no NCCL communicator. Checks the rules
+ * that do not come from measurements: one rank, one rank holding almost
+ * everything, the NCCL 2.29 table, and avg kept away from ncclReduceScatter
+ * from NCCL 2.30 on (docs/algorithms.md, "NCCL releases"). */
+#include <string.h>
+
+#include "vcoll.h"
+#include "vcoll_internal.h"
+#include "vt.h"
+
+static const struct vcollBackendOps fakeOps = {.name = "nccl (host-only test)"};
+
+static vcollComm_t makeComm(int nranks, int ncclVersion) {
+  vcollComm_t c = NULL;
+  assert_int_equal(vcollCommCreateCommon(0, nranks, vcollBackendNccl, &fakeOps, &c), vcollSuccess);
+  c->ncclVersion = ncclVersion;
+  return c;
+}
+
+/* counts of `rows` per rank, or all rows on rank 0 when `one`. */
+static struct vcollRsvCall rsvCall(vcollComm_t c, size_t* counts, size_t rows, size_t width, int one,
+                                   vcollDataType_t t, vcollRedOp_t op) {
+  struct vcollRsvCall k;
+  memset(&k, 0, sizeof(k));
+  for (int r = 0; r < c->nranks; r++) counts[r] = one ? (r == 0 ? rows * c->nranks : 0) : rows;
+  k.counts = counts;
+  k.totalRows = rows * c->nranks;
+  k.maxRows = one ? k.totalRows : rows;
+  k.width = width;
+  k.rowBytes = width * vcollTypeSize(t);
+  k.datatype = t;
+  k.op = op;
+  return k;
+}
+
+static const char* rsvAuto(vcollComm_t c, const struct vcollRsvCall* k) {
+  return vcollAlgoName(vcollCollReduceScatterV, vcollRsvSelect(c, k));
+}
+
+/* What runs with `forced` set on the communicator. */
+static const char* rsvForced(vcollComm_t c, const struct vcollRsvCall* k, const char* forced) {
+  assert_int_equal(vcollCommSetAlgo(c, vcollCollReduceScatterV, forced), vcollSuccess);
+  const char* ran =
+      vcollAlgoName(vcollCollReduceScatterV, vcollAlgoChoose(c, vcollCollReduceScatterV, k, vcollRsvSelect(c, k)));
+  assert_int_equal(vcollCommSetAlgo(c, vcollCollReduceScatterV, NULL), vcollSuccess);
+  return ran;
+}
+
+static int isPad(const char* a) { return strcmp(a, "pad") == 0 || strcmp(a, "pad_symm") == 0; }
+
+static void test_rsv_avg_by_nccl_version(void** state) {
+  (void)state;
+  size_t counts[8];
+  /* 4 ranks, equal, 64 KB per rank of float: the table's padded rows. */
+  for (int v = 0; v < 3; v++) {
+    const int version = (int[]){22803, 22907, 23203}[v];
+    vcollComm_t c = makeComm(4, version);
+    struct vcollRsvCall sum = rsvCall(c, counts, 256, 64, 0, vcollFloat32, vcollSum);
+    struct vcollRsvCall avg = rsvCall(c, counts, 256, 64, 0, vcollFloat32, vcollAvg);
+    assert_true(isPad(rsvAuto(c, &sum)));
+    assert_string_equal(rsvForced(c, &sum, "native"), "native");
+    assert_string_equal(rsvForced(c, &sum, "pad"), "pad");
+    if (version < 23000) {
+      assert_true(isPad(rsvAuto(c, &avg)));
+      assert_string_equal(rsvForced(c, &avg, "native"), "native");
+      assert_string_equal(rsvForced(c, &avg, "pad"), "pad");
+    } else {
+      /* ncclReduceScatter's avg is not trusted: every path to it declines. */
+      assert_string_equal(rsvAuto(c, &avg), "reduce");
+      assert_string_equal(rsvForced(c, &avg, "native"), "reduce");
+      assert_string_equal(rsvForced(c, &avg, "pad"), "reduce");
+      assert_string_equal(rsvForced(c, &avg, "pad_symm"), "reduce");
+    }
+    /* The paths that never hand avg to ncclReduceScatter run when forced. */
+    assert_string_equal(rsvForced(c, &avg, "p2p"), "p2p");
+    assert_string_equal(rsvForced(c, &avg, "reduce"), "reduce");
+    vcollCommFreeCommon(c);
+  }
+}
+
+static void test_rsv_fixed_rules(void** state) {
+  (void)state;
+  size_t counts[8];
+  vcollComm_t c = makeComm(1, 22803);
+  struct vcollRsvCall k = rsvCall(c, counts, 100, 16, 0, vcollBfloat16, vcollAvg);
+  assert_string_equal(rsvAuto(c, &k), "native"); /* one rank: a copy */
+  vcollCommFreeCommon(c);
+  c = makeComm(8, 22803);
+  k = rsvCall(c, counts, 100, 16, 1, vcollBfloat16, vcollSum); /* one rank holds all */
+  assert_string_equal(rsvAuto(c, &k), "reduce");
+  k = rsvCall(c, counts, 0, 16, 0, vcollBfloat16, vcollSum); /* nothing to move */
+  assert_string_equal(rsvAuto(c, &k), "native");
+  vcollCommFreeCommon(c);
+}
+
+/* allgatherv: one float tensor, rank r holding rows[r]. */
+static const char* agvAuto(vcollComm_t c, const size_t* rows, size_t width) {
+  static vcollTensor_t t;
+  memset(&t, 0, sizeof(t));
+  t.datatype = vcollFloat32;
+  t.width = width;
+  struct vcollAgvCall k;
+  memset(&k, 0, sizeof(k));
+  k.tensors = &t;
+  k.ntensors = 1;
+  k.counts = rows;
+  for (int r = 0; r < c->nranks; r++) {
+    k.totalRows += rows[r];
+    if (rows[r] > k.maxRows) k.maxRows = rows[r];
+  }
+  k.totalBytes = k.totalRows * width * 4;
+  return vcollAlgoName(vcollCollAllGatherV, vcollAgvSelect(c, &k));
+}
+
+static void test_agv_tables_by_nccl_version(void** state) {
+  (void)state;
+  /* 4 ranks, 1 MB per rank on average, imbalance 1.75 (7:5:3:1 x 512 rows of 512 bytes). */
+  const size_t skew[4] = {7 * 512, 5 * 512, 3 * 512, 1 * 512};
+  vcollComm_t c = makeComm(4, 22803);
+  assert_true(isPad(agvAuto(c, skew, 128))); /* agvRules: skew 1 MB -> pad_symm */
+  c->ncclVersion = 22907;
+  assert_string_equal(agvAuto(c, skew, 128), "bcast"); /* agvRules229: the fused AllGatherV */
+  const size_t one[4] = {4096, 0, 0, 0};
+  assert_string_equal(agvAuto(c, one, 256), "bcast");
+  const size_t none[4] = {0, 0, 0, 0};
+  assert_string_equal(agvAuto(c, none, 256), "native");
+  vcollCommFreeCommon(c);
+  c = makeComm(1, 22907);
+  const size_t solo[1] = {77};
+  assert_string_equal(agvAuto(c, solo, 3), "native");
+  vcollCommFreeCommon(c);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_rsv_avg_by_nccl_version),
+      cmocka_unit_test(test_rsv_fixed_rules),
+      cmocka_unit_test(test_agv_tables_by_nccl_version),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
