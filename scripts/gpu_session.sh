@@ -11,10 +11,11 @@
 #   ranks sharing the GPU(s) (vcollCommInitMPI gives each rank an NCCL host
 #   id of its own, and NCCL moves data over sockets on loopback): checks the
 #   multi-rank algorithms and kernels on a one-GPU machine; times meaningless.
-#   VCOLL_NCCL_PKG=archive (from scripts/nccl_pkg.py; carry .deps/nccl) or
+#   VCOLL_NCCL_PKG=archive (from scripts/nccl_pkg.py; carry that one file) or
 #   VCOLL_NCCL_HOME=prefix builds and runs everything against that NCCL
 #   instead of the system's (meson -Dnccl_home, LD_LIBRARY_PATH).
-#   VCOLL_SKIP_TESTS=1 skips the test suites, VCOLL_TEST_TIMEOUT (s, default
+#   VCOLL_SKIP_TESTS=1 skips the test suites, VCOLL_TEST_SUITES picks them
+#   (default "unit mpi gpu"), VCOLL_TEST_TIMEOUT (s, default
 #   300) bounds them (VCOLL_TEST_TIMEOUT_MULT scales each test's own limit), VCOLL_BENCH_TIMEOUT (s, default 420) each benchmark.
 #
 # The GPU machine of this project has no cmocka: carry .deps/debs (the
@@ -74,7 +75,9 @@ step() { echo "=== $* ($(date -u +%H:%M:%S))"; }
 
 step build
 B=${BUILD_DIR:-build-gpu}
-{ meson setup "$B" -Dgpu_arch=90 ${VCOLL_NCCL_HOME:+-Dnccl_home=$VCOLL_NCCL_HOME} && ninja -C "$B" -j "$(nproc)"; } >"$LOG/build.txt" 2>&1
+# --reconfigure on a build folder left by an earlier run: its options (another NCCL) take effect.
+RECONF=$([ -d "$B/meson-private" ] && echo --reconfigure)
+{ meson setup $RECONF "$B" -Dgpu_arch=90 -Dnccl_home="${VCOLL_NCCL_HOME:-}" && ninja -C "$B" -j "$(nproc)"; } >"$LOG/build.txt" 2>&1
 build_rc=$?
 tail -5 "$LOG/build.txt"
 # The NCCL the library loads, and the version it reports at run time.
@@ -108,7 +111,9 @@ fi
 
 step tests
 if [ "${VCOLL_SKIP_TESTS:-0}" != 1 ]; then
-  timeout "${VCOLL_TEST_TIMEOUT:-300}" meson test -C "$B" --suite unit --suite mpi --suite gpu --print-errorlogs \
+  suites=""
+  for s in ${VCOLL_TEST_SUITES:-unit mpi gpu}; do suites="$suites --suite $s"; done
+  timeout "${VCOLL_TEST_TIMEOUT:-300}" meson test -C "$B" $suites --print-errorlogs \
     --timeout-multiplier "${VCOLL_TEST_TIMEOUT_MULT:-1}" --num-processes 1 >"$LOG/tests.txt" 2>&1
   echo "meson test exit $?"
   grep -E "^ *[0-9]+/[0-9]+ " "$LOG/tests.txt" | sed 's/  */ /g'

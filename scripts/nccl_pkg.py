@@ -18,9 +18,10 @@ generation is zeroed out (same file layout, the zeros compress away):
   - __nv_relfatbin, relocatable device code that only a device link
     (nvlink) reads, never the runtime: every payload zeroed.
 
-On the GPU machine: carry .deps/nccl and set VCOLL_NCCL_PKG to the archive
-for scripts/gpu_session.sh, which unpacks it, builds vcoll against it
-(meson -Dnccl_home) and runs everything with it.
+On the GPU machine: carry the archive (the file, not .deps/nccl, which
+also keeps the wheels) and set VCOLL_NCCL_PKG to its path for
+scripts/gpu_session.sh, which unpacks it, builds vcoll against it (meson
+-Dnccl_home) and runs everything with it.
 
   scripts/nccl_pkg.py 2.29.7 [--arch 90]
 """
