@@ -15,10 +15,11 @@ static int rsvAlways(vcollComm_t comm, const void* call) {
  * with 8 ranks, each its own host); 2.28.3 and 2.29.7 are correct, 2.30 and
  * 2.31 were not tested. From 2.30 on, the algorithms that would hand ncclAvg
  * to ncclReduceScatter (native, pad, pad_symm) do not take avg, and the
- * automatic choice is the grouped ncclReduce. */
+ * automatic choice is the grouped ncclReduce, unless VCOLL_NCCL_AVG=1 (a
+ * job that never runs PAT, or a test of whether a release is affected). */
 #define RSV_NCCL_AVG_SUSPECT 23000
 static int rsvNcclAvgOk(vcollComm_t comm, const struct vcollRsvCall* c) {
-  return c->op != vcollAvg || comm->ncclVersion < RSV_NCCL_AVG_SUSPECT;
+  return c->op != vcollAvg || comm->ncclVersion < RSV_NCCL_AVG_SUSPECT || vcollParamNcclAvg();
 }
 
 /* Baseline: one ncclReduce per root in a group; root r receives its rows. */

@@ -33,3 +33,8 @@ int vcollParamShareGpu(void) {
 const char* vcollParamAlgo(void) { return envOrNull("VCOLL_ALGO"); }
 const char* vcollParamBackend(void) { return envOrNull("VCOLL_BACKEND"); }
 const char* vcollParamGateKernel(void) { return envOrNull("VCOLL_GATE_KERNEL"); }
+
+int vcollParamNcclAvg(void) {
+  const char* s = envOrNull("VCOLL_NCCL_AVG");
+  return s && strtoll(s, NULL, 0) != 0;
+}

@@ -4,6 +4,7 @@
  * that do not come from measurements: one rank, one rank holding almost
  * everything, the NCCL 2.29 table, and avg kept away from ncclReduceScatter
  * from NCCL 2.30 on (docs/algorithms.md, "NCCL releases"). */
+#include <stdlib.h>
 #include <string.h>
 
 #include "vcoll.h"
@@ -76,6 +77,13 @@ static void test_rsv_avg_by_nccl_version(void** state) {
     /* The paths that never hand avg to ncclReduceScatter run when forced. */
     assert_string_equal(rsvForced(c, &avg, "p2p"), "p2p");
     assert_string_equal(rsvForced(c, &avg, "reduce"), "reduce");
+    /* VCOLL_NCCL_AVG=1 trusts NCCL's avg again (read at every such call). */
+    setenv("VCOLL_NCCL_AVG", "1", 1);
+    assert_true(isPad(rsvAuto(c, &avg)));
+    assert_string_equal(rsvForced(c, &avg, "native"), "native");
+    setenv("VCOLL_NCCL_AVG", "0", 1);
+    assert_true(version < 23000 || strcmp(rsvAuto(c, &avg), "reduce") == 0);
+    unsetenv("VCOLL_NCCL_AVG");
     vcollCommFreeCommon(c);
   }
 }
