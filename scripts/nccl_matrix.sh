@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The multi-rank NCCL suites against several NCCL releases in one call of the
+# GPU machine, one build each (only the test programs), ranks sharing the
+# GPU(s) so 8 ranks fit on one (VCOLL_SHARE_GPU=1: each rank its own NCCL
+# host, so NCCL may pick its one-GPU-per-node algorithms such as PAT).
+#
+#   scripts/nccl_matrix.sh ARCHIVE...    archives from scripts/nccl_pkg.py
+#                                        ("system" for the machine's NCCL)
+#   NPS ("2 8"): rank counts. Any VCOLL_* variable set here reaches the ranks
+#   (e.g. VCOLL_NCCL_AVG=1 to see whether a release gets avg wrong).
+#   Logs under $OUT/matrix (default /tmp/vcoll-matrix); one summary line per
+#   release, rank count and suite.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUTD=${OUT:-/tmp/vcoll-matrix}/matrix
+mkdir -p "$OUTD"
+export PATH=/opt/torch/.venv/bin:/usr/local/cuda/bin:$PATH NCCL_NVLS_ENABLE=0
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
+export VCOLL_SHARE_GPU=1 NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-lo} NCCL_IB_DISABLE=1
+if ! pkg-config --exists cmocka 2>/dev/null && ls .deps/debs/*.deb >/dev/null 2>&1; then
+  for d in .deps/debs/*.deb; do dpkg -x "$d" /tmp/deps; done
+  sed -i 's|/usr|/tmp/deps/usr|g' /tmp/deps/usr/lib/x86_64-linux-gnu/pkgconfig/cmocka.pc
+  export PKG_CONFIG_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu/pkgconfig
+  export LD_LIBRARY_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
+base_ld=${LD_LIBRARY_PATH:-}
+for pkg in "$@"; do
+  name=$(basename "$pkg" .tar.xz)
+  home=""
+  if [ "$pkg" != system ]; then
+    home=/tmp/nccl-pkg/$name
+    mkdir -p "$home" && tar -xJf "$pkg" -C "$home" || { echo "$name: cannot unpack $pkg"; continue; }
+  fi
+  export LD_LIBRARY_PATH=${home:+$home/lib:}$base_ld
+  B=build-matrix-$name
+  RECONF=$([ -d "$B/meson-private" ] && echo --reconfigure)
+  if ! { meson setup $RECONF "$B" -Dgpu_arch=90 -Dnccl_home="$home" -Dexamples=false -Dbench=false &&
+         ninja -C "$B" tests/mpi/test_collectives tests/moe/test_moe; } >"$OUTD/build-$name.txt" 2>&1; then
+    echo "$name: build failed"; tail -15 "$OUTD/build-$name.txt"; continue
+  fi
+  ver=$(python3 -c 'import ctypes; v = ctypes.c_int(); ctypes.CDLL("libnccl.so.2").ncclGetVersion(ctypes.byref(v)); print(v.value)' 2>&1)
+  for np in ${NPS:-2 8}; do
+    for t in mpi/test_collectives moe/test_moe; do
+      log=$OUTD/$name-np$np-$(basename "$t").txt
+      timeout 240 mpirun --oversubscribe -np "$np" "$B/tests/$t" --backend nccl >"$log" 2>&1
+      rc=$?
+      echo "$name (run-time $ver) np $np $(basename "$t"): exit $rc; $(grep -hE '^\[  (PASSED|FAILED)  \]' "$log" | sort | uniq -c | tr -s ' ' | tr '\n' ';')"
+      [ $rc -ne 0 ] && grep -hE "wrong|got .* want|mismatch" "$log" | sort | uniq -c | sort -rn | head -6
+    done
+  done
+done
