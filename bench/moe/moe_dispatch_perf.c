@@ -14,6 +14,9 @@
  *   comb32   combine with fp32 accumulation
  *   d2d      cudaMemcpy device to device of the bytes bf16 dispatch receives
  *            (N x bf16 row), the local-memory reference
+ *   quant    vcollNvfp4Quantize of this rank's tokens alone (given scale): the
+ *            part of fp4 that bf16 does not do; bf16 / (fp4 - quant) is
+ *            the speedup a free quantize would give
  * Each time: per iteration, host barrier, CUDA events around one call, the
  * max over ranks; the median over -n iterations after -w warm-up ones.
  * Those events also enclose the host's time to issue the call, which at a
@@ -65,7 +68,7 @@ int benchMoeCheckCombine(const void* got, size_t n, size_t e0, uint64_t seed0, i
     }                                                                                                \
   } while (0)
 
-enum { V_FP4, V_FP4C, V_BF16, V_COMB, V_COMB32, V_D2D, NV };
+enum { V_FP4, V_FP4C, V_BF16, V_COMB, V_COMB32, V_D2D, V_QUANT, NV };
 
 static int rank, nranks, iters = 30, warmup = 5, check = 1, graphCalls = 0;
 static size_t H = 7168;
@@ -166,6 +169,14 @@ static void runComb32(void* p) {
 static void runD2d(void* p) {
   struct ctx* c = p;
   CUCHECK(cudaMemcpyAsync(c->copyDst, c->copySrc, c->copyBytes, cudaMemcpyDeviceToDevice, stream));
+}
+/* The quantize step of runFp4 alone, into scratch (its result is not used). */
+static void* dQuantP;
+static void* dQuantS;
+static void runQuant(void* p) {
+  struct ctx* c = p;
+  VCHECK(vcollNvfp4Quantize(c->in.hidden, vcollBfloat16, c->counts[rank], H, c->bFp4.tokens.globalScale, 0,
+                            dQuantP, dQuantS, vcollScaleLinear, stream));
 }
 
 /* Wrong bytes/elements of the outputs of the call just run (device checks). */
@@ -331,6 +342,8 @@ int main(int argc, char** argv) {
   CUCHECK(cudaMalloc(&dScratchX, maxN * H * 2 > 0 ? maxN * H * 2 : 1));
   CUCHECK(cudaMalloc(&dScratchP, maxN * (H / 2 > (size_t)topk * 4 ? H / 2 : (size_t)topk * 4)));
   CUCHECK(cudaMalloc(&dScratchS, maxN * (H / 16)));
+  CUCHECK(cudaMalloc(&dQuantP, maxMine * (H / 2)));
+  CUCHECK(cudaMalloc(&dQuantS, maxMine * (H / 16)));
   CUCHECK(cudaStreamSynchronize(stream));
 
   if (rank == 0) {
@@ -347,9 +360,10 @@ int main(int argc, char** argv) {
     else
       printf("# timing: one eager call between two events (includes the host's time to issue it)\n");
     printf("# d2d: cudaMemcpy of the bytes bf16 dispatch gathers (N x %zu) on one GPU\n", bf16Row);
-    printf("#%7s %7s %8s %7s %12s %12s %9s %9s %9s %8s %8s %9s %9s %9s %-8s %-8s %6s\n", "shape", "tok/rk", "N",
-           "maxrk", "fp4_bytes", "bf16_bytes", "fp4", "fp4c", "bf16", "speedup", "spd_c", "comb", "comb32", "d2d",
-           "agv_fp4", "agv_bf16", "#wrong");
+    printf("# quant: the quantize of this rank's tokens alone (max over ranks); spd_q = bf16 / (fp4 - quant)\n");
+    printf("#%7s %7s %8s %7s %12s %12s %9s %9s %9s %8s %8s %9s %9s %9s %8s %7s %-8s %-8s %6s\n", "shape", "tok/rk",
+           "N", "maxrk", "fp4_bytes", "bf16_bytes", "fp4", "fp4c", "bf16", "speedup", "spd_c", "comb", "comb32", "d2d",
+           "quant", "spd_q", "agv_fp4", "agv_bf16", "#wrong");
   }
   double minSpeedAll = INFINITY, minSpeed1k = INFINITY, minSpeedCAll = INFINITY;
   unsigned long long wrongTotal = 0;
@@ -365,7 +379,7 @@ int main(int argc, char** argv) {
       c.counts = counts;
       c.copyBytes = N * bf16Row;
       double t[NV];
-      const runFn fns[NV] = {runFp4, runFp4c, runBf16, runComb, runComb32, runD2d};
+      const runFn fns[NV] = {runFp4, runFp4c, runBf16, runComb, runComb32, runD2d, runQuant};
       char agvFp4[24] = "-", agvBf16[24] = "-";
       CUCHECK(cudaMemsetAsync(dWrong, 0, 8, stream));
       for (int v = 0; v < NV; v++) {
@@ -394,9 +408,11 @@ int main(int argc, char** argv) {
         if (T >= 1024) minSpeed1k = sp < minSpeed1k ? sp : minSpeed1k;
       }
       if (rank == 0) {
-        printf(" %7s %7zu %8zu %7zu %12zu %12zu %9.1f %9.1f %9.1f %8.2f %8.2f %9.1f %9.1f %9.1f %-8s %-8s %6s\n", s, T,
-               N, mx, N * fp4Row, N * bf16Row, t[V_FP4], t[V_FP4C], t[V_BF16], sp, spc, t[V_COMB], t[V_COMB32],
-               t[V_D2D], agvFp4, agvBf16, check ? (wAll ? "WRONG" : "0") : "-");
+        char spq[16] = "-"; /* the difference of two medians: only meaningful when the gather dominates */
+        if (t[V_FP4] > t[V_QUANT]) snprintf(spq, sizeof(spq), "%.2f", t[V_BF16] / (t[V_FP4] - t[V_QUANT]));
+        printf(" %7s %7zu %8zu %7zu %12zu %12zu %9.1f %9.1f %9.1f %8.2f %8.2f %9.1f %9.1f %9.1f %8.1f %7s %-8s %-8s %6s\n",
+               s, T, N, mx, N * fp4Row, N * bf16Row, t[V_FP4], t[V_FP4C], t[V_BF16], sp, spc, t[V_COMB], t[V_COMB32],
+               t[V_D2D], t[V_QUANT], spq, agvFp4, agvBf16, check ? (wAll ? "WRONG" : "0") : "-");
         if (check && wAll) printf("#   ^ %llu wrong bytes/elements\n", wAll);
         fflush(stdout);
       }
@@ -413,7 +429,7 @@ int main(int argc, char** argv) {
     printf("# check: %s (%llu wrong)\n", check ? (wrongTotal ? "FAILED" : "OK") : "off", wrongTotal);
   }
   cudaFree(dX); cudaFree(dIds); cudaFree(dW); cudaFree(c.copySrc); cudaFree(c.copyDst);
-  cudaFree(dWrong); cudaFree(dScratchGs); cudaFree(dScratchX); cudaFree(dScratchP); cudaFree(dScratchS);
+  cudaFree(dWrong); cudaFree(dScratchGs); cudaFree(dQuantP); cudaFree(dQuantS); cudaFree(dScratchX); cudaFree(dScratchP); cudaFree(dScratchS);
   vcollMoeWorkspaceDestroy(c.wsFp4);
   vcollMoeWorkspaceDestroy(c.wsFp4c);
   vcollMoeWorkspaceDestroy(c.wsBf16);
