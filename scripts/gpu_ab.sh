@@ -35,12 +35,7 @@ run() {
   local OUTD=${OUT:-/tmp/vcoll-ab}/ab
   mkdir -p "$OUTD"
   export PATH=/opt/torch/.venv/bin:/usr/local/cuda/bin:$PATH NCCL_NVLS_ENABLE=0
-  if ! pkg-config --exists cmocka 2>/dev/null && ls .deps/debs/*.deb >/dev/null 2>&1; then
-    for d in .deps/debs/*.deb; do dpkg -x "$d" /tmp/deps; done
-    sed -i 's|/usr|/tmp/deps/usr|g' /tmp/deps/usr/lib/x86_64-linux-gnu/pkgconfig/cmocka.pc
-    export PKG_CONFIG_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu/pkgconfig
-    export LD_LIBRARY_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu
-  fi
+  . scripts/cmocka_debs.sh
   local names=(cur) dirs=(.) d n
   for d in ab/*/; do [ -d "$d" ] && names+=("$(basename "$d")") && dirs+=("${d%/}"); done
   local i

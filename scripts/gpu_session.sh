@@ -37,12 +37,7 @@ if [ "${VCOLL_SHARE_GPU:-0}" = 1 ]; then
   export VCOLL_SHARE_GPU NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-lo} NCCL_IB_DISABLE=1
 fi
 
-if ! pkg-config --exists cmocka 2>/dev/null && ls .deps/debs/*.deb >/dev/null 2>&1; then
-  for d in .deps/debs/*.deb; do dpkg -x "$d" /tmp/deps; done
-  sed -i 's|/usr|/tmp/deps/usr|g' /tmp/deps/usr/lib/x86_64-linux-gnu/pkgconfig/cmocka.pc
-  export PKG_CONFIG_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
-  export LD_LIBRARY_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-fi
+. scripts/cmocka_debs.sh
 
 if [ -n "${VCOLL_NCCL_PKG:-}" ]; then
   VCOLL_NCCL_HOME=/tmp/nccl-pkg/$(basename "$VCOLL_NCCL_PKG" .tar.xz)
