@@ -193,10 +193,12 @@ end:
 
 const struct vcollAlgo vcollRsvAlgos[] = {
     {"reduce", "one ncclReduce per root in a group (baseline)", rsvAlways, rsvReduceRun},
-    {"native", "ncclReduceScatter; only when all counts are equal", rsvEqualSupported, rsvNativeRun},
-    {"pad", "pack rows padded to maxRows, one ncclReduceScatter, copy out", rsvPadSupported, rsvPadRun},
-    {"pad_symm", "pad over vcoll's staging buffer in an NCCL symmetric window (NCCL >= 2.27)", rsvSymmSupported,
-     rsvPadSymmRun},
+    {"native", "ncclReduceScatter; only when all counts are equal, and no avg on NCCL >= 2.30", rsvEqualSupported,
+     rsvNativeRun},
+    {"pad", "pack rows padded to maxRows, one ncclReduceScatter, copy out; no avg on NCCL >= 2.30", rsvPadSupported,
+     rsvPadRun},
+    {"pad_symm", "pad over vcoll's staging buffer in an NCCL symmetric window (NCCL >= 2.27); no avg on NCCL >= 2.30",
+     rsvSymmSupported, rsvPadSymmRun},
     {"p2p", "grouped ncclSend/ncclRecv of each rank's rows, then one reduction kernel", rsvP2pSupported, rsvP2pRun},
 };
 const int vcollRsvAlgoCount = sizeof(vcollRsvAlgos) / sizeof(vcollRsvAlgos[0]);
