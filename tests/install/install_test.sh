@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# What a user gets from `meson install`: installs the build into a
+# temporary DESTDIR, builds tests/install/consumer.c with only the compiler
+# flags pkg-config gives for the installed vcoll_mpi (and vcoll), checks that
+# libvcoll exports nothing but vcoll* symbols, and runs the program under
+# mpirun with 2 ranks (host backend).
+#   install_test.sh BUILD_DIR CONSUMER_C MPICC MPIRUN CUDA_LIBDIR
+set -euo pipefail
+BUILD=$1 SRC=$2 MPICC=$3 MPIRUN=$4 CUDA_LIB=$5
+D=$(mktemp -d)
+trap 'rm -rf "$D"' EXIT
+meson install -C "$BUILD" --destdir "$D" --no-rebuild >"$D/install.log" 2>&1 || { cat "$D/install.log"; exit 1; }
+pc=$(find "$D" -name vcoll_mpi.pc | head -1)
+[ -n "$pc" ] || { echo "install_test: no vcoll_mpi.pc installed"; exit 1; }
+export PKG_CONFIG_PATH=$(dirname "$pc")
+prefix=$(pkg-config --variable=prefix vcoll_mpi)
+flags() { pkg-config --define-variable=prefix="$D$prefix" "$@" vcoll_mpi; }
+libdir=$(flags --variable=libdir)
+for h in vcoll.h vcoll_mpi.h vcoll/gate.h vcoll/moe.h vcoll/nvfp4.h vcoll/weight_layout.h; do
+  [ -f "$D$prefix/include/$h" ] || { echo "install_test: $h not installed"; exit 1; }
+done
+# Only the public API (and the internal vcoll* entry points libvcoll_mpi uses) leaves the library.
+leaks=$(nm -D --defined-only "$libdir/libvcoll.so" | awk '$2 ~ /[TDBR]/ {print $3}' | grep -v '^vcoll' | grep -vE '^_(init|fini|edata|end|_bss_start)$' || true)
+[ -z "$leaks" ] || { echo "install_test: libvcoll exports non-vcoll symbols:"; echo "$leaks" | head -20; exit 1; }
+# shellcheck disable=SC2046
+"$MPICC" -std=c11 -Wall -Werror -o "$D/consumer" "$SRC" $(flags --cflags) $(flags --libs)
+LD_LIBRARY_PATH="$libdir:$CUDA_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+  "$MPIRUN" --oversubscribe -x LD_LIBRARY_PATH -np 2 "$D/consumer"
