@@ -35,10 +35,10 @@ deps() {
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   fi
-  if ! [ -x .deps/venv/bin/meson ] || ! .deps/venv/bin/python -c 'import numpy, ml_dtypes' 2>/dev/null; then
-    echo "# installing meson, numpy, ml_dtypes from PyPI into .deps/venv"
+  if ! [ -x .deps/venv/bin/meson ] || ! .deps/venv/bin/python -c 'import numpy, ml_dtypes, matplotlib' 2>/dev/null; then
+    echo "# installing meson, numpy, ml_dtypes, matplotlib from PyPI into .deps/venv"
     python3 -m venv .deps/venv
-    .deps/venv/bin/python -m pip install -q --disable-pip-version-check 'meson>=1.1' numpy ml_dtypes
+    .deps/venv/bin/python -m pip install -q --disable-pip-version-check 'meson>=1.1' numpy ml_dtypes matplotlib
   fi
   if ! command -v nvcc >/dev/null; then
     echo "error: the CUDA toolkit (nvcc, with NCCL) is needed to build vcoll; expected under /usr/local/cuda" >&2
@@ -52,7 +52,7 @@ build() {
     # shellcheck disable=SC2086
     meson setup "$BUILD_DIR" ${MESON_ARGS:-}
   else
-    # Programs (python3 with numpy and ml_dtypes for a test) are found on this
+    # Programs (python3 with numpy, ml_dtypes and matplotlib for tests) are found on this
     # script's PATH, also when an earlier regeneration ran with another one.
     # shellcheck disable=SC2086
     meson setup --reconfigure "$BUILD_DIR" ${MESON_ARGS:-} >/dev/null
