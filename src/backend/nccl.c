@@ -16,14 +16,15 @@ ncclRedOp_t vcollToNcclOp(vcollRedOp_t op) {
 }
 
 static vcollResult_t ncclAgv(vcollComm_t comm, const struct vcollAgvCall* call) {
-  int idx = vcollAlgoChoose(comm, vcollCollAllGatherV, call, vcollAgvSelect(comm, call));
+  int idx = call->algo >= 0 ? call->algo : vcollAlgoChoose(comm, vcollCollAllGatherV, call, vcollAgvSelect(comm, call));
   VCOLL_INFO("allgatherv ntensors %d rows %zu (max %zu) bytes %zu algo %s", call->ntensors,
               call->totalRows, call->maxRows, call->totalBytes, vcollAgvAlgos[idx].name);
   return vcollAgvAlgos[idx].run(comm, call);
 }
 
 static vcollResult_t ncclRsv(vcollComm_t comm, const struct vcollRsvCall* call) {
-  int idx = vcollAlgoChoose(comm, vcollCollReduceScatterV, call, vcollRsvSelect(comm, call));
+  int idx =
+      call->algo >= 0 ? call->algo : vcollAlgoChoose(comm, vcollCollReduceScatterV, call, vcollRsvSelect(comm, call));
   if (comm->nranks == 1) {
     /* Reducing over one rank is the identity for every op (avg included):
      * a copy, or nothing in place. NCCL 2.28's one-rank path rejects avg on

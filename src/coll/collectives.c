@@ -7,8 +7,14 @@
 /* What every rank must pass alike: sizes, types, and whether its buffers
  * are registered (registered buffers on some ranks only would make ranks
  * pick different NCCL calls). */
-static uint64_t agvDigest(vcollComm_t comm, const struct vcollAgvCall* c, int nranks) {
+/* Checked mode on the NCCL backend chooses the algorithm before the digest,
+ * so ranks whose choices differ (VCOLL_ALGO, vcollCommSetAlgo or
+ * VCOLL_NCCL_AVG set on some ranks only) get an error instead of a hang. */
+static uint64_t agvDigest(vcollComm_t comm, struct vcollAgvCall* c, int nranks) {
   uint64_t h = vcollHashBytes(0, "agv", 3);
+  if (comm->backend == vcollBackendNccl)
+    c->algo = vcollAlgoChoose(comm, vcollCollAllGatherV, c, vcollAgvSelect(comm, c));
+  h = vcollHashBytes(h, &c->algo, sizeof(c->algo));
   const int reg = vcollAgvAllRegistered(comm, c); /* 0 without windows (host backend) */
   h = vcollHashBytes(h, &reg, sizeof(reg));
   h = vcollHashBytes(h, &c->ntensors, sizeof(c->ntensors));
@@ -19,8 +25,11 @@ static uint64_t agvDigest(vcollComm_t comm, const struct vcollAgvCall* c, int nr
   return vcollHashBytes(h, c->counts, sizeof(size_t) * (size_t)nranks);
 }
 
-static uint64_t rsvDigest(vcollComm_t comm, const struct vcollRsvCall* c, int nranks) {
+static uint64_t rsvDigest(vcollComm_t comm, struct vcollRsvCall* c, int nranks) {
   uint64_t h = vcollHashBytes(0, "rsv", 3);
+  if (comm->backend == vcollBackendNccl)
+    c->algo = vcollAlgoChoose(comm, vcollCollReduceScatterV, c, vcollRsvSelect(comm, c));
+  h = vcollHashBytes(h, &c->algo, sizeof(c->algo));
   const int reg = vcollRsvAllRegistered(comm, c);
   h = vcollHashBytes(h, &reg, sizeof(reg));
   h = vcollHashBytes(h, &c->width, sizeof(c->width));

@@ -24,6 +24,7 @@ struct vcollAgvCall {
   size_t totalBytes; /* sum over tensors of totalRows * rowBytes */
   const char* inPlace;
   cudaStream_t stream;
+  int algo; /* NCCL backend: the algorithm index already chosen (checked mode puts it in the digest), or -1 */
 };
 
 /* A validated reducescatterv call; same conventions. */
@@ -40,6 +41,7 @@ struct vcollRsvCall {
   vcollRedOp_t op;
   int inPlace;
   cudaStream_t stream;
+  int algo; /* as in vcollAgvCall */
 };
 
 /* What a backend implements. Arguments reach it validated. */

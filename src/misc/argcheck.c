@@ -100,6 +100,7 @@ vcollResult_t vcollCheckAllGatherV(vcollComm_t comm, const vcollTensor_t* tensor
   call->totalBytes = totalBytes;
   call->inPlace = inPlace;
   call->stream = stream;
+  call->algo = -1;
   return vcollSuccess;
 }
 
@@ -143,6 +144,7 @@ vcollResult_t vcollCheckReduceScatterV(vcollComm_t comm, const void* sendbuff, v
   call->op = redop;
   call->inPlace = inPlace;
   call->stream = stream;
+  call->algo = -1;
   return vcollSuccess;
 }
 
@@ -156,7 +158,9 @@ vcollResult_t vcollCheckAgreement(vcollComm_t comm, const char* op, uint64_t dig
     return VCOLL_ARGERR(comm, op, "another rank's arguments failed validation (checked mode); nothing was communicated");
   if (vals[0] != digest || vals[1] != ~digest)
     return vcollSetError(comm, vcollArgumentMismatch,
-                         "%s : ranks passed different counts, widths, types or tensor counts, or registered "
-                         "buffers on some ranks only (checked mode, VCOLL_CHECK=1); nothing was communicated", op);
+                         "%s : ranks passed different counts, widths, types or tensor counts, registered "
+                         "buffers on some ranks only, or chose different algorithms (VCOLL_ALGO, "
+                         "vcollCommSetAlgo or VCOLL_NCCL_AVG differ) (checked mode, VCOLL_CHECK=1); nothing was "
+                         "communicated", op);
   return vcollSuccess;
 }

@@ -554,10 +554,26 @@ static void test_checked_mode(void** state) {
   /* 4. reducescatterv with a different op on rank 1. */
   res = vcollReduceScatterV(recv, send, counts, 8, vcollBfloat16, rank_ == 1 ? vcollMax : vcollSum, comm, 0);
   VT_ASSERT_ALL(res == vcollArgumentMismatch, "op mismatch: got %d", res);
+  /* 5. NCCL backend: rank 0 forces the baseline algorithms, the others choose
+   * automatically (padded ones for these small equal counts): different
+   * NCCL calls would hang; checked mode compares the choices. */
+  if (onGpu()) {
+    if (rank_ == 0) {
+      assert_int_equal(vcollCommSetAlgo(comm, vcollCollAllGatherV, "bcast"), vcollSuccess);
+      assert_int_equal(vcollCommSetAlgo(comm, vcollCollReduceScatterV, "reduce"), vcollSuccess);
+    }
+    res = vcollAllGatherV(&t, 1, counts, comm, 0);
+    VT_ASSERT_ALL(res == vcollArgumentMismatch, "allgatherv algorithm mismatch: got %d (%s)", res,
+                  vcollGetLastError(comm));
+    res = vcollReduceScatterV(recv, send, counts, 8, vcollBfloat16, vcollSum, comm, 0);
+    VT_ASSERT_ALL(res == vcollArgumentMismatch, "reducescatterv algorithm mismatch: got %d", res);
+    vcollCommSetAlgo(comm, vcollCollAllGatherV, NULL);
+    vcollCommSetAlgo(comm, vcollCollReduceScatterV, NULL);
+  }
   sync();
   VT_ASSERT_ALL(bufPoisoned(send, 3 * rb) && bufPoisoned(recv, (total + 1) * rb), "a rejected call wrote its buffers");
 
-  /* 5. agreeing ranks still work in checked mode. */
+  /* 6. agreeing ranks still work in checked mode. */
   unsigned char h[3 * 16];
   for (size_t j = 0; j < sizeof(h); j++) h[j] = agvByte(7, 0, 0, rank_, j);
   bufPut(send, h, sizeof(h));
