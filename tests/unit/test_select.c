@@ -1,9 +1,11 @@
 /* The NCCL backend's automatic algorithm choice (vcollAgvSelect,
- * vcollRsvSelect) and forcing (vcollAlgoChoose), on communicators that
- * exist only on the host: no GPU, no NCCL communicator. Checks the rules
+ * vcollRsvSelect), forcing (vcollAlgoChoose) and checked mode's agreement on
+ * it, on communicators that exist only on the host: no GPU, no NCCL
+ * communicator. Checks the rules
  * that do not come from measurements: one rank, one rank holding almost
  * everything, the NCCL 2.29 table, and avg kept away from ncclReduceScatter
  * from NCCL 2.30 on (docs/algorithms.md, "NCCL releases"). */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -141,11 +143,87 @@ static void test_agv_tables_by_nccl_version(void** state) {
   vcollCommFreeCommon(c);
 }
 
+/* Checked mode compares the algorithm too: a backend whose collectives only
+ * record the algorithm they were handed, and whose agreement step records
+ * this rank's digest and can mix in another rank's. */
+static int seenAlgo = -2;
+static uint64_t seenDigest, otherDigest;
+static vcollResult_t recAgv(vcollComm_t comm, const struct vcollAgvCall* call) {
+  (void)comm;
+  seenAlgo = call->algo;
+  return vcollSuccess;
+}
+static vcollResult_t recRsv(vcollComm_t comm, const struct vcollRsvCall* call) {
+  (void)comm;
+  seenAlgo = call->algo;
+  return vcollSuccess;
+}
+static vcollResult_t recMax(vcollComm_t comm, uint64_t* vals, int n, cudaStream_t stream) {
+  (void)comm; (void)n; (void)stream;
+  seenDigest = vals[0];
+  if (otherDigest) { /* another rank with that digest */
+    vals[0] = vals[0] > otherDigest ? vals[0] : otherDigest;
+    vals[1] = vals[1] > ~otherDigest ? vals[1] : ~otherDigest;
+  }
+  return vcollSuccess;
+}
+static const struct vcollBackendOps recOps = {
+    .name = "nccl (recording)", .allgatherv = recAgv, .reducescatterv = recRsv, .allreduceMaxU64 = recMax};
+
+static void test_checked_mode_compares_algorithms(void** state) {
+  (void)state;
+  vcollComm_t c = NULL;
+  assert_int_equal(vcollCommCreateCommon(0, 4, vcollBackendNccl, &recOps, &c), vcollSuccess);
+  c->ncclVersion = 22803;
+  static char send[4 * 64], recv[16 * 64]; /* never touched: the backend only records */
+  size_t counts[4] = {4, 4, 4, 4};
+  vcollTensor_t t = {send, recv, 16, vcollFloat32};
+
+  /* Unchecked: the backend chooses (algo -1 handed over). */
+  seenAlgo = -2;
+  assert_int_equal(vcollAllGatherV(&t, 1, counts, c, 0), vcollSuccess);
+  assert_int_equal(seenAlgo, -1);
+
+  assert_int_equal(vcollCommSetChecked(c, 1), vcollSuccess);
+  /* Checked: chosen before the digest and handed over. */
+  assert_int_equal(vcollAllGatherV(&t, 1, counts, c, 0), vcollSuccess);
+  assert_true(seenAlgo >= 0);
+  assert_true(isPad(vcollAlgoName(vcollCollAllGatherV, seenAlgo)));
+  const uint64_t autoDigest = seenDigest;
+  /* Another algorithm on this rank: another digest. */
+  assert_int_equal(vcollCommSetAlgo(c, vcollCollAllGatherV, "bcast"), vcollSuccess);
+  assert_int_equal(vcollAllGatherV(&t, 1, counts, c, 0), vcollSuccess);
+  assert_string_equal(vcollAlgoName(vcollCollAllGatherV, seenAlgo), "bcast");
+  assert_true(seenDigest != autoDigest);
+  /* A rank that chose otherwise: mismatch, and the backend is not called. */
+  otherDigest = autoDigest;
+  seenAlgo = -2;
+  assert_int_equal(vcollAllGatherV(&t, 1, counts, c, 0), vcollArgumentMismatch);
+  assert_int_equal(seenAlgo, -2);
+  assert_non_null(strstr(vcollGetLastError(c), "different algorithms"));
+  otherDigest = 0;
+  assert_int_equal(vcollCommSetAlgo(c, vcollCollAllGatherV, NULL), vcollSuccess);
+
+  /* reducescatterv: avg on NCCL 2.32 with VCOLL_NCCL_AVG on one rank only. */
+  c->ncclVersion = 23203;
+  assert_int_equal(vcollReduceScatterV(recv, send, counts, 16, vcollFloat32, vcollAvg, c, 0), vcollSuccess);
+  assert_string_equal(vcollAlgoName(vcollCollReduceScatterV, seenAlgo), "reduce");
+  const uint64_t guarded = seenDigest;
+  setenv("VCOLL_NCCL_AVG", "1", 1);
+  otherDigest = guarded; /* the other ranks kept the guard */
+  assert_int_equal(vcollReduceScatterV(recv, send, counts, 16, vcollFloat32, vcollAvg, c, 0),
+                   vcollArgumentMismatch);
+  unsetenv("VCOLL_NCCL_AVG");
+  otherDigest = 0;
+  vcollCommFreeCommon(c);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_rsv_avg_by_nccl_version),
       cmocka_unit_test(test_rsv_fixed_rules),
       cmocka_unit_test(test_agv_tables_by_nccl_version),
+      cmocka_unit_test(test_checked_mode_compares_algorithms),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
