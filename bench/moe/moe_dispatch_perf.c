@@ -170,19 +170,19 @@ static void runD2d(void* p) {
   struct ctx* c = p;
   CUCHECK(cudaMemcpyAsync(c->copyDst, c->copySrc, c->copyBytes, cudaMemcpyDeviceToDevice, stream));
 }
-/* The quantize step of runFp4 alone, into scratch (its result is not used). */
-static void* dQuantP;
-static void* dQuantS;
-static void runQuant(void* p) {
-  struct ctx* c = p;
-  VCHECK(vcollNvfp4Quantize(c->in.hidden, vcollBfloat16, c->counts[rank], H, c->bFp4.tokens.globalScale, 0,
-                            dQuantP, dQuantS, vcollScaleLinear, stream));
-}
 
 /* Wrong bytes/elements of the outputs of the call just run (device checks). */
 static unsigned long long* dWrong;
 static float* dScratchGs;
 static void *dScratchX, *dScratchP, *dScratchS;
+
+/* The quantize step of runFp4 alone, into the checks' scratch (its result is
+ * not used; the checks run after it on the same stream). */
+static void runQuant(void* p) {
+  struct ctx* c = p;
+  VCHECK(vcollNvfp4Quantize(c->in.hidden, vcollBfloat16, c->counts[rank], H, c->bFp4.tokens.globalScale, 0,
+                            dScratchP, dScratchS, vcollScaleLinear, stream));
+}
 
 static void checkFp4(const size_t* counts, const vcollMoeTokens_t* t, int computed) {
   size_t row = 0;
@@ -342,8 +342,6 @@ int main(int argc, char** argv) {
   CUCHECK(cudaMalloc(&dScratchX, maxN * H * 2 > 0 ? maxN * H * 2 : 1));
   CUCHECK(cudaMalloc(&dScratchP, maxN * (H / 2 > (size_t)topk * 4 ? H / 2 : (size_t)topk * 4)));
   CUCHECK(cudaMalloc(&dScratchS, maxN * (H / 16)));
-  CUCHECK(cudaMalloc(&dQuantP, maxMine * (H / 2)));
-  CUCHECK(cudaMalloc(&dQuantS, maxMine * (H / 16)));
   CUCHECK(cudaStreamSynchronize(stream));
 
   if (rank == 0) {
@@ -410,7 +408,8 @@ int main(int argc, char** argv) {
       if (rank == 0) {
         char spq[16] = "-"; /* the difference of two medians: only meaningful when the gather dominates */
         if (t[V_FP4] > t[V_QUANT]) snprintf(spq, sizeof(spq), "%.2f", t[V_BF16] / (t[V_FP4] - t[V_QUANT]));
-        printf(" %7s %7zu %8zu %7zu %12zu %12zu %9.1f %9.1f %9.1f %8.2f %8.2f %9.1f %9.1f %9.1f %8.1f %7s %-8s %-8s %6s\n",
+        printf(" %7s %7zu %8zu %7zu %12zu %12zu %9.1f %9.1f %9.1f %8.2f %8.2f %9.1f %9.1f %9.1f %8.1f %7s"
+               " %-8s %-8s %6s\n",
                s, T, N, mx, N * fp4Row, N * bf16Row, t[V_FP4], t[V_FP4C], t[V_BF16], sp, spc, t[V_COMB], t[V_COMB32],
                t[V_D2D], t[V_QUANT], spq, agvFp4, agvBf16, check ? (wAll ? "WRONG" : "0") : "-");
         if (check && wAll) printf("#   ^ %llu wrong bytes/elements\n", wAll);
@@ -429,7 +428,7 @@ int main(int argc, char** argv) {
     printf("# check: %s (%llu wrong)\n", check ? (wrongTotal ? "FAILED" : "OK") : "off", wrongTotal);
   }
   cudaFree(dX); cudaFree(dIds); cudaFree(dW); cudaFree(c.copySrc); cudaFree(c.copyDst);
-  cudaFree(dWrong); cudaFree(dScratchGs); cudaFree(dQuantP); cudaFree(dQuantS); cudaFree(dScratchX); cudaFree(dScratchP); cudaFree(dScratchS);
+  cudaFree(dWrong); cudaFree(dScratchGs); cudaFree(dScratchX); cudaFree(dScratchP); cudaFree(dScratchS);
   vcollMoeWorkspaceDestroy(c.wsFp4);
   vcollMoeWorkspaceDestroy(c.wsFp4c);
   vcollMoeWorkspaceDestroy(c.wsBf16);

@@ -4,12 +4,11 @@
 
 #include "vcoll_internal.h"
 
-/* What every rank must pass alike: sizes, types, and whether its buffers
- * are registered (registered buffers on some ranks only would make ranks
- * pick different NCCL calls). */
-/* Checked mode on the NCCL backend chooses the algorithm before the digest,
- * so ranks whose choices differ (VCOLL_ALGO, vcollCommSetAlgo or
- * VCOLL_NCCL_AVG set on some ranks only) get an error instead of a hang. */
+/* What every rank must pass alike: sizes, types, whether its buffers are
+ * registered, and on the NCCL backend the algorithm, chosen here and handed
+ * to the backend in c->algo (registered buffers, VCOLL_ALGO,
+ * vcollCommSetAlgo or VCOLL_NCCL_AVG on some ranks only would make ranks
+ * pick different NCCL calls and hang). */
 static uint64_t agvDigest(vcollComm_t comm, struct vcollAgvCall* c, int nranks) {
   uint64_t h = vcollHashBytes(0, "agv", 3);
   if (comm->backend == vcollBackendNccl)
