@@ -38,11 +38,10 @@ if [ "${VCOLL_SHARE_GPU:-0}" = 1 ]; then
 fi
 
 . scripts/cmocka_debs.sh
+. scripts/nccl_env.sh
 
 if [ -n "${VCOLL_NCCL_PKG:-}" ]; then
-  VCOLL_NCCL_HOME=/tmp/nccl-pkg/$(basename "$VCOLL_NCCL_PKG" .tar.xz)
-  mkdir -p "$VCOLL_NCCL_HOME" && tar -xJf "$VCOLL_NCCL_PKG" -C "$VCOLL_NCCL_HOME" ||
-    { echo "gpu_session: cannot unpack $VCOLL_NCCL_PKG"; exit 1; }
+  VCOLL_NCCL_HOME=$(nccl_unpack "$VCOLL_NCCL_PKG") || { echo "gpu_session: cannot unpack $VCOLL_NCCL_PKG"; exit 1; }
 fi
 if [ -n "${VCOLL_NCCL_HOME:-}" ]; then
   export LD_LIBRARY_PATH=$VCOLL_NCCL_HOME/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
@@ -77,7 +76,7 @@ build_rc=$?
 tail -5 "$LOG/build.txt"
 # The NCCL the library loads, and the version it reports at run time.
 echo "libvcoll loads: $(ldd "$B/src/libvcoll.so" 2>/dev/null | grep -o 'libnccl[^ ]* => [^ ]*')"
-python3 -c 'import ctypes; v = ctypes.c_int(); ctypes.CDLL("libnccl.so.2").ncclGetVersion(ctypes.byref(v)); print("NCCL run-time version:", v.value)' 2>&1
+echo "NCCL run-time version: $(nccl_version)"
 if [ $build_rc -ne 0 ]; then
   grep -E "error|FAILED" "$LOG/build.txt" | head -40
   tar czf "$OUT/results.tgz" -C "$OUT" logs bench

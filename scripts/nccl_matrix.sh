@@ -18,13 +18,13 @@ export PATH=/opt/torch/.venv/bin:/usr/local/cuda/bin:$PATH NCCL_NVLS_ENABLE=0
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
 export VCOLL_SHARE_GPU=1 NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-lo} NCCL_IB_DISABLE=1
 . scripts/cmocka_debs.sh
+. scripts/nccl_env.sh
 base_ld=${LD_LIBRARY_PATH:-}
 for pkg in "$@"; do
   name=$(basename "$pkg" .tar.xz)
   home=""
   if [ "$pkg" != system ]; then
-    home=/tmp/nccl-pkg/$name
-    mkdir -p "$home" && tar -xJf "$pkg" -C "$home" || { echo "$name: cannot unpack $pkg"; continue; }
+    home=$(nccl_unpack "$pkg") || { echo "$name: cannot unpack $pkg"; continue; }
   fi
   export LD_LIBRARY_PATH=${home:+$home/lib:}$base_ld
   B=build-matrix-$name
@@ -33,7 +33,7 @@ for pkg in "$@"; do
          ninja -C "$B" tests/mpi/test_collectives tests/moe/test_moe; } >"$OUTD/build-$name.txt" 2>&1; then
     echo "$name: build failed"; tail -15 "$OUTD/build-$name.txt"; continue
   fi
-  ver=$(python3 -c 'import ctypes; v = ctypes.c_int(); ctypes.CDLL("libnccl.so.2").ncclGetVersion(ctypes.byref(v)); print(v.value)' 2>&1)
+  ver=$(nccl_version)
   for np in ${NPS:-2 8}; do
     for t in mpi/test_collectives moe/test_moe; do
       log=$OUTD/$name-np$np-$(basename "$t").txt
