@@ -96,7 +96,7 @@ def symm_op(op, dtype):
 
 
 def decided_before_table(p, coll, avg_gate=False):
-    if avg_gate:  # reducescatterv.c's rsvNcclAvgOk: avg on NCCL >= 2.30 goes to the grouped ncclReduce
+    if avg_gate:  # reducescatterv.c's rsvNcclAvgOk: avg on NCCL >= 2.31 goes to the grouped ncclReduce
         return "reduce"
     if p["registered"] and abs(p["imb"] - 1.0) < 1e-9:
         return "native"
@@ -185,9 +185,9 @@ def main():
     print(f"# {coll} (op {op}), {len(pts)} points from {len(args.json)} file(s)")
     if not pts:
         sys.exit(0)
-    gate = coll == "reducescatterv" and op == "avg" and (nccl or 0) >= 23000
+    gate = coll == "reducescatterv" and op == "avg" and (nccl or 0) >= 23100
     if gate:
-        print("# avg on NCCL >= 2.30: reducescatterv.c sends every call to reduce before its table "
+        print("# avg on NCCL >= 2.31: reducescatterv.c sends every call to reduce before its table "
               "(docs/algorithms.md, NCCL releases); the fit below ignores that")
     pre = [p for p in pts if decided_before_table(p, coll, gate)]
     table = [p for p in pts if not decided_before_table(p, coll, gate)]

@@ -11,13 +11,13 @@ static int rsvAlways(vcollComm_t comm, const void* call) {
 }
 
 /* ncclReduceScatter with ncclAvg returns the sum, not the average, in NCCL
- * 2.32.3 when NCCL runs it with its PAT algorithm (one GPU per node; found
- * with 8 ranks, each its own host); 2.28.3 and 2.29.7 are correct, 2.30 and
- * 2.31 were not tested. From 2.30 on, the algorithms that would hand ncclAvg
+ * 2.31.2 and 2.32.3 when NCCL runs it with its PAT algorithm (one GPU per
+ * node; found with 8 ranks, each its own host); 2.28.3, 2.29.7 and 2.30.7
+ * are correct. From 2.31 on, the algorithms that would hand ncclAvg
  * to ncclReduceScatter (native, pad, pad_symm) do not take avg, and the
  * automatic choice is the grouped ncclReduce, unless VCOLL_NCCL_AVG=1 (a
  * job that never runs PAT, or a test of whether a release is affected). */
-#define RSV_NCCL_AVG_SUSPECT 23000
+#define RSV_NCCL_AVG_SUSPECT 23100
 static int rsvNcclAvgOk(vcollComm_t comm, const struct vcollRsvCall* c) {
   return c->op != vcollAvg || comm->ncclVersion < RSV_NCCL_AVG_SUSPECT || vcollParamNcclAvg();
 }
@@ -193,11 +193,11 @@ end:
 
 const struct vcollAlgo vcollRsvAlgos[] = {
     {"reduce", "one ncclReduce per root in a group (baseline)", rsvAlways, rsvReduceRun},
-    {"native", "ncclReduceScatter; only when all counts are equal, and no avg on NCCL >= 2.30", rsvEqualSupported,
+    {"native", "ncclReduceScatter; only when all counts are equal, and no avg on NCCL >= 2.31", rsvEqualSupported,
      rsvNativeRun},
-    {"pad", "pack rows padded to maxRows, one ncclReduceScatter, copy out; no avg on NCCL >= 2.30", rsvPadSupported,
+    {"pad", "pack rows padded to maxRows, one ncclReduceScatter, copy out; no avg on NCCL >= 2.31", rsvPadSupported,
      rsvPadRun},
-    {"pad_symm", "pad over vcoll's staging buffer in an NCCL symmetric window (NCCL >= 2.27); no avg on NCCL >= 2.30",
+    {"pad_symm", "pad over vcoll's staging buffer in an NCCL symmetric window (NCCL >= 2.27); no avg on NCCL >= 2.31",
      rsvSymmSupported, rsvPadSymmRun},
     {"p2p", "grouped ncclSend/ncclRecv of each rank's rows, then one reduction kernel", rsvP2pSupported, rsvP2pRun},
 };
@@ -258,7 +258,7 @@ int vcollRsvSelect(vcollComm_t comm, const struct vcollRsvCall* call) {
   const char* why = "table";
   if (!rsvNcclAvgOk(comm, call)) {
     algo = "reduce";
-    why = "avg: ncclReduceScatter's avg is not trusted from NCCL 2.30 on";
+    why = "avg: ncclReduceScatter's avg is not trusted from NCCL 2.31 on";
   } else if (equal && vcollRsvAllRegistered(comm, call)) {
     algo = "native";
     why = "registered buffers";

@@ -136,7 +136,7 @@ VCOLL_INTERNAL_API const char* vcollParamBackend(void);  /* VCOLL_BACKEND */
  * i % count instead of refusing. */
 VCOLL_INTERNAL_API int vcollParamShareGpu(void);
 const char* vcollParamGateKernel(void); /* VCOLL_GATE_KERNEL (read at every call: tests switch it) */
-/* VCOLL_NCCL_AVG=1: trust ncclReduceScatter's avg on NCCL >= 2.30 (docs/
+/* VCOLL_NCCL_AVG=1: trust ncclReduceScatter's avg on NCCL >= 2.31 (docs/
  * algorithms.md, "NCCL releases"); read at every avg call on those releases. */
 int vcollParamNcclAvg(void);
 

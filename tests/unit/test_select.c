@@ -4,7 +4,7 @@
  * communicator. Checks the rules
  * that do not come from measurements: one rank, one rank holding almost
  * everything, the NCCL 2.29 table, and avg kept away from ncclReduceScatter
- * from NCCL 2.30 on (docs/algorithms.md, "NCCL releases"). */
+ * from NCCL 2.31 on (docs/algorithms.md, "NCCL releases"). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,15 +57,15 @@ static void test_rsv_avg_by_nccl_version(void** state) {
   (void)state;
   size_t counts[8];
   /* 4 ranks, equal, 64 KB per rank of float: the table's padded rows. */
-  for (int v = 0; v < 3; v++) {
-    const int version = (int[]){22803, 22907, 23203}[v];
+  for (int v = 0; v < 5; v++) {
+    const int version = (int[]){22803, 22907, 23007, 23102, 23203}[v];
     vcollComm_t c = makeComm(4, version);
     struct vcollRsvCall sum = rsvCall(c, counts, 256, 64, 0, vcollFloat32, vcollSum);
     struct vcollRsvCall avg = rsvCall(c, counts, 256, 64, 0, vcollFloat32, vcollAvg);
     assert_true(isPad(rsvAuto(c, &sum)));
     assert_string_equal(rsvForced(c, &sum, "native"), "native");
     assert_string_equal(rsvForced(c, &sum, "pad"), "pad");
-    if (version < 23000) {
+    if (version < 23100) {
       assert_true(isPad(rsvAuto(c, &avg)));
       assert_string_equal(rsvForced(c, &avg, "native"), "native");
       assert_string_equal(rsvForced(c, &avg, "pad"), "pad");
@@ -84,7 +84,7 @@ static void test_rsv_avg_by_nccl_version(void** state) {
     assert_true(isPad(rsvAuto(c, &avg)));
     assert_string_equal(rsvForced(c, &avg, "native"), "native");
     setenv("VCOLL_NCCL_AVG", "0", 1);
-    assert_true(version < 23000 || strcmp(rsvAuto(c, &avg), "reduce") == 0);
+    assert_true(version < 23100 || strcmp(rsvAuto(c, &avg), "reduce") == 0);
     unsetenv("VCOLL_NCCL_AVG");
     vcollCommFreeCommon(c);
   }
