@@ -89,6 +89,12 @@ int vcollAlgoChoose(vcollComm_t comm, vcollCollective_t coll, const void* call, 
     else VCOLL_INFO("%s: forced algorithm %s cannot run this call (%s); using %s", collNames[coll],
                     t[forced].name, t[forced].description, t[autoIdx].name);
   }
+  if (!t[idx].supported(comm, call)) {
+    /* The selection tables should never get here; the baseline runs every call. */
+    VCOLL_WARN("%s: automatic choice %s cannot run this call (%s); using %s", collNames[coll], t[idx].name,
+               t[idx].description, t[0].name);
+    idx = 0;
+  }
   comm->lastAlgo[coll] = t[idx].name;
   return idx;
 }

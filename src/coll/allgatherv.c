@@ -240,7 +240,7 @@ static const struct agvRule agvRules229[] = {
 };
 
 int vcollAgvAllRegistered(vcollComm_t comm, const struct vcollAgvCall* c) {
-  if (comm->windows == NULL) return 0;
+  if (comm->windows == NULL || c->totalRows == 0) return 0; /* nothing moves; buffers may be NULL */
   for (int i = 0; i < c->ntensors; i++) {
     size_t rb = rowBytesOf(c->tensors + i);
     if (!vcollInWindow(comm, c->tensors[i].recvbuff, c->totalRows * rb)) return 0;
@@ -254,7 +254,7 @@ int vcollAgvSelect(vcollComm_t comm, const struct vcollAgvCall* call) {
   const int n = comm->nranks;
   const int equal = agvEqualSupported(comm, call);
   if (call->totalRows == 0 || n == 1) return vcollAlgoFind(vcollCollAllGatherV, "native");
-  const double imbalance = (double)call->maxRows * n / (double)call->totalRows;
+  const double imbalance = vcollImbalance(call->maxRows, n, call->totalRows, equal);
   const size_t perRank = call->totalBytes / (size_t)n;
   const char* algo = NULL;
   const char* why = "table";
@@ -269,7 +269,7 @@ int vcollAgvSelect(vcollComm_t comm, const struct vcollAgvCall* call) {
     int nrules = comm->ncclVersion >= 22900 ? (int)(sizeof(agvRules229) / sizeof(agvRules229[0]))
                                             : (int)(sizeof(agvRules) / sizeof(agvRules[0]));
     for (int i = 0; i < nrules && algo == NULL; i++)
-      if (perRank <= rules[i].maxBytesPerRank && imbalance <= rules[i].maxImbalance + 1e-9) algo = rules[i].algo;
+      if (perRank <= rules[i].maxBytesPerRank && imbalance <= rules[i].maxImbalance) algo = rules[i].algo;
     if (algo == NULL) algo = "bcast";
   }
   if (strcmp(algo, "pad_symm") == 0 && !vcollSymmAvailable(comm)) algo = "pad";

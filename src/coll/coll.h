@@ -66,6 +66,15 @@ int vcollInWindow(vcollComm_t comm, const void* p, size_t bytes);
 
 static inline size_t vcollAlign16(size_t x) { return (x + 15) & ~(size_t)15; }
 
+/* maxRows * nranks / totalRows for the selection tables: exactly 1 when all
+ * counts are equal and above 1 otherwise, also where the ratio of large
+ * counts rounds to 1 in double (the rows for equal counts pick algorithms
+ * that only run on equal counts). totalRows > 0. */
+static inline double vcollImbalance(size_t maxRows, int nranks, size_t totalRows, int equal) {
+  const double ratio = (double)maxRows * nranks / (double)totalRows;
+  return equal ? 1.0 : (ratio > 1.0 ? ratio : 1.0 + 0x1p-52);
+}
+
 #ifdef __cplusplus
 }
 #endif

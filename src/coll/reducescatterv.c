@@ -243,15 +243,19 @@ static int rsvSymmOp(const struct vcollRsvCall* c) {
 }
 
 int vcollRsvAllRegistered(vcollComm_t comm, const struct vcollRsvCall* call) {
-  return comm->windows && vcollInWindow(comm, call->sendbuff, call->totalRows * call->rowBytes) &&
-         vcollInWindow(comm, call->recvbuff, call->maxRows * call->rowBytes);
+  const size_t mine = call->counts[comm->rank]; /* recvbuff holds this rank's rows only (NULL when 0) */
+  return comm->windows && call->totalRows > 0 &&
+         vcollInWindow(comm, call->sendbuff, call->totalRows * call->rowBytes) &&
+         (mine == 0 || vcollInWindow(comm, call->recvbuff, mine * call->rowBytes));
 }
 
 int vcollRsvSelect(vcollComm_t comm, const struct vcollRsvCall* call) {
   const int n = comm->nranks;
   const int equal = rsvEqual(comm, call);
-  if (call->totalRows == 0 || n == 1) return vcollAlgoFind(vcollCollReduceScatterV, "native");
-  const double imbalance = (double)call->maxRows * n / (double)call->totalRows;
+  /* Nothing to reduce, or one rank (the backend copies): any algorithm that accepts the call. */
+  if (call->totalRows == 0 || n == 1)
+    return vcollAlgoFind(vcollCollReduceScatterV, rsvNcclAvgOk(comm, call) ? "native" : "reduce");
+  const double imbalance = vcollImbalance(call->maxRows, n, call->totalRows, equal);
   const size_t perRank = call->totalRows * call->rowBytes / (size_t)n;
   const int symmOp = rsvSymmOp(call);
   const char* algo = NULL;
@@ -267,7 +271,7 @@ int vcollRsvSelect(vcollComm_t comm, const struct vcollRsvCall* call) {
     why = "one rank holds almost all rows";
   } else {
     for (size_t i = 0; i < sizeof(rsvRules) / sizeof(rsvRules[0]) && algo == NULL; i++)
-      if (perRank <= rsvRules[i].maxBytesPerRank && imbalance <= rsvRules[i].maxImbalance + 1e-9 &&
+      if (perRank <= rsvRules[i].maxBytesPerRank && imbalance <= rsvRules[i].maxImbalance &&
           (symmOp || !rsvRules[i].symmOpOnly))
         algo = rsvRules[i].algo;
     if (algo == NULL) algo = "reduce";

@@ -8,14 +8,6 @@
 #define SYMM_MIN_NCCL 22700 /* ncclCommWindowRegister and symmetric kernels: NCCL 2.27 */
 #define STAGING_MIN_BYTES ((size_t)1 << 20)
 
-struct vcollWindow {
-  void* ptr;
-  size_t size;
-  ncclWindow_t win; /* NULL for a plain cudaMalloc buffer (and when NCCL registered nothing) */
-  int fromNccl;     /* allocated by ncclMemAlloc: freed by ncclMemFree */
-  struct vcollWindow* next;
-};
-
 struct vcollCollState {
   struct vcollWindow staging[2]; /* vcollStagingPlain, vcollStagingSymm */
   struct vcollWindow* retired;   /* replaced staging buffers, freed at destroy */

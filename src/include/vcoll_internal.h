@@ -58,6 +58,15 @@ struct vcollBackendOps {
   void (*destroy)(vcollComm_t comm);
 };
 
+/* A buffer from vcollMemAlloc (src/coll/window.c), or a staging buffer. */
+struct vcollWindow {
+  void* ptr;
+  size_t size;
+  ncclWindow_t win; /* NULL for a plain cudaMalloc buffer (and when NCCL registered nothing) */
+  int fromNccl;     /* allocated by ncclMemAlloc: freed by ncclMemFree */
+  struct vcollWindow* next;
+};
+
 struct vcollComm {
   int rank;
   int nranks;
@@ -156,11 +165,12 @@ extern const int vcollRsvAlgoCount;
  * the unit test of the selection (tests/unit/test_select.c). */
 VCOLL_INTERNAL_API int vcollAgvSelect(vcollComm_t comm, const struct vcollAgvCall* call);
 VCOLL_INTERNAL_API int vcollRsvSelect(vcollComm_t comm, const struct vcollRsvCall* call);
-/* 1 when this rank's buffers of the call lie in windows from vcollMemAlloc
- * (then equal counts run the native call on them). Every rank must agree:
- * checked mode includes it in the digest. */
-int vcollAgvAllRegistered(vcollComm_t comm, const struct vcollAgvCall* call);
-int vcollRsvAllRegistered(vcollComm_t comm, const struct vcollRsvCall* call);
+/* 1 when this rank's buffers of the call (the bytes it reads and writes) lie
+ * in windows from vcollMemAlloc (then equal counts run the native call on
+ * them); 0 when no rows move. Every rank must agree: checked mode includes
+ * it in the digest. */
+VCOLL_INTERNAL_API int vcollAgvAllRegistered(vcollComm_t comm, const struct vcollAgvCall* call);
+VCOLL_INTERNAL_API int vcollRsvAllRegistered(vcollComm_t comm, const struct vcollRsvCall* call);
 int vcollAlgoFind(vcollCollective_t coll, const char* name);
 /* The algorithm to run: the forced one (comm, then VCOLL_ALGO) when it
  * supports the call, else autoIdx. Records it as the last algorithm. */

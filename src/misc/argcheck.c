@@ -86,9 +86,15 @@ vcollResult_t vcollCheckAllGatherV(vcollComm_t comm, const vcollTensor_t* tensor
                           "tensors[%d].sendbuff overlaps recvbuff but is not this rank's slot "
                           "(in place needs sendbuff == recvbuff + %zu bytes)", i, myDispl * rowBytes);
     for (int j = 0; j < i; j++) {
-      size_t jBytes = totalRows * tensors[j].width * vcollTypeSize(tensors[j].datatype);
-      if (overlaps(t->recvbuff, bytes, tensors[j].recvbuff, jBytes))
+      size_t jRowBytes = tensors[j].width * vcollTypeSize(tensors[j].datatype);
+      if (overlaps(t->recvbuff, bytes, tensors[j].recvbuff, totalRows * jRowBytes))
         return VCOLL_ARGERR(comm, op, "tensors[%d].recvbuff overlaps tensors[%d].recvbuff", i, j);
+      /* All tensors go out in one group: one tensor's rows must not be read
+       * from where another tensor's rows are being written. */
+      if (overlaps(t->sendbuff, mine * rowBytes, tensors[j].recvbuff, totalRows * jRowBytes))
+        return VCOLL_ARGERR(comm, op, "tensors[%d].sendbuff overlaps tensors[%d].recvbuff", i, j);
+      if (overlaps(tensors[j].sendbuff, mine * jRowBytes, t->recvbuff, bytes))
+        return VCOLL_ARGERR(comm, op, "tensors[%d].sendbuff overlaps tensors[%d].recvbuff", j, i);
     }
   }
   call->tensors = tensors;

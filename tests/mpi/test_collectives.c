@@ -486,6 +486,16 @@ static void test_invalid_arguments(void** state) {
   if (displ * rb != 4) expectArgError(vcollAllGatherV(&bad, 1, counts, comm, 0), vcollInvalidArgument, "overlaps");
   tt[1].recvbuff = recv + rb / 2; /* two outputs overlapping */
   expectArgError(vcollAllGatherV(tt, 2, counts, comm, 0), vcollInvalidArgument, "tensors[1].recvbuff");
+  /* One tensor read from where another is written (one NCCL group: a race). */
+  tt[1].recvbuff = recv2;
+  tt[1].sendbuff = recv;
+  expectArgError(vcollAllGatherV(tt, 2, counts, comm, 0), vcollInvalidArgument,
+                 "tensors[1].sendbuff overlaps tensors[0].recvbuff");
+  tt[1].sendbuff = send;
+  tt[0].sendbuff = recv2;
+  expectArgError(vcollAllGatherV(tt, 2, counts, comm, 0), vcollInvalidArgument,
+                 "tensors[0].sendbuff overlaps tensors[1].recvbuff");
+  tt[0] = t;
 
   /* reducescatterv */
   expectArgErrorOn(NULL, vcollReduceScatterV(recv, send, counts, 4, vcollFloat32, vcollSum, NULL, 0), vcollInvalidArgument, "comm");

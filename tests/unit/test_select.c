@@ -102,6 +102,105 @@ static void test_rsv_fixed_rules(void** state) {
   assert_string_equal(rsvAuto(c, &k), "reduce");
   k = rsvCall(c, counts, 0, 16, 0, vcollBfloat16, vcollSum); /* nothing to move */
   assert_string_equal(rsvAuto(c, &k), "native");
+  /* ... with avg where native declines it: an algorithm that accepts the call. */
+  c->ncclVersion = 23102;
+  k = rsvCall(c, counts, 0, 16, 0, vcollBfloat16, vcollAvg);
+  assert_string_equal(rsvAuto(c, &k), "reduce");
+  assert_string_equal(rsvForced(c, &k, "native"), "reduce");
+  vcollCommFreeCommon(c);
+  c = makeComm(1, 23102);
+  k = rsvCall(c, counts, 100, 16, 0, vcollBfloat16, vcollAvg);
+  assert_string_equal(rsvAuto(c, &k), "reduce");
+  vcollCommFreeCommon(c);
+}
+
+/* Counts that differ by one row: the ratio max * n / total is within 1e-9 of
+ * 1 (a billion rows) or rounds to exactly 1 in double (2^54 rows), but the
+ * table's rows for equal counts (native: ncclAllGather / ncclReduceScatter
+ * of maxRows per rank) must not match. */
+static void test_nearly_equal_is_not_equal(void** state) {
+  (void)state;
+  const size_t big = (size_t)1 << 53;
+  const size_t cases[2][2] = {{500000000, 499999999}, {big, big - 1}};
+  for (int v = 0; v < 4; v++) {
+    const size_t* rows = cases[v / 2];
+    vcollComm_t c = makeComm(2, v % 2 ? 22907 : 22803);
+    vcollTensor_t t = {NULL, NULL, 1, vcollUint8};
+    struct vcollAgvCall a;
+    memset(&a, 0, sizeof(a));
+    a.tensors = &t;
+    a.ntensors = 1;
+    a.counts = rows;
+    a.totalRows = rows[0] + rows[1];
+    a.maxRows = rows[0];
+    a.totalBytes = a.totalRows;
+    const char* agv = vcollAlgoName(vcollCollAllGatherV, vcollAgvSelect(c, &a));
+    assert_string_not_equal(agv, "native");
+    assert_string_equal(agv, v % 2 ? "bcast" : "pad");
+    struct vcollRsvCall r;
+    memset(&r, 0, sizeof(r));
+    r.counts = rows;
+    r.totalRows = a.totalRows;
+    r.maxRows = rows[0];
+    r.width = 1;
+    r.rowBytes = 4;
+    r.datatype = vcollFloat32;
+    r.op = vcollSum;
+    assert_string_equal(rsvAuto(c, &r), "pad");
+    vcollCommFreeCommon(c);
+  }
+}
+
+/* Registered buffers: only the bytes a rank reads and writes must lie in a
+ * window (reducescatterv's recvbuff holds this rank's rows, maybe none). */
+static void test_registered_ranges(void** state) {
+  (void)state;
+  enum { ROW = 64 };
+  static char buf[(48 + 64 + 64 + 16) * ROW];
+  struct vcollWindow w = {buf, sizeof(buf), NULL, 0, NULL};
+  size_t counts[4] = {48, 64, 64, 16};
+  const size_t displ3 = 48 + 64 + 64;
+  vcollComm_t c = NULL;
+  assert_int_equal(vcollCommCreateCommon(3, 4, vcollBackendNccl, &fakeOps, &c), vcollSuccess);
+  c->ncclVersion = 22803;
+  c->windows = &w;
+  struct vcollRsvCall r;
+  memset(&r, 0, sizeof(r));
+  r.counts = counts;
+  r.totalRows = 192;
+  r.maxRows = 64;
+  r.width = ROW / 4;
+  r.rowBytes = ROW;
+  r.datatype = vcollFloat32;
+  r.op = vcollSum;
+  r.sendbuff = buf;
+  r.recvbuff = buf + displ3 * ROW; /* in place, the window's last 16 rows */
+  assert_true(vcollRsvAllRegistered(c, &r));
+  r.recvbuff = buf + sizeof(buf) - 8 * ROW; /* half of this rank's rows outside */
+  assert_false(vcollRsvAllRegistered(c, &r));
+  counts[3] = 0; /* a rank without rows may pass recvbuff NULL */
+  counts[0] = 64;
+  r.recvbuff = NULL;
+  assert_true(vcollRsvAllRegistered(c, &r));
+  r.sendbuff = buf + ROW; /* sendbuff runs past the window */
+  assert_false(vcollRsvAllRegistered(c, &r));
+  r.sendbuff = buf;
+  r.totalRows = 0; /* nothing moves */
+  assert_false(vcollRsvAllRegistered(c, &r));
+
+  vcollTensor_t t = {buf + 8 * ROW, buf, ROW, vcollUint8};
+  size_t acounts[4] = {0, 0, 0, 8};
+  struct vcollAgvCall a;
+  memset(&a, 0, sizeof(a));
+  a.tensors = &t;
+  a.ntensors = 1;
+  a.counts = acounts;
+  a.totalRows = 8;
+  a.maxRows = 8;
+  assert_true(vcollAgvAllRegistered(c, &a));
+  t.recvbuff = buf + sizeof(buf) - 4 * ROW;
+  assert_false(vcollAgvAllRegistered(c, &a));
+  c->windows = NULL;
   vcollCommFreeCommon(c);
 }
 
@@ -223,6 +322,8 @@ int main(void) {
       cmocka_unit_test(test_rsv_avg_by_nccl_version),
       cmocka_unit_test(test_rsv_fixed_rules),
       cmocka_unit_test(test_agv_tables_by_nccl_version),
+      cmocka_unit_test(test_nearly_equal_is_not_equal),
+      cmocka_unit_test(test_registered_ranges),
       cmocka_unit_test(test_checked_mode_compares_algorithms),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
