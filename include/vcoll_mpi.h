@@ -23,7 +23,10 @@ extern "C" {
  *   vcollBackendHost: host buffers, MPI collectives on a duplicate of
  *     mpiComm (MPI must stay initialized until vcollCommDestroy).
  *   vcollBackendAuto: VCOLL_BACKEND=nccl|host if set, else nccl when every
- *     rank sees a GPU, else host. All ranks make the same choice. */
+ *     rank sees a GPU, else host. All ranks make the same choice.
+ * The ranks must end up with the same backend and the same VCOLL_CHECK;
+ * where the backend argument, VCOLL_BACKEND or VCOLL_CHECK makes them
+ * differ, every rank returns vcollInvalidUsage. */
 VCOLL_API vcollResult_t vcollCommInitMPI(MPI_Comm mpiComm, vcollBackend_t backend, vcollComm_t* comm);
 
 /* Creates a host-backend communicator (same as backend vcollBackendHost). */

@@ -31,11 +31,13 @@ static vcollResult_t mpiErr(vcollComm_t comm, int err, const char* what) {
     if (e_ != MPI_SUCCESS) return mpiErr((comm), e_, #call);   \
   } while (0)
 
+/* max/min propagate NaN, so the result does not depend on the order MPI
+ * combines the ranks in (a > b ? a : b keeps a NaN only as b). */
 static inline double applyOp(vcollRedOp_t op, double a, double b) {
   switch (op) {
     case vcollProd: return a * b;
-    case vcollMax: return a > b ? a : b;
-    case vcollMin: return a < b ? a : b;
+    case vcollMax: return a != a ? a : b != b ? b : a > b ? a : b;
+    case vcollMin: return a != a ? a : b != b ? b : a < b ? a : b;
     default: return a + b; /* sum, avg (divided afterwards) */
   }
 }
@@ -54,14 +56,6 @@ static inline double applyOp(vcollRedOp_t op, double a, double b) {
     }                                                                                 \
   } while (0)
 
-#define FLOAT_LOOP(T, TOF, FROMF)                                                     \
-  do {                                                                                \
-    const T* x = in;                                                                  \
-    T* y = inout;                                                                     \
-    for (size_t i = 0; i < n; i++) y[i] = FROMF((float)applyOp(tlsOp, TOF(x[i]), TOF(y[i]))); \
-  } while (0)
-
-static inline float idF(float f) { return f; }
 
 static void hostReduceFn(void* in, void* inout, int* len, MPI_Datatype* dt) {
   (void)dt;
@@ -73,32 +67,52 @@ static void hostReduceFn(void* in, void* inout, int* len, MPI_Datatype* dt) {
     case vcollUint32: INT_LOOP(uint32_t); break;
     case vcollInt64: INT_LOOP(int64_t); break;
     case vcollUint64: INT_LOOP(uint64_t); break;
-    case vcollFloat32: FLOAT_LOOP(float, idF, idF); break;
+    case vcollFloat32: {
+      const float* x = in;
+      float* y = inout;
+      for (size_t i = 0; i < n; i++) y[i] = (float)applyOp(tlsOp, x[i], y[i]);
+      break;
+    }
     case vcollFloat64: {
       const double* x = in;
       double* y = inout;
       for (size_t i = 0; i < n; i++) y[i] = applyOp(tlsOp, x[i], y[i]);
       break;
     }
-    case vcollFloat16: FLOAT_LOOP(uint16_t, vcollF16ToF32, vcollF32ToF16); break;
-    case vcollBfloat16: FLOAT_LOOP(uint16_t, vcollBf16ToF32, vcollF32ToBf16); break;
-    case vcollFloat8e4m3: FLOAT_LOOP(uint8_t, vcollE4m3ToF32, vcollF32ToE4m3Sat); break;
-    case vcollFloat8e5m2: FLOAT_LOOP(uint8_t, vcollE5m2ToF32, vcollF32ToE5m2Sat); break;
-    default: break;
+    default: break; /* fp16, bf16, fp8: reduced as fp32 (hostRsv widens them) */
   }
 }
 
-static void divideInPlace(void* buf, size_t n, vcollDataType_t type, int by) {
+/* fp16, bf16 and fp8 are reduced in fp32 and rounded once at the end (fp8
+ * saturating), the arithmetic of the p2p kernel (src/coll/reduce_elem.cuh),
+ * not rounded after every pairwise step of MPI's reduction. */
+static int isNarrowFloat(vcollDataType_t t) {
+  return t == vcollFloat16 || t == vcollBfloat16 || t == vcollFloat8e4m3 || t == vcollFloat8e5m2;
+}
+
+static float narrowToF32(vcollDataType_t t, const void* p, size_t i) {
+  switch (t) {
+    case vcollFloat16: return vcollF16ToF32(((const uint16_t*)p)[i]);
+    case vcollBfloat16: return vcollBf16ToF32(((const uint16_t*)p)[i]);
+    case vcollFloat8e4m3: return vcollE4m3ToF32(((const uint8_t*)p)[i]);
+    default: return vcollE5m2ToF32(((const uint8_t*)p)[i]);
+  }
+}
+
+static void f32ToNarrow(vcollDataType_t t, void* p, size_t i, float f) {
+  switch (t) {
+    case vcollFloat16: ((uint16_t*)p)[i] = vcollF32ToF16(f); break;
+    case vcollBfloat16: ((uint16_t*)p)[i] = vcollF32ToBf16(f); break;
+    case vcollFloat8e4m3: ((uint8_t*)p)[i] = vcollF32ToE4m3Sat(f); break;
+    default: ((uint8_t*)p)[i] = vcollF32ToE5m2Sat(f); break;
+  }
+}
+
+/* avg: the sum (in fp32 or fp64) divided by the rank count. */
+static void divideInPlace(void* buf, size_t n, int wide64, int by) {
   for (size_t i = 0; i < n; i++) {
-    switch (type) {
-      case vcollFloat32: ((float*)buf)[i] /= (float)by; break;
-      case vcollFloat64: ((double*)buf)[i] /= (double)by; break;
-      case vcollFloat16: { uint16_t* p = buf; p[i] = vcollF32ToF16(vcollF16ToF32(p[i]) / (float)by); break; }
-      case vcollBfloat16: { uint16_t* p = buf; p[i] = vcollF32ToBf16(vcollBf16ToF32(p[i]) / (float)by); break; }
-      case vcollFloat8e4m3: { uint8_t* p = buf; p[i] = vcollF32ToE4m3Sat(vcollE4m3ToF32(p[i]) / (float)by); break; }
-      case vcollFloat8e5m2: { uint8_t* p = buf; p[i] = vcollF32ToE5m2Sat(vcollE5m2ToF32(p[i]) / (float)by); break; }
-      default: return;
-    }
+    if (wide64) ((double*)buf)[i] /= (double)by;
+    else ((float*)buf)[i] /= (float)by;
   }
 }
 
@@ -133,6 +147,16 @@ static vcollResult_t hostAgv(vcollComm_t comm, const struct vcollAgvCall* c) {
   if (!ints || !reqs || !types) { res = vcollSetError(comm, vcollSystemError, "vcollAllGatherV : out of host memory"); goto out; }
   res = rowsToInts(comm, c->counts, c->displs, ints, ints + n, "vcollAllGatherV");
   if (res != vcollSuccess) goto out;
+  /* Every limit before the first tensor starts: an error writes nothing. */
+  for (int i = 0; i < c->ntensors; i++) {
+    const size_t rowBytes = c->tensors[i].width * vcollTypeSize(c->tensors[i].datatype);
+    if (rowBytes > INT_MAX) {
+      res = vcollSetError(comm, vcollNotSupported,
+                          "vcollAllGatherV : tensors[%d] has rows of %zu bytes; the host backend supports at most "
+                          "%d (MPI counts)", i, rowBytes, INT_MAX);
+      goto out;
+    }
+  }
   for (int i = 0; i < c->ntensors; i++) {
     const vcollTensor_t* t = c->tensors + i;
     res = rowType(comm, t->width * vcollTypeSize(t->datatype), &types[i], "vcollAllGatherV");
@@ -160,37 +184,61 @@ out:
 
 static vcollResult_t hostRsv(vcollComm_t comm, const struct vcollRsvCall* c) {
   struct hostState* st = comm->backendState;
-  int n = comm->nranks;
-  size_t mine = c->counts[comm->rank];
+  const int n = comm->nranks;
+  const size_t mine = c->counts[comm->rank];
+  const int narrow = isNarrowFloat(c->datatype);
+  const vcollDataType_t redType = narrow ? vcollFloat32 : c->datatype; /* what MPI reduces */
+  const size_t redRowBytes = narrow ? c->width * sizeof(float) : c->rowBytes;
   vcollResult_t res = vcollSuccess;
   MPI_Datatype rt = MPI_DATATYPE_NULL;
-  int* ints = malloc(sizeof(int) * 2 * (size_t)n);
+  void* wideSend = NULL;
   void* tmp = NULL;
+  int* ints = malloc(sizeof(int) * 2 * (size_t)n);
   if (!ints) return vcollSetError(comm, vcollSystemError, "vcollReduceScatterV : out of host memory");
   res = rowsToInts(comm, c->counts, c->displs, ints, ints + n, "vcollReduceScatterV");
   if (res != vcollSuccess) goto out;
-  res = rowType(comm, c->rowBytes, &rt, "vcollReduceScatterV");
+  size_t wideBytes;
+  if (c->totalRows > INT_MAX || __builtin_mul_overflow(c->totalRows, redRowBytes, &wideBytes)) {
+    res = vcollSetError(comm, vcollNotSupported,
+                        "vcollReduceScatterV : counts sum to %zu rows; the host backend supports at most %d "
+                        "(MPI counts)", c->totalRows, INT_MAX);
+    goto out;
+  }
+  if (c->totalRows == 0) goto done;
+  res = rowType(comm, redRowBytes, &rt, "vcollReduceScatterV");
   if (res != vcollSuccess) goto out;
-  /* MPI forbids aliased buffers: in place goes through a temporary. */
+  const void* src = c->sendbuff;
+  if (narrow) {
+    wideSend = malloc(wideBytes);
+    if (!wideSend) { res = vcollSetError(comm, vcollSystemError, "vcollReduceScatterV : out of host memory"); goto out; }
+    for (size_t e = 0; e < c->totalRows * c->width; e++)
+      ((float*)wideSend)[e] = narrowToF32(c->datatype, c->sendbuff, e);
+    src = wideSend;
+  }
+  /* MPI forbids aliased buffers: in place goes through a temporary, and so
+   * do the narrow types (rounded into recvbuff at the end). */
   void* dst = c->recvbuff;
-  if (c->inPlace) {
-    tmp = malloc(mine * c->rowBytes);
+  if (c->inPlace || narrow) {
+    tmp = malloc(mine * redRowBytes + 1);
     if (!tmp) { res = vcollSetError(comm, vcollSystemError, "vcollReduceScatterV : out of host memory"); goto out; }
     dst = tmp;
   }
   static char dummy;
-  if (c->totalRows > 0) {
-    tlsType = c->datatype;
-    tlsOp = c->op;
-    tlsElemsPerUnit = c->width;
-    int e = MPI_Reduce_scatter(c->sendbuff, dst ? dst : &dummy, ints, rt, st->op, st->comm);
-    if (e != MPI_SUCCESS) { res = mpiErr(comm, e, "MPI_Reduce_scatter"); goto out; }
-    if (c->op == vcollAvg && mine > 0) divideInPlace(dst, mine * c->width, c->datatype, n);
-    if (c->inPlace) memcpy(c->recvbuff, tmp, mine * c->rowBytes);
-  }
+  tlsType = redType;
+  tlsOp = c->op;
+  tlsElemsPerUnit = c->width;
+  int e = MPI_Reduce_scatter(src, mine > 0 ? dst : &dummy, ints, rt, st->op, st->comm);
+  if (e != MPI_SUCCESS) { res = mpiErr(comm, e, "MPI_Reduce_scatter"); goto out; }
+  if (c->op == vcollAvg) divideInPlace(dst, mine * c->width, redType == vcollFloat64, n);
+  if (narrow)
+    for (size_t k = 0; k < mine * c->width; k++) f32ToNarrow(c->datatype, c->recvbuff, k, ((float*)dst)[k]);
+  else if (c->inPlace)
+    memcpy(c->recvbuff, tmp, mine * c->rowBytes);
+done:
   comm->lastAlgo[vcollCollReduceScatterV] = "mpi";
 out:
   if (rt != MPI_DATATYPE_NULL) MPI_Type_free(&rt);
+  free(wideSend);
   free(tmp);
   free(ints);
   return res;
@@ -345,19 +393,33 @@ VCOLL_API vcollResult_t vcollCommInitMPI(MPI_Comm mpiComm, vcollBackend_t backen
     const char* env = vcollParamBackend();
     if (env && strcmp(env, "nccl") == 0) backend = vcollBackendNccl;
     else if (env && strcmp(env, "host") == 0) backend = vcollBackendHost;
-    else {
-      if (env && strcmp(env, "auto") != 0) VCOLL_WARN("VCOLL_BACKEND=%s is not nccl, host or auto; ignored", env);
-      int localRank, localSize;
-      MPICHECK(NULL, localRanks(mpiComm, &localRank, &localSize));
-      int ndev = visibleGpus();
-      int all = ndev > 0 && (ndev >= localSize || vcollParamShareGpu());
-      MPICHECK(NULL, MPI_Allreduce(MPI_IN_PLACE, &all, 1, MPI_INT, MPI_MIN, mpiComm));
-      if (!all && ndev > 0)
-        VCOLL_WARN("vcollCommInitMPI : %d ranks on this node but %d GPU(s) visible; backend auto uses the host backend "
-                   "(NCCL needs one GPU per rank)",
-                   localSize, ndev);
-      backend = all ? vcollBackendNccl : vcollBackendHost;
-    }
+    else if (env && strcmp(env, "auto") != 0) VCOLL_WARN("VCOLL_BACKEND=%s is not nccl, host or auto; ignored", env);
   }
+  /* Every rank runs the same collectives here, whatever it asked for, and
+   * the ranks agree: a backend argument, VCOLL_BACKEND or VCOLL_CHECK that
+   * makes ranks differ is an error on every rank instead of a hang. */
+  int localRank, localSize;
+  MPICHECK(NULL, localRanks(mpiComm, &localRank, &localSize));
+  const int ndev = visibleGpus();
+  const int checked = vcollParamCheck() != 0;
+  int v[3] = {ndev > 0 && (ndev >= localSize || vcollParamShareGpu()), checked, -checked};
+  MPICHECK(NULL, MPI_Allreduce(MPI_IN_PLACE, v, 3, MPI_INT, MPI_MIN, mpiComm));
+  if (backend == vcollBackendAuto) {
+    if (!v[0] && ndev > 0)
+      VCOLL_WARN("vcollCommInitMPI : %d ranks on this node but %d GPU(s) visible; backend auto uses the host backend "
+                 "(NCCL needs one GPU per rank)",
+                 localSize, ndev);
+    backend = v[0] ? vcollBackendNccl : vcollBackendHost;
+  }
+  int b[2] = {(int)backend, -(int)backend};
+  MPICHECK(NULL, MPI_Allreduce(MPI_IN_PLACE, b, 2, MPI_INT, MPI_MIN, mpiComm));
+  if (b[0] != -b[1])
+    return vcollSetError(NULL, vcollInvalidUsage,
+                         "%s : the ranks chose different backends (this rank: %s; the backend argument or "
+                         "VCOLL_BACKEND differs between ranks)", op, backend == vcollBackendNccl ? "nccl" : "host");
+  if (v[1] != -v[2])
+    return vcollSetError(NULL, vcollInvalidUsage,
+                         "%s : VCOLL_CHECK is %d on this rank but not on every rank (checked mode must be the same on "
+                         "all ranks)", op, checked);
   return backend == vcollBackendNccl ? initNccl(mpiComm, comm) : initHost(mpiComm, comm);
 }

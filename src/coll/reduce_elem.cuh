@@ -4,7 +4,8 @@
  * reduceRange on the host. Semantics as the host backend's: integers in
  * their own type (wrapping), fp16/bf16/fp8 in float with one rounding at
  * the end (fp8 saturating, as vcollF32ToE4m3Sat/E5m2Sat), float and double
- * in their own type; avg (floating-point types only) is the sum divided by
+ * in their own type; max and min return NaN when any source is NaN; avg
+ * (floating-point types only) is the sum divided by
  * `divisor` in the accumulator's type. Sources are taken in order 0..nsrc-1. */
 #ifndef VCOLL_REDUCE_ELEM_CUH_
 #define VCOLL_REDUCE_ELEM_CUH_
@@ -67,8 +68,8 @@ template <typename A>
 __host__ __device__ __forceinline__ A applyOp(int op, A a, A b) {
   switch (op) {
     case vcollProd: return (A)(a * b);
-    case vcollMax: return a > b ? a : b;
-    case vcollMin: return a < b ? a : b;
+    case vcollMax: return a != a ? a : b != b ? b : a > b ? a : b; /* NaN wins, in any order */
+    case vcollMin: return a != a ? a : b != b ? b : a < b ? a : b;
     default: return (A)(a + b); /* sum; avg divides afterwards */
   }
 }

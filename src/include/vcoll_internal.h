@@ -137,7 +137,7 @@ int vcollAddOk(size_t a, size_t b, size_t* out);
 int vcollTypeIsFloat(vcollDataType_t type);
 
 /* param.c: environment tunables, read once. */
-int64_t vcollParamCheck(void);        /* VCOLL_CHECK */
+VCOLL_INTERNAL_API int64_t vcollParamCheck(void); /* VCOLL_CHECK */
 const char* vcollParamAlgo(void);     /* VCOLL_ALGO */
 VCOLL_INTERNAL_API const char* vcollParamBackend(void);  /* VCOLL_BACKEND */
 /* VCOLL_SHARE_GPU: for testing multi-rank code on fewer GPUs than ranks

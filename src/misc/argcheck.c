@@ -1,5 +1,6 @@
 /* Argument checks, all in one place. Each failure records one line naming
  * the operation and the argument, and nothing is communicated or written. */
+#include <stdint.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
@@ -36,6 +37,9 @@ static vcollResult_t checkCounts(vcollComm_t comm, const char* op, const size_t*
   size_t sum = 0, mx = 0;
   for (int r = 0; r < comm->nranks; r++) {
     comm->displs[r] = sum;
+    if (counts[r] > (size_t)PTRDIFF_MAX)
+      return VCOLL_ARGERR(comm, op, "counts[%d] = %zu is above PTRDIFF_MAX (a negative count cast to size_t?)", r,
+                          counts[r]);
     if (!vcollAddOk(sum, counts[r], &sum))
       return VCOLL_ARGERR(comm, op, "counts[%d] = %zu makes the total row count overflow", r, counts[r]);
     if (counts[r] > mx) mx = counts[r];

@@ -34,10 +34,12 @@ static void logInit(void) {
   if (path && level > VCOLL_LOG_NONE) {
     char name[4096];
     size_t o = 0;
-    for (const char* p = path; *p && o < sizeof(name) - 32; p++) {
-      if (p[0] == '%' && p[1] == 'h') { o += snprintf(name + o, sizeof(name) - o, "%s", hostName); p++; }
-      else if (p[0] == '%' && p[1] == 'p') { o += snprintf(name + o, sizeof(name) - o, "%d", (int)getpid()); p++; }
-      else name[o++] = *p;
+    for (const char* p = path; *p && o < sizeof(name) - 1; p++) {
+      int w = 1;
+      if (p[0] == '%' && p[1] == 'h') { w = snprintf(name + o, sizeof(name) - o, "%s", hostName); p++; }
+      else if (p[0] == '%' && p[1] == 'p') { w = snprintf(name + o, sizeof(name) - o, "%d", (int)getpid()); p++; }
+      else name[o] = *p;
+      o += (size_t)w < sizeof(name) - 1 - o ? (size_t)w : sizeof(name) - 1 - o; /* a long name is cut */
     }
     name[o] = '\0';
     FILE* f = fopen(name, "w");

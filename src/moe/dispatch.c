@@ -470,7 +470,8 @@ VCOLL_API vcollResult_t vcollMoeCombine(vcollMoeWorkspace_t ws, const size_t* co
   VCOLL_CHECK_RES(vcollReduceScatterV(ws->f32, mineF32, counts, H, vcollFloat32, vcollSum, ws->comm, stream));
   if (ws->onDevice) return vcollMoeF32ToBf16(op, mineF32, out, n * H, stream);
   uint16_t* o = out;
-  for (size_t i = 0; i < n * H; i++) o[i] = vcollF32ToBf16(mineF32[i]);
+  for (size_t i = 0; i < n * H; i++) /* NaN as the device kernel writes it (0x7fff) */
+    o[i] = mineF32[i] != mineF32[i] ? 0x7fff : vcollF32ToBf16(mineF32[i]);
   return vcollSuccess;
 }
 

@@ -80,6 +80,12 @@ static void encode(vcollDataType_t t, void* p, double v) {
     case vcollFloat32: *(float*)p = (float)v; break;
     case vcollFloat64: *(double*)p = v; break;
     case vcollFloat16: case vcollBfloat16: case vcollFloat8e4m3: case vcollFloat8e5m2: {
+      if (v != v) { /* a quiet NaN */
+        const unsigned nan = t == vcollFloat16 ? 0x7e00 : t == vcollBfloat16 ? 0x7fc0 : t == vcollFloat8e4m3 ? 0x7f : 0x7e;
+        unsigned char b[2] = {(unsigned char)(nan & 0xff), (unsigned char)(nan >> 8)};
+        memcpy(p, b, vcollTypeSize(t));
+        break;
+      }
       /* Small integers and their halves: search the code whose value is v,
        * remembered per type for |v| <= 256 (the search costs up to 65536
        * decodes, and GPU cases encode millions of elements). */
@@ -429,6 +435,113 @@ static void test_reducescatterv_all_types_ops(void** state) {
   VT_ASSERT_ALL(ok, "type x op sweep failed");
 }
 
+/* x rounded to nearest (ties to the even code) in a 16- or 8-bit float type,
+ * fp8 saturating at its largest finite value: a search over every code. */
+static double roundToType(vcollDataType_t t, double x) {
+  const unsigned lim = vcollTypeSize(t) == 1 ? 256 : 65536;
+  double best = NAN, bestErr = INFINITY;
+  unsigned bestCode = 0;
+  for (unsigned c = 0; c < lim; c++) {
+    unsigned char b[2] = {(unsigned char)(c & 0xff), (unsigned char)(c >> 8)};
+    const double v = decode(t, b);
+    if (v != v || isinf(v)) continue;
+    const double err = fabs(v - x);
+    if (err < bestErr || (err == bestErr && (bestCode & 1) && !(c & 1))) {
+      best = v;
+      bestErr = err;
+      bestCode = c;
+    }
+  }
+  return best;
+}
+
+/* Inputs of the narrow types whose sums leave the exactly representable
+ * range (and, for fp8, pass the largest value before the average brings
+ * them back), or NaN among max/min inputs. */
+static double ownArithValue(uint64_t seed, int r, size_t e, vcollDataType_t t, vcollRedOp_t op) {
+  vtRng g = vtRngMake(seed ^ ((uint64_t)r << 8) ^ ((uint64_t)t << 20) ^ ((uint64_t)op << 28), e);
+  if (op == vcollMax || op == vcollMin) {
+    static const double v[] = {-2, 1, 3, NAN};
+    return v[vtRange(&g, 0, 3)];
+  }
+  static const double f16[] = {2048, 1, -1, 3, 0.5, 1.5}, bf16[] = {256, 1, -1, 3, 0.5, 1.5},
+                      e4m3[] = {320, 256, 64, 16, 1, -16}, e5m2[] = {49152, 16384, 1024, 3, -1024, 4096};
+  const double* v = t == vcollFloat16 ? f16 : t == vcollBfloat16 ? bf16 : t == vcollFloat8e4m3 ? e4m3 : e5m2;
+  return v[vtRange(&g, 0, 5)];
+}
+
+/* vcoll's own reduction arithmetic (the host backend, and the p2p algorithm
+ * on NCCL: docs/algorithms.md): fp16/bf16/fp8 summed in fp32 and rounded
+ * once (fp8 saturating), avg = that sum divided by nranks in fp32, then
+ * rounded once; max/min return NaN when any rank has NaN, in every rank's
+ * slot. Rounding after each pairwise step (or keeping NaN only from some
+ * positions) gives other results, which depend on the slot. */
+static void test_reducescatterv_own_arithmetic(void** state) {
+  (void)state;
+  if (onGpu()) VT_REQUIRE_GPU();
+  const uint64_t seed = vtSeed();
+  static const vcollDataType_t narrow[] = {vcollFloat16, vcollBfloat16, vcollFloat8e4m3, vcollFloat8e5m2};
+  static const vcollDataType_t floats[] = {vcollFloat16, vcollFloat32, vcollFloat64, vcollBfloat16, vcollFloat8e4m3,
+                                           vcollFloat8e5m2};
+  struct { vcollDataType_t t; vcollRedOp_t op; } cases[4 * 2 + 6 * 2];
+  int nc = 0;
+  for (int i = 0; i < 4; i++) {
+    cases[nc].t = narrow[i], cases[nc++].op = vcollSum;
+    cases[nc].t = narrow[i], cases[nc++].op = vcollAvg;
+  }
+  for (int i = 0; i < 6; i++) {
+    cases[nc].t = floats[i], cases[nc++].op = vcollMax;
+    cases[nc].t = floats[i], cases[nc++].op = vcollMin;
+  }
+  if (onGpu()) assert_int_equal(vcollCommSetAlgo(comm, vcollCollReduceScatterV, "p2p"), vcollSuccess);
+  int ok = 1;
+  size_t counts[64] = {0}, total = 0, displ = 0;
+  for (int r = 0; r < nranks_; r++) total += counts[r] = (size_t)(r % 3 == 1 ? 0 : r + 3);
+  for (int r = 0; r < rank_; r++) displ += counts[r];
+  const size_t width = 7;
+  for (int ci = 0; ci < nc; ci++) {
+    const vcollDataType_t t = cases[ci].t;
+    const vcollRedOp_t op = cases[ci].op;
+    const size_t es = vcollTypeSize(t), mine = counts[rank_] * width * es;
+    unsigned char* h = malloc(total * width * es + 1);
+    for (size_t e = 0; e < total * width; e++) encode(t, h + e * es, ownArithValue(seed, rank_, e, t, op));
+    char* send = bufAlloc(total * width * es);
+    char* recv = bufAlloc(mine + 1);
+    bufPut(send, h, total * width * es);
+    bufPoison(recv, mine);
+    vcollResult_t res = vcollReduceScatterV(send, recv, counts, width, t, op, comm, 0);
+    sync();
+    bufGet(h, recv, mine);
+    size_t wrong = 0;
+    for (size_t k = 0; k < counts[rank_] * width; k++) {
+      double want = 0;
+      for (int r = 0; r < nranks_; r++) {
+        const double v = ownArithValue(seed, r, displ * width + k, t, op);
+        if (r == 0 || v != v || want != want) want = (r == 0 || v != v) ? v : want;
+        else if (op == vcollMax) want = v > want ? v : want;
+        else if (op == vcollMin) want = v < want ? v : want;
+        else want += v; /* exact in double and in fp32 */
+      }
+      if (op == vcollAvg) want = (double)((float)want / (float)nranks_);
+      if (op == vcollSum || op == vcollAvg) want = roundToType(t, want);
+      const double got = decode(t, h + k * es);
+      if (want != want ? got == got : got != want) {
+        if (wrong < 3)
+          fprintf(stderr, "[rank %d] %s %s elem %zu: got %g want %g\n", rank_, vcollTypeName(t), vcollOpName(op), k,
+                  got, want);
+        wrong++;
+      }
+    }
+    ok &= res == vcollSuccess && wrong == 0;
+    free(h);
+    bufFree(send);
+    bufFree(recv);
+  }
+  if (onGpu()) vcollCommSetAlgo(comm, vcollCollReduceScatterV, NULL);
+  VT_ASSERT_ALL(ok, "reduction arithmetic (%s) differs from fp32 with one rounding / NaN-propagating max and min",
+                onGpu() ? "p2p" : "host");
+}
+
 /* ---- argument validation: every bad input is rejected, nothing written --- */
 
 static void expectArgErrorOn(vcollComm_t c, vcollResult_t got, vcollResult_t want, const char* needle) {
@@ -477,10 +590,17 @@ static void test_invalid_arguments(void** state) {
   expectArgError(vcollAllGatherV(&bad, 1, counts, comm, 0), vcollInvalidArgument, "overflow");
   size_t huge[64];
   for (int r = 0; r < nranks_; r++) huge[r] = 1;
-  huge[0] = SIZE_MAX - 1; /* the row total or its byte size overflows */
+  huge[0] = SIZE_MAX - 1; /* not a row count (above PTRDIFF_MAX) */
+  expectArgError(vcollAllGatherV(&t, 1, huge, comm, 0), vcollInvalidArgument, "counts[0]");
+  huge[0] = (size_t)PTRDIFF_MAX; /* the byte size overflows */
   expectArgError(vcollAllGatherV(&t, 1, huge, comm, 0), vcollInvalidArgument, "overflow");
   huge[0] = (size_t)-4;   /* what a negative int64 count looks like */
-  expectArgError(vcollAllGatherV(&t, 1, huge, comm, 0), vcollInvalidArgument, "overflow");
+  expectArgError(vcollAllGatherV(&t, 1, huge, comm, 0), vcollInvalidArgument, "counts[0]");
+  huge[0] = 1;
+  huge[nranks_ - 1] = (size_t)-8; /* negative, though the total does not overflow */
+  expectArgError(vcollAllGatherV(&t, 1, huge, comm, 0), vcollInvalidArgument, "negative");
+  expectArgError(vcollReduceScatterV(recv, send, huge, 4, vcollFloat32, vcollSum, comm, 0), vcollInvalidArgument,
+                 "negative");
   bad = t;
   bad.sendbuff = recv + 4; /* inside recvbuff, not at this rank's slot */
   if (displ * rb != 4) expectArgError(vcollAllGatherV(&bad, 1, counts, comm, 0), vcollInvalidArgument, "overlaps");
@@ -826,6 +946,7 @@ int main(int argc, char** argv) {
       cmocka_unit_test(test_allgatherv_random),
       cmocka_unit_test(test_reducescatterv_random),
       cmocka_unit_test(test_reducescatterv_all_types_ops),
+      cmocka_unit_test(test_reducescatterv_own_arithmetic),
       cmocka_unit_test(test_checked_mode),
       cmocka_unit_test(test_graph_capture),
       cmocka_unit_test(test_registered_buffers),

@@ -46,7 +46,9 @@ static int isFloat(vcollDataType_t t) { return t >= vcollFloat16; }
 /* A small value exact in every type: integers in [-4, 4] (unsigned: 0..4),
  * for products of floating-point types powers of two only. */
 static int bigValues; /* test_saturation: fp8 values whose sums pass the type's largest */
+static int nanValues; /* test_nan_max_min: some inputs NaN */
 static double pick(vcollDataType_t t, vcollRedOp_t op) {
+  if (nanValues && isFloat(t) && range(0, 3) == 0) return NAN;
   if (bigValues && t == vcollFloat8e4m3) { static const double v[] = {64, 80, 96, -64}; return v[range(0, 3)]; }
   if (bigValues && t == vcollFloat8e5m2) { static const double v[] = {16384, 24576, -16384}; return v[range(0, 2)]; }
   if (isFloat(t) && op == vcollProd) {
@@ -96,6 +98,10 @@ static void expect(vcollDataType_t t, vcollRedOp_t op, const double* vals, int k
   }
   double acc = vals[0];
   for (int i = 1; i < k; i++) {
+    if (acc != acc || vals[i] != vals[i]) { /* NaN: sums and products stay NaN; max and min return it */
+      acc = NAN;
+      continue;
+    }
     switch (op) {
       case vcollProd: acc *= vals[i]; break;
       case vcollMax: acc = vals[i] > acc ? vals[i] : acc; break;
@@ -108,6 +114,22 @@ static void expect(vcollDataType_t t, vcollRedOp_t op, const double* vals, int k
     else acc = (double)((float)acc / (float)k);
   }
   encode(t, out, acc);
+}
+
+/* Any NaN encoding of floating-point type t (the kernel and encode() may
+ * pick different ones). */
+static int isNanBytes(vcollDataType_t t, const void* p) {
+  const unsigned char* b = (const unsigned char*)p;
+  const unsigned h = b[0] | (typeSize(t) > 1 ? b[1] << 8 : 0);
+  switch (t) {
+    case vcollFloat16: return (h & 0x7c00) == 0x7c00 && (h & 0x3ff);
+    case vcollBfloat16: return (h & 0x7f80) == 0x7f80 && (h & 0x7f);
+    case vcollFloat32: { float f; memcpy(&f, p, 4); return f != f; }
+    case vcollFloat64: { double d; memcpy(&d, p, 8); return d != d; }
+    case vcollFloat8e4m3: return (b[0] & 0x7f) == 0x7f;
+    case vcollFloat8e5m2: return (b[0] & 0x7c) == 0x7c && (b[0] & 3);
+    default: return 0;
+  }
 }
 
 static int useVec; /* reduceRangeVec (16-byte vectors) instead of reduceRange */
@@ -140,7 +162,7 @@ static void runT(vcollDataType_t t, vcollRedOp_t op, int nsrc, size_t n, int inP
   for (size_t i = 0; i < n; i++) {
     unsigned char want[8];
     expect(t, op, vals + i * nsrc, nsrc, want);
-    if (memcmp(want, dst + i * es, es) != 0) {
+    if (isFloat(t) && isNanBytes(t, want) ? !isNanBytes(t, dst + i * es) : memcmp(want, dst + i * es, es) != 0) {
       if (wrong < 3)
         fprintf(stderr, "type %d op %d nsrc %d n %zu %s stride %d%s: element %zu wrong\n", (int)t, (int)op, nsrc, n,
                 inPlace ? "in place" : "out of place", stride, useVec ? " (16-byte vectors)" : "", i);
@@ -217,6 +239,25 @@ static void test_saturation(void** state) {
   bigValues = 0;
 }
 
+/* max and min return NaN when any source is NaN, whatever its position
+ * (so the result does not depend on the order sources are combined in);
+ * sums with a NaN stay NaN. */
+static void test_nan_max_min(void** state) {
+  (void)state;
+  nanValues = 1;
+  for (int rep = 0; rep < 8; rep++) {
+    useVec = rep & 1;
+    for (int t = 0; t < vcollNumTypes; t++) {
+      if (!isFloat((vcollDataType_t)t)) continue;
+      runType((vcollDataType_t)t, vcollMax, range(2, 8), (size_t)range(1, 300), rep & 2, range(1, 9));
+      runType((vcollDataType_t)t, vcollMin, range(2, 8), (size_t)range(1, 300), rep & 2, range(1, 9));
+      runType((vcollDataType_t)t, vcollSum, range(2, 8), (size_t)range(1, 300), rep & 2, range(1, 9));
+    }
+  }
+  useVec = 0;
+  nanValues = 0;
+}
+
 int main(void) {
   rngState = (uint64_t)time(NULL) ^ ((uint64_t)clock() << 20);
   printf("# test_reduce_elem seed %llu\n", (unsigned long long)rngState);
@@ -225,6 +266,7 @@ int main(void) {
       cmocka_unit_test(test_every_type_and_op_vectors),
       cmocka_unit_test(test_rounding_once),
       cmocka_unit_test(test_saturation),
+      cmocka_unit_test(test_nan_max_min),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
