@@ -3,6 +3,7 @@
  * or fp32), on either backend: the NCCL backend runs the kernels of
  * dispatch.cu and vcollNvfp4*, the host backend the same steps in C with
  * the NVFP4 CPU reference. See docs/moe.md. */
+#include <limits.h>
 #include <float.h>
 #include <math.h>
 #include <stdio.h>
@@ -130,6 +131,12 @@ VCOLL_API vcollResult_t vcollMoeWorkspaceCreate(vcollComm_t comm, const vcollMoe
   if (!makeLayout(config, maxTokens, comm->nranks, &L))
     return VCOLL_ARGERR(comm, op, "maxTokens %zu x hidden %zu overflows the workspace size", maxTokens,
                         config->hidden);
+  /* MPI counts are ints: refuse here what the host backend's collectives
+   * would refuse only after dispatch has quantized into its outputs. */
+  if (comm->backend == vcollBackendHost && (maxTokens > INT_MAX || config->hidden > INT_MAX / 4))
+    return vcollSetError(comm, vcollNotSupported,
+                         "%s : the host backend moves at most %d tokens of at most %d elements (MPI counts); "
+                         "maxTokens %zu, hidden %zu", op, INT_MAX, INT_MAX / 4, maxTokens, config->hidden);
 
   vcollResult_t res = vcollSuccess;
   struct vcollMoeWorkspace* w = calloc(1, sizeof(*w));

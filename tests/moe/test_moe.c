@@ -13,6 +13,7 @@
  *   mpirun -np N test_moe --backend host|nccl [--iters K]
  *
  * Without a GPU the NCCL backend's tests are skipped, never passed. */
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -475,6 +476,10 @@ static void test_invalid_arguments(void** state) {
   expectErr(vcollMoeWorkspaceCreate(comm, &bad, 8, &ws), vcollInvalidArgument, cr, "config->allocBuffers");
   expectErr(vcollMoeWorkspaceCreate(comm, &cfg, SIZE_MAX / 8, &ws), vcollInvalidArgument, cr, "overflow");
   assert_null(ws);
+  if (!onGpu()) { /* MPI's int counts: refused at creation, not after a dispatch has written */
+    expectErr(vcollMoeWorkspaceCreate(comm, &cfg, (size_t)INT_MAX + 1, &ws), vcollNotSupported, cr, "host backend");
+    assert_null(ws);
+  }
 
   /* A valid workspace; every rank has 2 tokens so every rank fails alike. */
   assert_int_equal(vcollMoeWorkspaceCreate(comm, &cfg, 2 * (size_t)nranks_, &ws), vcollSuccess);
