@@ -61,7 +61,7 @@ int benchMain(int argc, char** argv, const struct benchColl* coll);
 /* check.cu */
 int benchAgvFill(void* buf, size_t bytes, size_t g0, int tensor, int onDevice);
 long long benchAgvCheck(const void* buf, size_t bytes, int tensor, int onDevice);
-int benchRsvFill(void* buf, size_t rows, size_t width, vcollDataType_t type, int rank, vcollRedOp_t op,
+int benchRsvFill(void* buf, size_t rows, size_t width, vcollDataType_t type, int rank, int nranks, vcollRedOp_t op,
                  int onDevice);
 long long benchRsvCheck(const void* buf, size_t rows, size_t row0, size_t width, vcollDataType_t type, int nranks,
                         vcollRedOp_t op, int onDevice);

@@ -20,7 +20,7 @@ static int rsvPrepare(const struct benchPoint* p, struct benchBufs* b, int dev) 
   char* send = b->send[0];
   b->sendArg[0] = send;
   b->recvArg[0] = p->inPlace ? send + p->displs[p->rank] * rb : b->recv[0];
-  if (benchRsvFill(send, p->totalRows, p->width, p->type, p->rank, p->op, dev)) return -1;
+  if (benchRsvFill(send, p->totalRows, p->width, p->type, p->rank, p->nranks, p->op, dev)) return -1;
   if (!p->inPlace && benchPoison(b->recv[0], p->counts[p->rank] * rb, dev)) return -1;
   return 0;
 }

@@ -8,7 +8,7 @@
  * fused shared expert, renormalized), T = 1, 2, 4, ... 65536, both types.
  * Logits are normal with standard deviation 2, the bias normal with 0.1
  * (some biased scores negative) or -B biasSd (the segment kernel takes its
- * fixed-point keys up to a bias spread of about 220, its 8-bit-class keys
+ * fixed-point keys up to a bias spread of about 110, its 8-bit-class keys
  * beyond: -B 100 measures those). -S seed draws other inputs (default: the
  * same every run, so that tables compare; the few tokens whose near-ties
  * send a segment to the exact selection move with the seed).

@@ -104,7 +104,7 @@ VCOLL_API size_t vcollWeightScaleBytes(vcollWeightFormat_t format, size_t M, siz
  * `scaleLayout` (swizzle padding as zeros). perm is a device array of M
  * entries in [0, M) (a row whose entry is out of range is written as
  * zeros); expert tensors are device pointers; outputs must not overlap any
- * input or each other. One kernel moves the rows of up to 96 experts,
+ * input or each other. One kernel moves the rows of up to 64 experts,
  * 16 bytes at a time when pointers and row sizes allow. Ordered on
  * `stream`; the swizzled layout uses a stream-ordered workspace
  * (cudaMallocAsync). numExperts == 0 is a no-op. */

@@ -375,7 +375,7 @@ struct SegFixed {
  * shifted bias), low 8 bits clear: pass 2 puts 255 - expert there. A NaN x
  * comes out as the canonical NaN 0x7fffffff (fp32 arithmetic on the GPU has
  * no NaN payloads), whose key is above every number's: 0xffffff00 with BIN
- * (numbers give keys below 2^31), vgKey's map (0xffffff00) otherwise. The
+ * (numbers give keys below 2^31: m is odd), vgKey's map (0xffffff00) otherwise. The
  * score is never -0. */
 template <bool BIN>
 __device__ __forceinline__ uint32_t fastPack(float x, float b, uint32_t hm) {
@@ -796,9 +796,12 @@ __global__ void __launch_bounds__(kWarps * 32, BLOCKS) moeGateSegKernel(const Ga
     mx = fmaxf(mx, red[1][j]);
     ab = fmaxf(ab, red[2][j]);
   }
+  /* m odd: the binade's exponent 127 + m is even, so its lowest bit, which
+   * fastPack's * 256 moves to bit 31, is 0 and numbers' keys stay below
+   * 2^31 (an even m made every key look like a NaN's: all exact path). */
   int m = 1;
-  while (m <= 8 && __fadd_rn(__fsub_rn(mx, mn), 1.0f) > 0.875f * (float)(1 << m)) m++;
-  const bool bin = finite && m <= 8 && ab <= 1024.0f;
+  while (m <= 7 && __fadd_rn(__fsub_rn(mx, mn), 1.0f) > 0.875f * (float)(1 << m)) m += 2;
+  const bool bin = finite && m <= 7 && ab <= 1024.0f;
   if (bin) sbs[keyWord(i)] = __fadd_rn(v, __fsub_rn(1.0625f * (float)(1 << m), mn));
   __syncthreads();
   uint32_t* myKeys = keys + w * 4 * kSegKeyWords;
