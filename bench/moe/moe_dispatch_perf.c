@@ -218,6 +218,23 @@ static void checkFp4(const size_t* counts, const vcollMoeTokens_t* t, int comput
   }
 }
 
+/* Poisons the outputs variant v writes (all N rows), so that the check after
+ * its timed calls cannot pass on what an earlier size or shape left there.
+ * Not fp4's global scale: the static scale lives in the output. */
+static void poisonOutputs(int v, struct ctx* c, size_t N) {
+  const size_t mine = c->counts[rank];
+  const vcollMoeTokens_t* t = v == V_FP4 ? &c->bFp4.tokens : v == V_FP4C ? &c->bFp4c.tokens : &c->bBf16.tokens;
+  if (v == V_FP4 || v == V_FP4C || v == V_BF16) {
+    CUCHECK(cudaMemsetAsync(t->hidden, 0xA5, v == V_BF16 ? N * H * 2 : N * (H / 2), stream));
+    if (v != V_BF16) CUCHECK(cudaMemsetAsync(t->scales, 0xA5, N * (H / 16), stream));
+    if (v == V_FP4C) CUCHECK(cudaMemsetAsync(t->globalScale, 0xA5, 4, stream));
+    CUCHECK(cudaMemsetAsync(t->topkIds, 0xA5, N * topk * 4, stream));
+    CUCHECK(cudaMemsetAsync(t->topkWeights, 0xA5, N * topk * 4, stream));
+  } else if (v == V_COMB || v == V_COMB32) {
+    CUCHECK(cudaMemsetAsync(v == V_COMB ? c->bFp4.combined : c->bBf16.combined, 0xA5, mine * H * 2, stream));
+  }
+}
+
 /* Routing rows: rank r's ids and weights are its fill. */
 static void checkRouting(const size_t* counts, const vcollMoeTokens_t* t) {
   size_t row = 0;
@@ -381,6 +398,7 @@ int main(int argc, char** argv) {
       char agvFp4[24] = "-", agvBf16[24] = "-";
       CUCHECK(cudaMemsetAsync(dWrong, 0, 8, stream));
       for (int v = 0; v < NV; v++) {
+        if (check && N > 0) poisonOutputs(v, &c, N);
         t[v] = timeIt(fns[v], &c);
         if (v == V_FP4 || v == V_BF16) {
           const char* a = vcollCommLastAlgo(comm, vcollCollAllGatherV);
