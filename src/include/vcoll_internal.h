@@ -171,7 +171,7 @@ VCOLL_INTERNAL_API int vcollRsvSelect(vcollComm_t comm, const struct vcollRsvCal
  * it in the digest. */
 VCOLL_INTERNAL_API int vcollAgvAllRegistered(vcollComm_t comm, const struct vcollAgvCall* call);
 VCOLL_INTERNAL_API int vcollRsvAllRegistered(vcollComm_t comm, const struct vcollRsvCall* call);
-int vcollAlgoFind(vcollCollective_t coll, const char* name);
+VCOLL_INTERNAL_API int vcollAlgoFind(vcollCollective_t coll, const char* name);
 /* The algorithm to run: the forced one (comm, then VCOLL_ALGO) when it
  * supports the call, else autoIdx. Records it as the last algorithm. */
 VCOLL_INTERNAL_API int vcollAlgoChoose(vcollComm_t comm, vcollCollective_t coll, const void* call, int autoIdx);

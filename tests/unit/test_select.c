@@ -147,6 +147,15 @@ static void test_nearly_equal_is_not_equal(void** state) {
     r.datatype = vcollFloat32;
     r.op = vcollSum;
     assert_string_equal(rsvAuto(c, &r), "pad");
+    /* Should a table ever pick an algorithm that declines the call, the
+     * baseline runs instead. */
+    assert_string_equal(vcollAlgoName(vcollCollAllGatherV, vcollAlgoChoose(c, vcollCollAllGatherV, &a,
+                                                                            vcollAlgoFind(vcollCollAllGatherV, "native"))),
+                        "bcast");
+    assert_string_equal(vcollAlgoName(vcollCollReduceScatterV,
+                                      vcollAlgoChoose(c, vcollCollReduceScatterV, &r,
+                                                      vcollAlgoFind(vcollCollReduceScatterV, "native"))),
+                        "reduce");
     vcollCommFreeCommon(c);
   }
 }
