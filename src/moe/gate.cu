@@ -778,7 +778,7 @@ __global__ void __launch_bounds__(kWarps * 32, BLOCKS) moeGateSegKernel(const Ga
   const float v = a.bias != nullptr ? __ldg(a.bias + i) : 0.0f;
   sb[keyWord(i)] = v;
   /* The fixed-point keys need every bias finite, and fit the shifted
-   * scores sigmoid + bias + C into one binade [2^m, 2^(m+1)), m <= 8: C =
+   * scores sigmoid + bias + C into one binade [2^m, 2^(m+1)), m odd, <= 7: C =
    * 1.0625 * 2^m - min(bias) (the 2^m / 16 margins absorb every rounding),
    * spread + 1 <= 0.875 * 2^m; and |bias| <= 1024. */
   float mn = v, mx = v, ab = fabsf(v);
