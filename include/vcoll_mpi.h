@@ -23,7 +23,8 @@ extern "C" {
  *   vcollBackendHost: host buffers, MPI collectives on a duplicate of
  *     mpiComm (MPI must stay initialized until vcollCommDestroy).
  *   vcollBackendAuto: VCOLL_BACKEND=nccl|host if set, else nccl when every
- *     rank sees a GPU, else host. All ranks make the same choice.
+ *     rank has a GPU of its own (each node at least as many visible GPUs
+ *     as ranks, or VCOLL_SHARE_GPU), else host. All ranks make the same choice.
  * The ranks must end up with the same backend and the same VCOLL_CHECK;
  * where the backend argument, VCOLL_BACKEND or VCOLL_CHECK makes them
  * differ, every rank returns vcollInvalidUsage. */

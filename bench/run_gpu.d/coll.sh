@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Collective benchmarks on the GPU machine: allgatherv_perf and
-# reducescatterv_perf on 2 and 4 GPUs, all shapes, every algorithm, results
+# reducescatterv_perf on 8, 4 and 2 GPUs where visible, all shapes, every algorithm, results
 # checked; raw tables in OUT_DIR/coll.txt, JSON in OUT_DIR/coll_*.json,
 # plots in OUT_DIR/coll_*.png.
 #   bench/run_gpu.d/coll.sh BUILD_DIR OUT_DIR
