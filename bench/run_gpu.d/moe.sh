@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # MoE dispatch/combine benchmark: moe_dispatch_perf on 8, 4, then 2 GPUs where visible
-# (GPUs 0,1): H 7168, top-8, 1..16384 tokens per rank (x2), shapes equal,
+# (2: GPUs 0,1): H 7168, top-8, 1..16384 tokens per rank (x2), shapes equal,
 # skew and moe; every point checked on the device. Raw tables in
 # OUT_DIR/moe.txt.
 #   bench/run_gpu.d/moe.sh BUILD_DIR OUT_DIR
