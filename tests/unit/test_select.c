@@ -251,6 +251,53 @@ static void test_agv_tables_by_nccl_version(void** state) {
   vcollCommFreeCommon(c);
 }
 
+/* Thresholds that do not come from measurements: one rank holding almost
+ * everything (imbalance >= 3/4 nranks) goes to the baseline; ops without
+ * NCCL symmetric kernels skip the rows marked for them; a forced algorithm
+ * that cannot run the call gives the automatic choice; VCOLL_ALGO's forms. */
+static void test_fixed_thresholds_and_overrides(void** state) {
+  (void)state;
+  vcollComm_t c = makeComm(4, 22803);
+  const size_t below[4] = {7 * 64, 64, 64, 64}, above[4] = {13 * 64, 64, 64, 64}; /* imbalance 2.8, 3.25 */
+  assert_string_not_equal(agvAuto(c, below, 256), "bcast");
+  assert_string_equal(agvAuto(c, above, 256), "bcast");
+  size_t counts[8];
+  struct vcollRsvCall k = rsvCall(c, counts, 64, 256, 0, vcollFloat32, vcollSum);
+  /* (reducescatterv's table also ends in reduce for imbalances this high) */
+  const size_t rAbove[4] = {13 * 64, 64, 64, 64};
+  k.counts = rAbove, k.totalRows = 16 * 64, k.maxRows = 13 * 64;
+  assert_string_equal(rsvAuto(c, &k), "reduce");
+  /* Equal counts, 64 KB per rank: float sum has symmetric kernels (pad_symm,
+   * or pad without them); int32 sum and float max do not: native. */
+  k = rsvCall(c, counts, 64, 256, 0, vcollFloat32, vcollSum);
+  assert_true(isPad(rsvAuto(c, &k)));
+  k = rsvCall(c, counts, 64, 256, 0, vcollInt32, vcollSum);
+  assert_string_equal(rsvAuto(c, &k), "native");
+  k = rsvCall(c, counts, 64, 256, 0, vcollFloat32, vcollMax);
+  assert_string_equal(rsvAuto(c, &k), "native");
+  /* Forced native on unequal counts: the automatic choice runs, not the baseline. */
+  const size_t uneq[4] = {100, 90, 80, 70};
+  k = rsvCall(c, counts, 64, 256, 0, vcollFloat32, vcollSum);
+  k.counts = uneq, k.totalRows = 340, k.maxRows = 100;
+  assert_string_equal(rsvForced(c, &k, "native"), rsvAuto(c, &k));
+  assert_string_not_equal(rsvAuto(c, &k), "reduce");
+  /* VCOLL_ALGO: "coll=name" for one collective, a bare name for every one that has it. */
+  setenv("VCOLL_ALGO", "reducescatterv=p2p", 1);
+  assert_string_equal(vcollAlgoName(vcollCollReduceScatterV, vcollAlgoChoose(c, vcollCollReduceScatterV, &k,
+                                                                             vcollRsvSelect(c, &k))), "p2p");
+  setenv("VCOLL_ALGO", "allgatherv=p2p,reducescatterv=reduce", 1);
+  assert_string_equal(vcollAlgoName(vcollCollReduceScatterV, vcollAlgoChoose(c, vcollCollReduceScatterV, &k,
+                                                                             vcollRsvSelect(c, &k))), "reduce");
+  setenv("VCOLL_ALGO", "allfoo=p2p,reducescatt=reduce", 1); /* no such collectives: automatic */
+  assert_string_equal(vcollAlgoName(vcollCollReduceScatterV, vcollAlgoChoose(c, vcollCollReduceScatterV, &k,
+                                                                             vcollRsvSelect(c, &k))), rsvAuto(c, &k));
+  setenv("VCOLL_ALGO", "p2p", 1);
+  assert_string_equal(vcollAlgoName(vcollCollReduceScatterV, vcollAlgoChoose(c, vcollCollReduceScatterV, &k,
+                                                                             vcollRsvSelect(c, &k))), "p2p");
+  unsetenv("VCOLL_ALGO");
+  vcollCommFreeCommon(c);
+}
+
 /* Checked mode compares the algorithm too: a backend whose collectives only
  * record the algorithm they were handed, and whose agreement step records
  * this rank's digest and can mix in another rank's. */
@@ -333,6 +380,7 @@ int main(void) {
       cmocka_unit_test(test_agv_tables_by_nccl_version),
       cmocka_unit_test(test_nearly_equal_is_not_equal),
       cmocka_unit_test(test_registered_ranges),
+      cmocka_unit_test(test_fixed_thresholds_and_overrides),
       cmocka_unit_test(test_checked_mode_compares_algorithms),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -91,6 +91,15 @@ static void test_hostfloat_f16(void** state) {
     if (isnan(f)) assert_true((got & 0x7c00) == 0x7c00 && (got & 0x3ff));
     else if (got != w) fail_msg("f32->f16 of %a (0x%08x): got 0x%04x want 0x%04x", f, u, got, w);
   }
+  /* Every exact tie between two neighbouring finite halves (subnormal ones
+   * included), both signs: ties go to the even code. */
+  for (uint32_t h = 0; h < 0x7bff; h++)
+    for (int s = 0; s < 2; s++) {
+      const uint16_t lo = (uint16_t)(h | (s ? 0x8000 : 0)), hi = (uint16_t)((h + 1) | (s ? 0x8000 : 0));
+      const float f = (float)(((double)vcollF16ToF32(lo) + (double)vcollF16ToF32(hi)) / 2); /* exact in fp32 */
+      const uint16_t got = vcollF32ToF16(f), want = (h & 1) ? hi : lo;
+      if (got != want) fail_msg("f32->f16 of the tie %a: got 0x%04x want 0x%04x", f, got, want);
+    }
 }
 
 /* bf16: round to nearest even of the top 16 bits, checked against double
