@@ -358,6 +358,19 @@ static void test_checked_mode_compares_algorithms(void** state) {
   assert_non_null(strstr(vcollGetLastError(c), "different algorithms"));
   otherDigest = 0;
   assert_int_equal(vcollCommSetAlgo(c, vcollCollAllGatherV, NULL), vcollSuccess);
+  /* The digest covers every tensor's type (same width and element size) and
+   * every rank's count, the last one included. */
+  vcollTensor_t h16 = {send, recv, 16, vcollFloat16}, b16 = {send, recv, 16, vcollBfloat16};
+  assert_int_equal(vcollAllGatherV(&h16, 1, counts, c, 0), vcollSuccess);
+  const uint64_t dH = seenDigest;
+  assert_int_equal(vcollAllGatherV(&b16, 1, counts, c, 0), vcollSuccess);
+  assert_true(seenDigest != dH);
+  assert_int_equal(vcollAllGatherV(&t, 1, counts, c, 0), vcollSuccess);
+  const uint64_t dCounts = seenDigest;
+  counts[3] = 3;
+  assert_int_equal(vcollAllGatherV(&t, 1, counts, c, 0), vcollSuccess);
+  assert_true(seenDigest != dCounts);
+  counts[3] = 4;
 
   /* reducescatterv: avg on NCCL 2.32 with VCOLL_NCCL_AVG on one rank only. */
   c->ncclVersion = 23203;
