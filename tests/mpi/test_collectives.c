@@ -604,6 +604,11 @@ static void test_invalid_arguments(void** state) {
   bad = t;
   bad.sendbuff = recv + 4; /* inside recvbuff, not at this rank's slot */
   if (displ * rb != 4) expectArgError(vcollAllGatherV(&bad, 1, counts, comm, 0), vcollInvalidArgument, "overlaps");
+  bad = t;
+  bad.sendbuff = recv + total * rb - 1; /* only its first byte overlaps recvbuff's last */
+  expectArgError(vcollAllGatherV(&bad, 1, counts, comm, 0), vcollInvalidArgument, "overlaps");
+  expectArgError(vcollReduceScatterV(recv, recv + total * rb - 1, counts, 4, vcollFloat32, vcollSum, comm, 0),
+                 vcollInvalidArgument, "overlaps");
   tt[1].recvbuff = recv + rb / 2; /* two outputs overlapping */
   expectArgError(vcollAllGatherV(tt, 2, counts, comm, 0), vcollInvalidArgument, "tensors[1].recvbuff");
   /* One tensor read from where another is written (one NCCL group: a race). */
