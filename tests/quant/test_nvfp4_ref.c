@@ -348,6 +348,15 @@ static void test_dequant_vectors(void** state) {
   }
   assert_true(out[8] == 0.0f && signbit(out[8])); /* code 0x8 -> -0.0 */
   assert_true(out[7] == 2.0f && out[5] == 1.0f && out[3] == 0.5f);
+  /* (value * scale) / gs with one rounding, not value * (scale / gs) with
+   * two: scale 1.0, gs 7 (1.5 / 7 rounds differently the two ways). */
+  sc = 0x38;
+  float gs7 = 7.0f;
+  assert_int_equal(vcollNvfp4DequantizeRef(pay, &sc, vcollScaleLinear, &gs7, 1, 16, out, vcollFloat32), 0);
+  for (int i = 0; i < 16; i++) {
+    const float want = (float)(((i & 8) ? -(double)mag[i & 7] : (double)mag[i & 7]) / 7.0);
+    assert_true(bits(out[i]) == bits(want));
+  }
   /* bf16 and fp16 outputs: 1/3 (code 1 at scale 4, gs 6) rounds to nearest even */
   uint16_t o16[16];
   sc = 0x48; /* 4.0 */
