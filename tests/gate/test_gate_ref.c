@@ -358,6 +358,9 @@ static void test_invalid_arguments(void** state) {
     expectErr(fn, nm, x, vcollFloat32, bias, T, &ok, (int32_t*)((char*)ids + 2), w, "ids");
     expectErr(fn, nm, x, vcollFloat32, bias, T, &ok, ids, (float*)((char*)w + 2), "weights");
     expectErr(fn, nm, x, vcollFloat32, bias, T, &ok, ids, (float*)(ids + 3), "overlap");
+    /* weights starting on ids' last slot */
+    expectErr(fn, nm, x, vcollFloat32, bias, T, &ok, ids,
+              (float*)(ids + T * (ok.topk + ok.numFusedSharedExperts) - 1), "overlap");
     expectErr(fn, nm, x, vcollFloat32, bias, T, &ok, (int32_t*)(x + 8), w, "overlap");
     expectErr(fn, nm, x, vcollFloat32, bias, T, &ok, ids, bias + 2, "overlap");
     expectErr(fn, nm, x, vcollFloat32, bias, (size_t)1 << 62, &ok, ids, w, "overflow");
