@@ -403,6 +403,50 @@ static void test_combine_fp32(void** state) {
   VT_ASSERT_ALL(ok, "fp32 combine mismatches (see above)");
 }
 
+/* fp32 combine with a NaN partial (with a payload) and infinities: the
+ * output's NaN is the canonical bf16 NaN 0x7fff on both backends (the
+ * device kernel's __float2bfloat16_rn writes it), inf - inf is NaN too. */
+static void test_combine_fp32_nan(void** state) {
+  (void)state;
+  if (onGpu()) VT_REQUIRE_GPU();
+  enum { H = 16 };
+  vcollMoeConfig_t cfg = {0};
+  cfg.format = vcollMoeBf16;
+  cfg.hidden = H;
+  cfg.routing = vcollMoeRoutingTopk;
+  cfg.topk = 1;
+  cfg.accum = vcollMoeAccumFp32;
+  vcollMoeWorkspace_t ws = NULL;
+  assert_int_equal(vcollMoeWorkspaceCreate(comm, &cfg, (size_t)nranks_, &ws), vcollSuccess);
+  size_t counts[64];
+  for (int r = 0; r < nranks_; r++) counts[r] = 1;
+  const size_t N = (size_t)nranks_;
+  uint16_t* h = malloc(N * H * 2);
+  for (size_t i = 0; i < N * H; i++) {
+    const size_t col = i % H;
+    h[i] = 0x3f80; /* 1.0 */
+    if (col == 0 && rank_ == 0) h[i] = 0x7fc1;                   /* a NaN with a payload */
+    if (col == 1) h[i] = rank_ == 0 ? 0x7f80 : nranks_ > 1 && rank_ == 1 ? 0xff80 : 0x3f80; /* +inf, -inf */
+  }
+  void* partials = bufAlloc(N * H * 2);
+  void* out = bufAlloc(H * 2);
+  bufPut(partials, h, N * H * 2);
+  bufPoison(out, H * 2);
+  vcollResult_t res = vcollMoeCombine(ws, counts, partials, out, 0);
+  sync();
+  uint16_t o[H];
+  bufGet(o, out, H * 2);
+  int ok = res == vcollSuccess && o[0] == 0x7fff && o[1] == (nranks_ > 1 ? 0x7fff : 0x7f80);
+  for (int c = 2; c < H; c++) ok &= o[c] == vcollF32ToBf16((float)nranks_);
+  if (!ok)
+    fprintf(stderr, "[rank %d] combine fp32 NaN/inf: res %d, got 0x%04x 0x%04x 0x%04x\n", rank_, res, o[0], o[1], o[2]);
+  free(h);
+  bufFree(partials);
+  bufFree(out);
+  assert_int_equal(vcollMoeWorkspaceDestroy(ws), vcollSuccess);
+  VT_ASSERT_ALL(ok, "fp32 combine: NaN and inf - inf must give 0x7fff");
+}
+
 /* ---- count gathering ------------------------------------------------------ */
 
 static void test_gather_counts(void** state) {
@@ -716,6 +760,7 @@ int main(int argc, char** argv) {
       cmocka_unit_test(test_dispatch_bf16),
       cmocka_unit_test(test_combine_bf16),
       cmocka_unit_test(test_combine_fp32),
+      cmocka_unit_test(test_combine_fp32_nan),
       cmocka_unit_test(test_gather_counts),
       cmocka_unit_test(test_graph_capture),
   };
