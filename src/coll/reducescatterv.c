@@ -156,10 +156,10 @@ static vcollResult_t rsvP2pRun(vcollComm_t comm, const void* vcall) {
    * reduction kernel can load 16-byte vectors (when recvbuff and this
    * rank's rows of sendbuff are aligned too). */
   size_t slotMax = 0, total = 0;
-  if (!vcollMulOk(c->maxRows, c->rowBytes, &slotMax) || !vcollAddOk(slotMax, 15, &slotMax) ||
-      !vcollMulOk(slotMax & ~(size_t)15, (size_t)(n - 1), &total))
+  if (!vcollMulOk(c->maxRows, c->rowBytes, &slotMax) || slotMax > SIZE_MAX - 15 ||
+      !vcollMulOk(vcollAlign16(slotMax), (size_t)(n - 1), &total))
     return vcollSetError(comm, vcollInvalidArgument, "vcollReduceScatterV : p2p staging size overflows");
-  const size_t mine = (c->counts[me] * c->rowBytes + 15) & ~(size_t)15; /* slot stride */
+  const size_t mine = vcollAlign16(c->counts[me] * c->rowBytes); /* slot stride */
   char* stage = NULL;
   if (total > 0)
     VCOLL_CHECK_RES(vcollStagingAcquire(comm, vcollStagingPlain, total, c->stream, "vcollReduceScatterV",
