@@ -16,6 +16,9 @@
 #   Environment: AB_ARGS (gate_perf arguments, default "-t all -b 2048 -e
 #   65536 -n 200 -w 20"), AB_SEEDS (gate_perf -S seeds, default "0"),
 #   AB_REPS (repetitions, default 2), AB_TESTS=0 skips the tests.
+#   cd .deps/snap && scripts/gpu_ab.sh run-moe
+#     the same for the MoE dispatch's fixed cost and the quantize kernel
+#     (see run_moe below); raw output in $OUT/ab/moe-ab.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -83,8 +86,50 @@ for (t, T, seed, b), v in sorted(d.items()):
 PY
 }
 
+# The MoE dispatch's fixed cost on one GPU, same run: every build's
+# moe_dispatch_perf at one rank with the padded allgatherv forced (the
+# algorithm small dispatches take; NCCL's one-rank all-gather is a local
+# copy, so the times are vcoll's kernels, launches and host work), eager
+# and in CUDA graphs, and nvfp4_perf (bf16, linear scales), builds
+# interleaved. MOE_ARGS, NVFP4_ARGS, AB_REPS override the defaults.
+run_moe() {
+  local OUTD=${OUT:-/tmp/vcoll-ab}/ab
+  mkdir -p "$OUTD"
+  export PATH=/opt/torch/.venv/bin:/usr/local/cuda/bin:$PATH NCCL_NVLS_ENABLE=0
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
+  . scripts/cmocka_debs.sh
+  local names=(cur) dirs=(.) d i rep k
+  for d in ab/*/; do [ -d "$d" ] && names+=("$(basename "$d")") && dirs+=("${d%/}"); done
+  for i in "${!dirs[@]}"; do
+    d=${dirs[$i]}
+    (cd "$d" && meson setup bab -Dgpu_arch=90 -Dexamples=false >"$OUTD/build-${names[$i]}.txt" 2>&1 &&
+      ninja -C bab bench/moe/moe_dispatch_perf bench/quant/nvfp4_perf >>"$OUTD/build-${names[$i]}.txt" 2>&1) ||
+      { echo "gpu_ab: build of ${names[$i]} failed"; tail -20 "$OUTD/build-${names[$i]}.txt"; exit 1; }
+  done
+  local R=$OUTD/moe-ab.txt
+  : >"$R"
+  local MPI=(mpirun --allow-run-as-root -x NCCL_NVLS_ENABLE=0 -x VCOLL_ALGO=allgatherv=pad -np 1)
+  for rep in $(seq 1 "${AB_REPS:-2}"); do
+    for k in "${!dirs[@]}"; do
+      i=$(((k + rep - 1) % ${#dirs[@]}))
+      d=${dirs[$i]}
+      for g in 0 10; do
+        echo "## rep $rep build ${names[$i]} moe_dispatch_perf -np 1 pad -G $g" | tee -a "$R"
+        CUDA_VISIBLE_DEVICES=0 timeout 120 "${MPI[@]}" "$d/bab/bench/moe/moe_dispatch_perf" \
+          ${MOE_ARGS:--b 1 -e 4096 -f 4 -H 7168 -k 8 -s equal -n 50 -w 10 -c 1} -G $g >>"$R" 2>&1 ||
+          echo "gpu_ab: moe_dispatch_perf of ${names[$i]} failed (rep $rep, -G $g)" | tee -a "$R"
+      done
+      echo "## rep $rep build ${names[$i]} nvfp4_perf" | tee -a "$R"
+      CUDA_VISIBLE_DEVICES=0 timeout 120 "$d/bab/bench/quant/nvfp4_perf" ${NVFP4_ARGS:--t bf16 -l linear -n 100 -w 10} \
+        >>"$R" 2>&1 || echo "gpu_ab: nvfp4_perf of ${names[$i]} failed (rep $rep)" | tee -a "$R"
+    done
+  done
+  cat "$R"
+}
+
 case "${1:-}" in
   pack) shift; pack "$@" ;;
   run) run ;;
+  run-moe) run_moe ;;
   *) sed -n '2,20p' "$0"; exit 2 ;;
 esac

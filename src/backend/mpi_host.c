@@ -157,6 +157,8 @@ static vcollResult_t hostAgv(vcollComm_t comm, const struct vcollAgvCall* c) {
       goto out;
     }
   }
+  res = vcollAgvProduceSend(c);
+  if (res != vcollSuccess) goto out;
   for (int i = 0; i < c->ntensors; i++) {
     const vcollTensor_t* t = c->tensors + i;
     res = rowType(comm, t->width * vcollTypeSize(t->datatype), &types[i], "vcollAllGatherV");

@@ -19,6 +19,7 @@ static vcollResult_t ncclAgv(vcollComm_t comm, const struct vcollAgvCall* call) 
   int idx = call->algo >= 0 ? call->algo : vcollAlgoChoose(comm, vcollCollAllGatherV, call, vcollAgvSelect(comm, call));
   VCOLL_INFO("allgatherv ntensors %d rows %zu (max %zu) bytes %zu algo %s", call->ntensors,
               call->totalRows, call->maxRows, call->totalBytes, vcollAgvAlgos[idx].name);
+  if (!vcollAgvAlgos[idx].runsProducer) VCOLL_CHECK_RES(vcollAgvProduceSend(call));
   return vcollAgvAlgos[idx].run(comm, call);
 }
 

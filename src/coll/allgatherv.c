@@ -110,7 +110,7 @@ static size_t agvStagingBytes(vcollComm_t comm, const struct vcollAgvCall* c) {
 }
 
 static vcollResult_t agvPadRunKind(vcollComm_t comm, const struct vcollAgvCall* c, int kind) {
-  if (c->totalRows == 0) return vcollSuccess;
+  if (c->totalRows == 0) return vcollAgvProduceSend(c);
   const int n = comm->nranks, me = comm->rank;
   size_t seg = agvSegBytes(c), total = agvStagingBytes(comm, c);
   if (total == 0) return vcollSetError(comm, vcollInvalidArgument, "vcollAllGatherV : padded staging size overflows");
@@ -129,27 +129,32 @@ static vcollResult_t agvPadRunKind(vcollComm_t comm, const struct vcollAgvCall* 
                          n, c->ntensors);
   VCOLL_CHECK_RES(vcollCopyDescs(comm, n * c->ntensors, &d));
 
-  /* Pack this rank's rows of every tensor into segment 0. */
+  /* Pack this rank's rows of every tensor into segment 0 (or let the
+   * caller's producer write them there). */
   size_t off = 0;
+  void* seg0[VCOLL_AGV_PRODUCE_MAX_TENSORS];
   for (int i = 0; i < c->ntensors; i++) {
     size_t rb = rowBytesOf(c->tensors + i);
     d[i].src = c->tensors[i].sendbuff;
     d[i].dst = stage + off;
     d[i].bytes = c->counts[me] * rb;
+    if (c->produce) seg0[i] = stage + off;
     off += vcollAlign16(c->maxRows * rb);
   }
-  VCOLL_CHECK_RES(vcollBatchCopy(comm, d, c->ntensors, vcollNumSms(comm), c->stream));
+  if (c->produce) VCOLL_CHECK_RES(c->produce(c->produceCtx, seg0, c->stream));
+  else VCOLL_CHECK_RES(vcollBatchCopy(comm, d, c->ntensors, vcollNumSms(comm), c->stream));
   /* Alone in its group: NCCL's symmetric kernels take one collective per group. */
   VCOLL_NCCLCHECK(comm, ncclAllGather(stage, stage + seg, seg, ncclUint8, comm->nccl, c->stream));
 
-  /* Unpack segment 1 + r into rank r's rows of every tensor. */
+  /* Unpack segment 1 + r into rank r's rows of every tensor (this rank's
+   * too where a producer wrote them only to the staging buffer). */
   int nd = 0;
   for (int r = 0; r < n; r++) {
     const char* src = stage + seg * (size_t)(r + 1);
     off = 0;
     for (int i = 0; i < c->ntensors; i++) {
       size_t rb = rowBytesOf(c->tensors + i);
-      if (!(r == me && c->inPlace[i]) && c->counts[r] > 0) {
+      if (!(r == me && c->inPlace[i] && !c->produce) && c->counts[r] > 0) {
         d[nd].src = src + off;
         d[nd].dst = (char*)c->tensors[i].recvbuff + c->displs[r] * rb;
         d[nd].bytes = c->counts[r] * rb;
@@ -176,12 +181,12 @@ static vcollResult_t agvPadSymmRun(vcollComm_t comm, const void* vcall) {
 }
 
 const struct vcollAlgo vcollAgvAlgos[] = {
-    {"bcast", "one ncclBroadcast per root and tensor in a group (baseline)", agvAlways, agvBcastRun},
-    {"p2p", "grouped ncclSend/ncclRecv with every peer", agvAlways, agvP2pRun},
-    {"native", "ncclAllGather; only when all counts are equal", agvEqualSupported, agvNativeRun},
-    {"pad", "pack all tensors padded to maxRows, one ncclAllGather, unpack", agvAlways, agvPadRun},
+    {"bcast", "one ncclBroadcast per root and tensor in a group (baseline)", agvAlways, agvBcastRun, 0},
+    {"p2p", "grouped ncclSend/ncclRecv with every peer", agvAlways, agvP2pRun, 0},
+    {"native", "ncclAllGather; only when all counts are equal", agvEqualSupported, agvNativeRun, 0},
+    {"pad", "pack all tensors padded to maxRows, one ncclAllGather, unpack", agvAlways, agvPadRun, 1},
     {"pad_symm", "pad over vcoll's staging buffer in an NCCL symmetric window (NCCL >= 2.27)", agvSymmSupported,
-     agvPadSymmRun},
+     agvPadSymmRun, 1},
 };
 const int vcollAgvAlgoCount = sizeof(vcollAgvAlgos) / sizeof(vcollAgvAlgos[0]);
 

@@ -37,10 +37,8 @@ static uint64_t rsvDigest(vcollComm_t comm, struct vcollRsvCall* c, int nranks) 
   return vcollHashBytes(h, c->counts, sizeof(size_t) * (size_t)nranks);
 }
 
-VCOLL_API vcollResult_t vcollAllGatherV(const vcollTensor_t* tensors, int ntensors,
-                                        const size_t* counts, vcollComm_t comm,
-                                        cudaStream_t stream) {
-  static const char* op = "vcollAllGatherV";
+static vcollResult_t allGatherV(const char* op, const vcollTensor_t* tensors, int ntensors, const size_t* counts,
+                                vcollComm_t comm, cudaStream_t stream, vcollAgvProduceFn produce, void* ctx) {
   VCOLL_CHECK_RES(vcollCheckComm(comm, op));
   struct vcollAgvCall call;
   char inPlaceSmall[64];
@@ -50,11 +48,34 @@ VCOLL_API vcollResult_t vcollAllGatherV(const vcollTensor_t* tensors, int ntenso
     if (inPlace == NULL) return vcollSetError(comm, vcollSystemError, "%s : out of host memory", op);
   }
   vcollResult_t res = vcollCheckAllGatherV(comm, tensors, ntensors, counts, stream, &call, inPlace);
+  if (res == vcollSuccess && produce != NULL && ntensors > VCOLL_AGV_PRODUCE_MAX_TENSORS)
+    res = vcollSetError(comm, vcollInternalError, "%s : %d tensors with a producer (at most %d)", op, ntensors,
+                        VCOLL_AGV_PRODUCE_MAX_TENSORS);
+  call.produce = produce;
+  call.produceCtx = ctx;
   if (comm->checked && !vcollStreamCapturing(comm, stream))
     res = vcollCheckAgreement(comm, op, res == vcollSuccess ? agvDigest(comm, &call, comm->nranks) : 0, res, stream);
   if (res == vcollSuccess) res = comm->ops->allgatherv(comm, &call);
   if (inPlace != inPlaceSmall) free(inPlace);
   return res;
+}
+
+VCOLL_API vcollResult_t vcollAllGatherV(const vcollTensor_t* tensors, int ntensors,
+                                        const size_t* counts, vcollComm_t comm,
+                                        cudaStream_t stream) {
+  return allGatherV("vcollAllGatherV", tensors, ntensors, counts, comm, stream, NULL, NULL);
+}
+
+vcollResult_t vcollAllGatherVProduced(const vcollTensor_t* tensors, int ntensors, const size_t* counts,
+                                      vcollComm_t comm, cudaStream_t stream, vcollAgvProduceFn produce, void* ctx) {
+  return allGatherV("vcollAllGatherV", tensors, ntensors, counts, comm, stream, produce, ctx);
+}
+
+VCOLL_INTERNAL_API vcollResult_t vcollAgvProduceSend(const struct vcollAgvCall* call) {
+  if (call->produce == NULL) return vcollSuccess;
+  void* dst[VCOLL_AGV_PRODUCE_MAX_TENSORS];
+  for (int i = 0; i < call->ntensors; i++) dst[i] = (void*)call->tensors[i].sendbuff;
+  return call->produce(call->produceCtx, dst, call->stream);
 }
 
 VCOLL_API vcollResult_t vcollReduceScatterV(const void* sendbuff, void* recvbuff,

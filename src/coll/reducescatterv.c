@@ -192,14 +192,14 @@ end:
 }
 
 const struct vcollAlgo vcollRsvAlgos[] = {
-    {"reduce", "one ncclReduce per root in a group (baseline)", rsvAlways, rsvReduceRun},
+    {"reduce", "one ncclReduce per root in a group (baseline)", rsvAlways, rsvReduceRun, 0},
     {"native", "ncclReduceScatter; only when all counts are equal, and no avg on NCCL >= 2.31", rsvEqualSupported,
-     rsvNativeRun},
+     rsvNativeRun, 0},
     {"pad", "pack rows padded to maxRows, one ncclReduceScatter, copy out; no avg on NCCL >= 2.31", rsvPadSupported,
-     rsvPadRun},
+     rsvPadRun, 0},
     {"pad_symm", "pad over vcoll's staging buffer in an NCCL symmetric window (NCCL >= 2.27); no avg on NCCL >= 2.31",
-     rsvSymmSupported, rsvPadSymmRun},
-    {"p2p", "grouped ncclSend/ncclRecv of each rank's rows, then one reduction kernel", rsvP2pSupported, rsvP2pRun},
+     rsvSymmSupported, rsvPadSymmRun, 0},
+    {"p2p", "grouped ncclSend/ncclRecv of each rank's rows, then one reduction kernel", rsvP2pSupported, rsvP2pRun, 0},
 };
 const int vcollRsvAlgoCount = sizeof(vcollRsvAlgos) / sizeof(vcollRsvAlgos[0]);
 

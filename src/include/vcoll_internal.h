@@ -14,6 +14,11 @@
 /* A validated allgatherv call. displs[r] is rank r's first row; displs has
  * nranks + 1 entries, displs[nranks] = total rows. inPlace[i] is 1 when
  * tensor i's sendbuff already sits at this rank's slot of recvbuff. */
+/* Writes this rank's rows of every tensor of an allgatherv on `stream`: tensor
+ * i's rows to dst[i]. */
+typedef vcollResult_t (*vcollAgvProduceFn)(void* ctx, void* const* dst, cudaStream_t stream);
+#define VCOLL_AGV_PRODUCE_MAX_TENSORS 8
+
 struct vcollAgvCall {
   const vcollTensor_t* tensors;
   int ntensors;
@@ -25,6 +30,13 @@ struct vcollAgvCall {
   const char* inPlace;
   cudaStream_t stream;
   int algo; /* NCCL backend: the algorithm index already chosen (checked mode puts it in the digest), or -1 */
+  /* NULL, or (vcoll's own callers: the MoE dispatch) the producer of this
+   * rank's rows, run once per call after the checks: by the padded
+   * algorithms straight into their staging segment, instead of their pack
+   * copy; by every other algorithm and backend into the tensors' sendbuffs
+   * first (vcollAgvProduceSend). At most VCOLL_AGV_PRODUCE_MAX_TENSORS. */
+  vcollAgvProduceFn produce;
+  void* produceCtx;
 };
 
 /* A validated reducescatterv call; same conventions. */
@@ -118,6 +130,13 @@ vcollResult_t vcollCheckComm(vcollComm_t comm, const char* opName);
 vcollResult_t vcollCheckAllGatherV(vcollComm_t comm, const vcollTensor_t* tensors, int ntensors,
                                    const size_t* counts, cudaStream_t stream,
                                    struct vcollAgvCall* call, char* inPlace);
+/* collectives.c: vcollAllGatherV whose rows of this rank `produce` writes
+ * (see struct vcollAgvCall); the tensors' sendbuffs are where the
+ * non-padded algorithms read them. */
+vcollResult_t vcollAllGatherVProduced(const vcollTensor_t* tensors, int ntensors, const size_t* counts,
+                                      vcollComm_t comm, cudaStream_t stream, vcollAgvProduceFn produce, void* ctx);
+/* Runs the call's producer, if any, into the tensors' sendbuffs. */
+VCOLL_INTERNAL_API vcollResult_t vcollAgvProduceSend(const struct vcollAgvCall* call);
 vcollResult_t vcollCheckReduceScatterV(vcollComm_t comm, const void* sendbuff, void* recvbuff,
                                        const size_t* counts, size_t width,
                                        vcollDataType_t datatype, vcollRedOp_t op,
@@ -156,6 +175,8 @@ struct vcollAlgo {
   /* 1 if this algorithm can run this call on this comm. */
   int (*supported)(vcollComm_t comm, const void* call);
   vcollResult_t (*run)(vcollComm_t comm, const void* call);
+  /* allgatherv: 1 if run() calls the call's producer itself. */
+  int runsProducer;
 };
 extern const struct vcollAlgo vcollAgvAlgos[];
 extern const int vcollAgvAlgoCount;

@@ -111,6 +111,8 @@ vcollResult_t vcollCheckAllGatherV(vcollComm_t comm, const vcollTensor_t* tensor
   call->inPlace = inPlace;
   call->stream = stream;
   call->algo = -1;
+  call->produce = NULL;
+  call->produceCtx = NULL;
   return vcollSuccess;
 }
 

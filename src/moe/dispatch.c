@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../quant/nvfp4_internal.h"
 #include "dispatch.h"
 #include "vcoll/moe.h"
 #include "vcoll_hostfloat.h"
@@ -381,6 +382,34 @@ static vcollResult_t computeScale(vcollMoeWorkspace_t ws, const char* op, const 
   return vcollSuccess;
 }
 
+/* The FP4 dispatch's producer of this rank's rows on the device (see
+ * struct vcollAgvCall): one quantize launch writes the payload and scales
+ * to dst[0] and dst[1] and copies the routing rows to dst[2..] and a given
+ * global scale to the output. Inside the padded algorithms the quantize and
+ * the pack copy are then one kernel, so FP4 issues no more kernels than
+ * bf16; elsewhere dst[0], dst[1] are this rank's rows of the outputs and
+ * the routing rows stay where they are (dst[i] == src, no copy). */
+struct fp4Producer {
+  const void* hidden;   /* this rank's bf16 tokens */
+  size_t n, H;
+  float* gsRead;        /* the global scale the quantization reads */
+  const float* gsCopy;  /* given scale to copy to gsOut, or NULL */
+  float* gsOut;
+  const void* routing[2];
+  size_t routingBytes[2];
+  int nrouting;
+};
+
+static vcollResult_t produceFp4(void* vctx, void* const* dst, cudaStream_t stream) {
+  const struct fp4Producer* p = vctx;
+  vcollNvfp4SideCopy copies[VCOLL_NVFP4_MAX_SIDE_COPIES];
+  int nc = 0;
+  for (int i = 0; i < p->nrouting; i++) copies[nc++] = (vcollNvfp4SideCopy){p->routing[i], dst[2 + i], p->routingBytes[i]};
+  if (p->gsCopy) copies[nc++] = (vcollNvfp4SideCopy){p->gsCopy, p->gsOut, sizeof(float)};
+  return vcollNvfp4QuantizeCopies("vcollMoeDispatch", p->hidden, vcollBfloat16, p->n, p->H, p->gsRead, 0, dst[0],
+                                  dst[1], vcollScaleLinear, copies, nc, stream);
+}
+
 VCOLL_API vcollResult_t vcollMoeDispatch(vcollMoeWorkspace_t ws, const size_t* counts, const vcollMoeLocal_t* in,
                                          const vcollMoeTokens_t* out, cudaStream_t stream) {
   static const char* op = "vcollMoeDispatch";
@@ -392,24 +421,31 @@ VCOLL_API vcollResult_t vcollMoeDispatch(vcollMoeWorkspace_t ws, const size_t* c
   const size_t H = c->hidden, rw = routingWidth(c);
   vcollTensor_t t[4];
   int nt = 0;
+  struct fp4Producer prod;
+  int produced = 0;
   if (c->format == vcollMoeFp4) {
-    /* Quantize straight into this rank's rows of the outputs: the gather is in place. */
+    /* This rank's rows of the outputs are the send buffers (in place). */
     uint8_t* payload = (uint8_t*)out->hidden + displ * (H / 2);
     uint8_t* scales = (uint8_t*)out->scales + displ * (H / 16);
-    if (c->scale == vcollMoeScaleComputed) {
+    if (c->scale == vcollMoeScaleComputed)
       VCOLL_CHECK_RES(computeScale(ws, op, in->hidden, n * H, out->globalScale, stream));
-    } else if (in->globalScale != out->globalScale) {
-      if (ws->onDevice)
-        VCOLL_CUDACHECK(ws->comm, cudaMemcpyAsync(out->globalScale, in->globalScale, sizeof(float),
-                                                  cudaMemcpyDeviceToDevice, stream));
-      else
-        *out->globalScale = *in->globalScale;
-    }
-    if (n > 0) {
-      if (ws->onDevice)
-        VCOLL_CHECK_RES(vcollNvfp4Quantize(in->hidden, vcollBfloat16, n, H, out->globalScale, 0, payload, scales,
-                                           vcollScaleLinear, stream));
-      else
+    if (ws->onDevice) {
+      /* Quantized inside the gather (produceFp4). */
+      memset(&prod, 0, sizeof(prod));
+      prod.hidden = in->hidden;
+      prod.n = n;
+      prod.H = H;
+      if (c->scale == vcollMoeScaleComputed) {
+        prod.gsRead = out->globalScale;
+      } else {
+        prod.gsRead = (float*)in->globalScale;
+        if (in->globalScale != out->globalScale) prod.gsCopy = in->globalScale;
+        prod.gsOut = out->globalScale;
+      }
+      produced = 1;
+    } else {
+      if (c->scale == vcollMoeScaleGiven) *out->globalScale = *in->globalScale;
+      if (n > 0)
         VCOLL_CHECK_RES(vcollNvfp4QuantizeRef(in->hidden, vcollBfloat16, n, H, out->globalScale, 0, payload, scales,
                                               vcollScaleLinear));
     }
@@ -424,7 +460,15 @@ VCOLL_API vcollResult_t vcollMoeDispatch(vcollMoeWorkspace_t ws, const size_t* c
   } else {
     t[nt++] = (vcollTensor_t){in->logits, out->logits, rw, vcollFloat32};
   }
-  VCOLL_CHECK_RES(vcollAllGatherV(t, nt, counts, ws->comm, stream));
+  if (produced) {
+    for (int i = 2; i < nt; i++) {
+      prod.routing[prod.nrouting] = t[i].sendbuff;
+      prod.routingBytes[prod.nrouting++] = n * rw * 4;
+    }
+    VCOLL_CHECK_RES(vcollAllGatherVProduced(t, nt, counts, ws->comm, stream, produceFp4, &prod));
+  } else {
+    VCOLL_CHECK_RES(vcollAllGatherV(t, nt, counts, ws->comm, stream));
+  }
   if (c->format == vcollMoeFp4 && c->swizzledScales) {
     if (ws->onDevice)
       VCOLL_CHECK_RES(vcollNvfp4ConvertScales(out->scales, vcollScaleLinear, out->scalesSwizzled,

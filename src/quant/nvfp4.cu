@@ -53,6 +53,11 @@ struct QuantArgs {
   size_t padTotal;         /* swizzled: all zero scales (right, then rows up to a multiple of 128) */
   int swizzled;
   int computed;
+  /* Plain copies done by the same launch after the quantization (the MoE
+   * dispatch packs its routing rows and global scale this way: one kernel
+   * where a quantize and a copy kernel would be two). */
+  int ncopies;
+  vcollNvfp4SideCopy copies[VCOLL_NVFP4_MAX_SIDE_COPIES];
 };
 
 __device__ __forceinline__ float readGlobalScale(float* gs, int computed) {
@@ -127,6 +132,19 @@ __device__ __forceinline__ void quantizeBlock(const QuantArgs& a, size_t blk, co
   a.scales[scaleIndex(a, blk)] = sf;
 }
 
+/* One side copy, grid-stride: 4-byte words where both ends allow, bytes
+ * otherwise. */
+__device__ __forceinline__ void sideCopy(const vcollNvfp4SideCopy& c, size_t first, size_t stride) {
+  const uint8_t* __restrict__ src = (const uint8_t*)c.src;
+  uint8_t* __restrict__ dst = (uint8_t*)c.dst;
+  size_t done = 0;
+  if ((((uintptr_t)src | (uintptr_t)dst) & 3) == 0) {
+    done = c.bytes / 4 * 4;
+    for (size_t i = first; i < c.bytes / 4; i += stride) ((uint32_t*)dst)[i] = ((const uint32_t*)src)[i];
+  }
+  for (size_t i = done + first; i < c.bytes; i += stride) dst[i] = src[i];
+}
+
 /* Grid-stride over the blocks, the next block's loads issued before the
  * current block is quantized (so that every thread keeps a load in flight
  * while it computes), then the swizzled layout's zero padding. */
@@ -150,6 +168,7 @@ __global__ void __launch_bounds__(kThreads, kQuantMinBlocks) quantizeKernel(cons
     cur = next;
   }
   for (size_t q = first; q < a.padTotal; q += stride) writePadding(a, q);
+  for (int k = 0; k < a.ncopies; k++) sideCopy(a.copies[k], first, stride);
 }
 
 /* Min over CTAs of gs(amax over the CTA's finite elements) into *gs. */
@@ -347,7 +366,9 @@ vcollResult_t launchQuantize(const char* op, const QuantArgs& a, bool vec, cudaS
     else amaxKernel<T, false><<<g, kThreads, 0, stream>>>(a.x, a.blocks, a.gs);
     LAUNCH_CHECK("amaxKernel");
   }
-  const unsigned g = gridFor(a.blocks > a.padTotal ? a.blocks : a.padTotal, kThreads);
+  size_t work = a.blocks > a.padTotal ? a.blocks : a.padTotal;
+  for (int k = 0; k < a.ncopies; k++) work = a.copies[k].bytes / 4 > work ? a.copies[k].bytes / 4 : work;
+  const unsigned g = gridFor(work > 0 ? work : 1, kThreads);
   const vcollResult_t r = vec ? launchQuantizeKernel<T, true>(a, g, stream) : launchQuantizeKernel<T, false>(a, g, stream);
   if (r != vcollSuccess) return r;
   LAUNCH_CHECK("quantizeKernel");
@@ -368,16 +389,31 @@ vcollResult_t launchDequantize(const char* op, const DequantArgs& a, bool vec, c
 extern "C" VCOLL_API vcollResult_t vcollNvfp4Quantize(const void* x, vcollDataType_t dtype, size_t rows, size_t cols,
                                                       float* globalScale, int computeGlobalScale, void* payload,
                                                       void* scales, vcollScaleLayout_t layout, cudaStream_t stream) {
-  const char* op = "vcollNvfp4Quantize";
+  return vcollNvfp4QuantizeCopies("vcollNvfp4Quantize", x, dtype, rows, cols, globalScale, computeGlobalScale,
+                                  payload, scales, layout, NULL, 0, stream);
+}
+
+extern "C" vcollResult_t vcollNvfp4QuantizeCopies(const char* op, const void* x, vcollDataType_t dtype, size_t rows,
+                                                  size_t cols, float* globalScale, int computeGlobalScale,
+                                                  void* payload, void* scales, vcollScaleLayout_t layout,
+                                                  const vcollNvfp4SideCopy* copies, int ncopies,
+                                                  cudaStream_t stream) {
   VCOLL_CHECK_RES(vcollNvfp4CheckQuantize(op, x, dtype, rows, cols, globalScale, payload, scales, layout));
+  if (ncopies < 0 || ncopies > VCOLL_NVFP4_MAX_SIDE_COPIES)
+    return vcollSetError(NULL, vcollInternalError, "%s: %d side copies (at most %d)", op, ncopies,
+                         VCOLL_NVFP4_MAX_SIDE_COPIES);
+  QuantArgs a = {};
+  for (int k = 0; k < ncopies; k++)
+    if (copies[k].bytes > 0 && copies[k].src != copies[k].dst) a.copies[a.ncopies++] = copies[k];
   if (rows == 0) {
     if (computeGlobalScale) {
       setOneKernel<<<1, 1, 0, stream>>>(globalScale);
       LAUNCH_CHECK("setOneKernel");
     }
-    return vcollSuccess;
+    if (a.ncopies == 0) return vcollSuccess;
+    /* Only the copies: the quantize kernel with no blocks to quantize. */
+    return launchQuantize<float>(op, a, false, stream);
   }
-  QuantArgs a = {};
   a.x = x;
   a.payload = (uint8_t*)payload;
   a.scales = (uint8_t*)scales;
@@ -395,8 +431,9 @@ extern "C" VCOLL_API vcollResult_t vcollNvfp4Quantize(const void* x, vcollDataTy
   }
   if (a.computed) VCOLL_CUDACHECK(NULL, cudaMemsetAsync(globalScale, 0xff, sizeof(float), stream));
   const bool vec = (uintptr_t)x % 16 == 0 && (uintptr_t)payload % 8 == 0;
-  VCOLL_TRACE("%s: %zu x %zu %s, %s scales, %s global scale, %s path", op, rows, cols, vcollTypeName(dtype),
-              a.swizzled ? "swizzled" : "linear", a.computed ? "computed" : "given", vec ? "vector" : "scalar");
+  VCOLL_TRACE("%s: %zu x %zu %s, %s scales, %s global scale, %s path, %d side copies", op, rows, cols,
+              vcollTypeName(dtype), a.swizzled ? "swizzled" : "linear", a.computed ? "computed" : "given",
+              vec ? "vector" : "scalar", a.ncopies);
   switch (dtype) {
     case vcollBfloat16: return launchQuantize<__nv_bfloat16>(op, a, vec, stream);
     case vcollFloat16: return launchQuantize<__half>(op, a, vec, stream);

@@ -19,6 +19,22 @@ vcollResult_t vcollNvfp4CheckDequantize(const char* op, const void* payload, con
 vcollResult_t vcollNvfp4CheckConvert(const char* op, const void* src, vcollScaleLayout_t srcLayout,
                                      const void* dst, vcollScaleLayout_t dstLayout, size_t rows, size_t cols);
 
+/* vcollNvfp4Quantize plus up to VCOLL_NVFP4_MAX_SIDE_COPIES plain copies
+ * (src and dst not overlapping; empty ones and src == dst skipped) in the
+ * same launch, after the quantization; with rows = 0 only the copies (and
+ * a computed scale's 1.0). Reads *globalScale, which no copy may write
+ * (nvfp4.cu; device only). Errors name `op`. */
+#define VCOLL_NVFP4_MAX_SIDE_COPIES 3
+typedef struct {
+  const void* src;
+  void* dst;
+  size_t bytes;
+} vcollNvfp4SideCopy;
+vcollResult_t vcollNvfp4QuantizeCopies(const char* op, const void* x, vcollDataType_t dtype, size_t rows,
+                                       size_t cols, float* globalScale, int computeGlobalScale, void* payload,
+                                       void* scales, vcollScaleLayout_t layout, const vcollNvfp4SideCopy* copies,
+                                       int ncopies, cudaStream_t stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -219,8 +219,20 @@ static int runDispatchCase(uint64_t seed, int iter, vcollMoeFormat_t format) {
     bufPut((void*)in.hidden, hHidden, hb);
   }
 
+  /* NCCL backend: every allgatherv algorithm forced in turn (the FP4 rows
+   * are quantized into the padded algorithms' staging buffer, into the
+   * outputs elsewhere), then the automatic choice. */
+  const char* algo = "auto";
+  if (onGpu()) {
+    int nAlgos = 0;
+    while (vcollAlgoName(vcollCollAllGatherV, nAlgos)) nAlgos++;
+    if (iter % (nAlgos + 1) < nAlgos) algo = vcollAlgoName(vcollCollAllGatherV, iter % (nAlgos + 1));
+    assert_int_equal(vcollCommSetAlgo(comm, vcollCollAllGatherV, algo), vcollSuccess);
+  }
   res = vcollMoeDispatch(ws, counts, &in, &o.t, 0);
   if (res != vcollSuccess) fprintf(stderr, "[rank %d] vcollMoeDispatch: %s\n", rank_, vcollGetLastError(comm));
+  const char* ran = onGpu() && N > 0 ? vcollCommLastAlgo(comm, vcollCollAllGatherV) : "-";
+  if (onGpu()) assert_int_equal(vcollCommSetAlgo(comm, vcollCollAllGatherV, "auto"), vcollSuccess);
   sync();
 
   /* Expected: all ranks' tokens, quantized as one tensor. */
@@ -279,9 +291,10 @@ static int runDispatchCase(uint64_t seed, int iter, vcollMoeFormat_t format) {
   }
   if (wrong)
     fprintf(stderr, "[rank %d] dispatch case %d (%s, H %zu, %s %d, scale %s, swizzled %d, %s buffers, N %zu, "
-            "this rank %zu%s): %s\n", rank_, iter, fp4 ? "fp4" : "bf16", H, topk ? "topk" : "logits", rw,
-            cfg.scale == vcollMoeScaleComputed ? "computed" : "given", cfg.swizzledScales,
-            cfg.allocBuffers ? "workspace" : "caller", N, n, inPlace ? ", in place" : "", what);
+            "this rank %zu%s, algorithm %s, ran %s): %s\n", rank_, iter, fp4 ? "fp4" : "bf16", H,
+            topk ? "topk" : "logits", rw, cfg.scale == vcollMoeScaleComputed ? "computed" : "given",
+            cfg.swizzledScales, cfg.allocBuffers ? "workspace" : "caller", N, n, inPlace ? ", in place" : "", algo,
+            ran ? ran : "-", what);
   free(got); free(all); free(allIds); free(allW); free(hHidden); free(hIds); free(hW);
   for (int i = 0; i < 7; i++) if (o.bases[i]) bufFree(o.bases[i]);
   bufFree(dIn);
