@@ -100,10 +100,16 @@ run_moe() {
   . scripts/cmocka_debs.sh
   local names=(cur) dirs=(.) d i rep k
   for d in ab/*/; do [ -d "$d" ] && names+=("$(basename "$d")") && dirs+=("${d%/}"); done
+  # The working tree's build: AB_CUR_BUILD (e.g. gpu_session.sh's build-gpu
+  # of an earlier call on the same machine) where it exists.
+  local bdirs=() b
   for i in "${!dirs[@]}"; do
     d=${dirs[$i]}
-    (cd "$d" && meson setup bab -Dgpu_arch=90 -Dexamples=false >"$OUTD/build-${names[$i]}.txt" 2>&1 &&
-      ninja -C bab bench/moe/moe_dispatch_perf bench/quant/nvfp4_perf >>"$OUTD/build-${names[$i]}.txt" 2>&1) ||
+    b=bab
+    [ "$i" = 0 ] && [ -n "${AB_CUR_BUILD:-}" ] && [ -d "$AB_CUR_BUILD" ] && b=$AB_CUR_BUILD
+    bdirs+=("$d/$b")
+    (cd "$d" && { [ -d "$b" ] || meson setup "$b" -Dgpu_arch=90 -Dexamples=false >"$OUTD/build-${names[$i]}.txt" 2>&1; } &&
+      ninja -C "$b" bench/moe/moe_dispatch_perf bench/quant/nvfp4_perf >>"$OUTD/build-${names[$i]}.txt" 2>&1) ||
       { echo "gpu_ab: build of ${names[$i]} failed"; tail -20 "$OUTD/build-${names[$i]}.txt"; exit 1; }
   done
   local R=$OUTD/moe-ab.txt
@@ -115,12 +121,12 @@ run_moe() {
       d=${dirs[$i]}
       for g in 0 10; do
         echo "## rep $rep build ${names[$i]} moe_dispatch_perf -np 1 pad -G $g" | tee -a "$R"
-        CUDA_VISIBLE_DEVICES=0 timeout 120 "${MPI[@]}" "$d/bab/bench/moe/moe_dispatch_perf" \
+        CUDA_VISIBLE_DEVICES=0 timeout 120 "${MPI[@]}" "${bdirs[$i]}/bench/moe/moe_dispatch_perf" \
           ${MOE_ARGS:--b 1 -e 4096 -f 4 -H 7168 -k 8 -s equal -n 50 -w 10 -c 1} -G $g >>"$R" 2>&1 ||
           echo "gpu_ab: moe_dispatch_perf of ${names[$i]} failed (rep $rep, -G $g)" | tee -a "$R"
       done
       echo "## rep $rep build ${names[$i]} nvfp4_perf" | tee -a "$R"
-      CUDA_VISIBLE_DEVICES=0 timeout 120 "$d/bab/bench/quant/nvfp4_perf" ${NVFP4_ARGS:--t bf16 -l linear -n 100 -w 10} \
+      CUDA_VISIBLE_DEVICES=0 timeout 120 "${bdirs[$i]}/bench/quant/nvfp4_perf" ${NVFP4_ARGS:--t bf16 -l linear -n 100 -w 10} \
         >>"$R" 2>&1 || echo "gpu_ab: nvfp4_perf of ${names[$i]} failed (rep $rep)" | tee -a "$R"
     done
   done

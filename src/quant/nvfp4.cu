@@ -154,7 +154,7 @@ __global__ void __launch_bounds__(kThreads, kQuantMinBlocks) quantizeKernel(cons
   const size_t first = (size_t)blockIdx.x * kThreads + threadIdx.x, stride = (size_t)gridDim.x * kThreads;
   typename B::Raw cur = {};
   if (first < a.blocks) B::loadRaw(a.x, first, cur);
-  const float gs = readGlobalScale(a.gs, a.computed);
+  const float gs = a.blocks > 0 ? readGlobalScale(a.gs, a.computed) : 1.0f; /* no blocks: side copies only */
   const float gsDiv6 = __fmul_rn(gs, 1.0f / 6.0f);
   const float invGs = __frcp_rn(gs);
 #pragma unroll 1
@@ -411,7 +411,8 @@ extern "C" vcollResult_t vcollNvfp4QuantizeCopies(const char* op, const void* x,
       LAUNCH_CHECK("setOneKernel");
     }
     if (a.ncopies == 0) return vcollSuccess;
-    /* Only the copies: the quantize kernel with no blocks to quantize. */
+    /* Only the copies: the quantize kernel with no blocks to quantize (it
+     * then reads no global scale). */
     return launchQuantize<float>(op, a, false, stream);
   }
   a.x = x;
