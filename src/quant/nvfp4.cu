@@ -53,11 +53,17 @@ struct QuantArgs {
   size_t padTotal;         /* swizzled: all zero scales (right, then rows up to a multiple of 128) */
   int swizzled;
   int computed;
-  /* Plain copies done by the same launch after the quantization (the MoE
-   * dispatch packs its routing rows and global scale this way: one kernel
-   * where a quantize and a copy kernel would be two). */
-  int ncopies;
-  vcollNvfp4SideCopy copies[VCOLL_NVFP4_MAX_SIDE_COPIES];
+};
+
+/* Plain copies done by the same launch after the quantization (the MoE
+ * dispatch packs its routing rows and global scale this way: one kernel
+ * where a quantize and a copy kernel would be two). A parameter of its own
+ * kernel: inside QuantArgs, the array made the compiler address the
+ * parameter generically in the plain kernel too, which then measured 4-6%
+ * slower in a CUDA graph at 1024-4096 rows. */
+struct SideCopies {
+  int n;
+  vcollNvfp4SideCopy c[VCOLL_NVFP4_MAX_SIDE_COPIES];
 };
 
 __device__ __forceinline__ float readGlobalScale(float* gs, int computed) {
@@ -147,14 +153,16 @@ __device__ __forceinline__ void sideCopy(const vcollNvfp4SideCopy& c, size_t fir
 
 /* Grid-stride over the blocks, the next block's loads issued before the
  * current block is quantized (so that every thread keeps a load in flight
- * while it computes), then the swizzled layout's zero padding. */
-template <typename T, bool kVec>
-__global__ void __launch_bounds__(kThreads, kQuantMinBlocks) quantizeKernel(const QuantArgs a) {
+ * while it computes), then the swizzled layout's zero padding, then the
+ * side copies (sc, quantizeCopiesKernel only). */
+template <typename T, bool kVec, bool kCopies>
+__device__ __forceinline__ void quantizeBody(const QuantArgs& a, const SideCopies* sc) {
   typedef Block<T, kVec> B;
   const size_t first = (size_t)blockIdx.x * kThreads + threadIdx.x, stride = (size_t)gridDim.x * kThreads;
   typename B::Raw cur = {};
   if (first < a.blocks) B::loadRaw(a.x, first, cur);
-  const float gs = a.blocks > 0 ? readGlobalScale(a.gs, a.computed) : 1.0f; /* no blocks: side copies only */
+  /* No blocks: side copies only, and no global scale to read. */
+  const float gs = !kCopies || a.blocks > 0 ? readGlobalScale(a.gs, a.computed) : 1.0f;
   const float gsDiv6 = __fmul_rn(gs, 1.0f / 6.0f);
   const float invGs = __frcp_rn(gs);
 #pragma unroll 1
@@ -168,7 +176,19 @@ __global__ void __launch_bounds__(kThreads, kQuantMinBlocks) quantizeKernel(cons
     cur = next;
   }
   for (size_t q = first; q < a.padTotal; q += stride) writePadding(a, q);
-  for (int k = 0; k < a.ncopies; k++) sideCopy(a.copies[k], first, stride);
+  if (kCopies)
+    for (int k = 0; k < sc->n; k++) sideCopy(sc->c[k], first, stride);
+}
+
+template <typename T, bool kVec>
+__global__ void __launch_bounds__(kThreads, kQuantMinBlocks) quantizeKernel(const QuantArgs a) {
+  quantizeBody<T, kVec, false>(a, nullptr);
+}
+
+template <typename T, bool kVec>
+__global__ void __launch_bounds__(kThreads, kQuantMinBlocks)
+    quantizeCopiesKernel(const QuantArgs a, const __grid_constant__ SideCopies sc) {
+  quantizeBody<T, kVec, true>(a, &sc);
 }
 
 /* Min over CTAs of gs(amax over the CTA's finite elements) into *gs. */
@@ -349,17 +369,21 @@ unsigned gridFor(size_t work, size_t perCta) {
  * resident blocks per SM, queried once per device), since each thread
  * loops over blocks; need: blocks for one block of input per thread. */
 template <typename T, bool kVec>
-vcollResult_t launchQuantizeKernel(const QuantArgs& a, unsigned need, cudaStream_t stream) {
-  static int resident[64];
+vcollResult_t launchQuantizeKernel(const QuantArgs& a, const SideCopies* sc, unsigned need, cudaStream_t stream) {
+  static int resident[64], residentCopies[64];
   unsigned g = 0;
-  const vcollResult_t r = vcollResidentGrid((const void*)quantizeKernel<T, kVec>, kThreads, 0, resident, need, &g);
+  const vcollResult_t r =
+      sc ? vcollResidentGrid((const void*)quantizeCopiesKernel<T, kVec>, kThreads, 0, residentCopies, need, &g)
+         : vcollResidentGrid((const void*)quantizeKernel<T, kVec>, kThreads, 0, resident, need, &g);
   if (r != vcollSuccess) return r;
-  quantizeKernel<T, kVec><<<g, kThreads, 0, stream>>>(a);
+  if (sc) quantizeCopiesKernel<T, kVec><<<g, kThreads, 0, stream>>>(a, *sc);
+  else quantizeKernel<T, kVec><<<g, kThreads, 0, stream>>>(a);
   return vcollSuccess;
 }
 
+/* sc: NULL, or side copies (n > 0) for quantizeCopiesKernel. */
 template <typename T>
-vcollResult_t launchQuantize(const char* op, const QuantArgs& a, bool vec, cudaStream_t stream) {
+vcollResult_t launchQuantize(const char* op, const QuantArgs& a, const SideCopies* sc, bool vec, cudaStream_t stream) {
   if (a.computed) {
     const unsigned g = gridFor(a.blocks, (size_t)kThreads * kAmaxUnroll);
     if (vec) amaxKernel<T, true><<<g, kThreads, 0, stream>>>(a.x, a.blocks, a.gs);
@@ -367,9 +391,10 @@ vcollResult_t launchQuantize(const char* op, const QuantArgs& a, bool vec, cudaS
     LAUNCH_CHECK("amaxKernel");
   }
   size_t work = a.blocks > a.padTotal ? a.blocks : a.padTotal;
-  for (int k = 0; k < a.ncopies; k++) work = a.copies[k].bytes / 4 > work ? a.copies[k].bytes / 4 : work;
+  for (int k = 0; sc && k < sc->n; k++) work = sc->c[k].bytes / 4 > work ? sc->c[k].bytes / 4 : work;
   const unsigned g = gridFor(work > 0 ? work : 1, kThreads);
-  const vcollResult_t r = vec ? launchQuantizeKernel<T, true>(a, g, stream) : launchQuantizeKernel<T, false>(a, g, stream);
+  const vcollResult_t r = vec ? launchQuantizeKernel<T, true>(a, sc, g, stream)
+                              : launchQuantizeKernel<T, false>(a, sc, g, stream);
   if (r != vcollSuccess) return r;
   LAUNCH_CHECK("quantizeKernel");
   return vcollSuccess;
@@ -403,17 +428,19 @@ extern "C" vcollResult_t vcollNvfp4QuantizeCopies(const char* op, const void* x,
     return vcollSetError(NULL, vcollInternalError, "%s: %d side copies (at most %d)", op, ncopies,
                          VCOLL_NVFP4_MAX_SIDE_COPIES);
   QuantArgs a = {};
+  SideCopies sc = {};
   for (int k = 0; k < ncopies; k++)
-    if (copies[k].bytes > 0 && copies[k].src != copies[k].dst) a.copies[a.ncopies++] = copies[k];
+    if (copies[k].bytes > 0 && copies[k].src != copies[k].dst) sc.c[sc.n++] = copies[k];
+  const SideCopies* scp = sc.n > 0 ? &sc : NULL;
   if (rows == 0) {
     if (computeGlobalScale) {
       setOneKernel<<<1, 1, 0, stream>>>(globalScale);
       LAUNCH_CHECK("setOneKernel");
     }
-    if (a.ncopies == 0) return vcollSuccess;
+    if (scp == NULL) return vcollSuccess;
     /* Only the copies: the quantize kernel with no blocks to quantize (it
      * then reads no global scale). */
-    return launchQuantize<float>(op, a, false, stream);
+    return launchQuantize<float>(op, a, scp, false, stream);
   }
   a.x = x;
   a.payload = (uint8_t*)payload;
@@ -434,11 +461,11 @@ extern "C" vcollResult_t vcollNvfp4QuantizeCopies(const char* op, const void* x,
   const bool vec = (uintptr_t)x % 16 == 0 && (uintptr_t)payload % 8 == 0;
   VCOLL_TRACE("%s: %zu x %zu %s, %s scales, %s global scale, %s path, %d side copies", op, rows, cols,
               vcollTypeName(dtype), a.swizzled ? "swizzled" : "linear", a.computed ? "computed" : "given",
-              vec ? "vector" : "scalar", a.ncopies);
+              vec ? "vector" : "scalar", sc.n);
   switch (dtype) {
-    case vcollBfloat16: return launchQuantize<__nv_bfloat16>(op, a, vec, stream);
-    case vcollFloat16: return launchQuantize<__half>(op, a, vec, stream);
-    default: return launchQuantize<float>(op, a, vec, stream);
+    case vcollBfloat16: return launchQuantize<__nv_bfloat16>(op, a, scp, vec, stream);
+    case vcollFloat16: return launchQuantize<__half>(op, a, scp, vec, stream);
+    default: return launchQuantize<float>(op, a, scp, vec, stream);
   }
 }
 
