@@ -655,6 +655,41 @@ static void test_invalid_arguments(void** state) {
   VT_ASSERT_ALL(1, "unreachable");
 }
 
+/* ---- host backend: MPI's int counts ------------------------------------- */
+
+/* Rows, displacements and row bytes above INT_MAX are vcollNotSupported on
+ * the host backend, on every rank alike and before anything moves. The
+ * buffers are addresses far apart that are never dereferenced: the limits
+ * come first. */
+static void test_host_limits(void** state) {
+  (void)state;
+  if (onGpu()) skip();
+  char* recv = (char*)((uintptr_t)1 << 44);
+  char* send = (char*)((uintptr_t)1 << 46);
+  vcollTensor_t t = {send, recv, 1, vcollUint8};
+  size_t counts[64];
+  for (int r = 0; r < nranks_; r++) counts[r] = 1;
+  /* A count above INT_MAX. */
+  counts[nranks_ - 1] = (size_t)INT_MAX + 1;
+  expectArgError(vcollAllGatherV(&t, 1, counts, comm, 0), vcollNotSupported, "at most");
+  expectArgError(vcollReduceScatterV(recv, send, counts, 1, vcollUint8, vcollSum, comm, 0), vcollNotSupported,
+                 "at most");
+  /* Every count fits, but a displacement does not (needs 3 ranks). */
+  if (nranks_ >= 3) {
+    for (int r = 0; r < nranks_; r++) counts[r] = 1;
+    counts[0] = INT_MAX;
+    expectArgError(vcollAllGatherV(&t, 1, counts, comm, 0), vcollNotSupported, "at most");
+    expectArgError(vcollReduceScatterV(recv, send, counts, 1, vcollUint8, vcollSum, comm, 0), vcollNotSupported,
+                   "at most");
+  }
+  /* Rows of more than INT_MAX bytes. */
+  for (int r = 0; r < nranks_; r++) counts[r] = 1;
+  t.width = (size_t)INT_MAX + 1;
+  expectArgError(vcollAllGatherV(&t, 1, counts, comm, 0), vcollNotSupported, "bytes");
+  /* Every rank failed alike: a collective now must not hang. */
+  VT_ASSERT_ALL(1, "unreachable");
+}
+
 /* ---- checked mode: disagreeing ranks get an error, not corruption -------- */
 
 static void test_checked_mode(void** state) {
@@ -954,6 +989,7 @@ int main(int argc, char** argv) {
       cmocka_unit_test(test_reducescatterv_all_types_ops),
       cmocka_unit_test(test_reducescatterv_own_arithmetic),
       cmocka_unit_test(test_checked_mode),
+      cmocka_unit_test(test_host_limits),
       cmocka_unit_test(test_graph_capture),
       cmocka_unit_test(test_registered_buffers),
       cmocka_unit_test(test_graph_staging_growth),
