@@ -95,7 +95,8 @@ static void makeCounts(vtRng* g, size_t* counts, size_t maxRows) {
 }
 
 /* Token t of rank r in case `iter`: bf16 hidden values of a random magnitude
- * per token (some tokens all zero, some with an outlier block), routing. */
+ * per token (some tokens all zero, some with an outlier block, some with an
+ * infinity or a NaN), routing. */
 static void genToken(uint64_t seed, int iter, int r, size_t t, size_t H, int rw, int nExperts, uint16_t* hidden,
                      int32_t* ids, float* w) {
   vtRng g = vtRngMake(seed ^ ((uint64_t)iter << 40) ^ ((uint64_t)r << 24), t);
@@ -105,6 +106,10 @@ static void genToken(uint64_t seed, int iter, int r, size_t t, size_t H, int rw,
     double v = kind == 0 ? 0.0 : vtNormal(&g) * mag;
     if (kind == 1 && j / 16 == 1) v *= 64; /* one block far above the others */
     hidden[j] = vcollF32ToBf16((float)v);
+  }
+  if (kind == 2) { /* one +inf, -inf or NaN: a computed global scale skips it */
+    static const uint16_t special[3] = {0x7f80, 0xff80, 0x7fc1};
+    hidden[vtRange(&g, 0, (int64_t)H - 1)] = special[vtRange(&g, 0, 2)];
   }
   for (int k = 0; k < rw; k++) {
     if (ids) ids[k] = (int32_t)vtRange(&g, 0, nExperts - 1);
