@@ -11,14 +11,19 @@
 
 #define VCOLL_MAX_ALGOS 16
 
-/* A validated allgatherv call. displs[r] is rank r's first row; displs has
- * nranks + 1 entries, displs[nranks] = total rows. inPlace[i] is 1 when
- * tensor i's sendbuff already sits at this rank's slot of recvbuff. */
-/* Writes this rank's rows of every tensor of an allgatherv on `stream`: tensor
- * i's rows to dst[i]. */
+/* Writes this rank's rows of every tensor of an allgatherv on `stream`:
+ * tensor i's rows to dst[i]. It runs inside the collective, which then
+ * holds the communicator's staging buffer, copy descriptors and
+ * displacements: it must only enqueue work on `stream` (no vcoll
+ * collective, nothing that reads or grows comm state), and it must not fail
+ * on one rank alone where the others would go on into NCCL (check what it
+ * can fail on before the collective). */
 typedef vcollResult_t (*vcollAgvProduceFn)(void* ctx, void* const* dst, cudaStream_t stream);
 #define VCOLL_AGV_PRODUCE_MAX_TENSORS 8
 
+/* A validated allgatherv call. displs[r] is rank r's first row; displs has
+ * nranks + 1 entries, displs[nranks] = total rows. inPlace[i] is 1 when
+ * tensor i's sendbuff already sits at this rank's slot of recvbuff. */
 struct vcollAgvCall {
   const vcollTensor_t* tensors;
   int ntensors;

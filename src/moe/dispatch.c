@@ -352,6 +352,11 @@ static vcollResult_t checkDispatch(const char* op, vcollMoeWorkspace_t ws, const
         return VCOLL_ARGERR(comm, op, "%s overlaps %s%s", inr[i].name, o[j].name,
                             slot[i] ? " (in place needs it exactly at this rank's rows)" : "");
   }
+  /* The quantization reads the given scale beside the tokens (the check of
+   * the quantize kernel, which runs inside the gather, would fail on this
+   * rank alone). */
+  if (given && overlaps(in->globalScale, sizeof(float), in->hidden, n * H * 2))
+    return VCOLL_ARGERR(comm, op, "in->globalScale overlaps in->hidden");
   return vcollSuccess;
 }
 

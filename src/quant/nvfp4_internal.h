@@ -22,8 +22,9 @@ vcollResult_t vcollNvfp4CheckConvert(const char* op, const void* src, vcollScale
 /* vcollNvfp4Quantize plus up to VCOLL_NVFP4_MAX_SIDE_COPIES plain copies
  * (src and dst not overlapping; empty ones and src == dst skipped) in the
  * same launch, after the quantization; with rows = 0 only the copies (and
- * a computed scale's 1.0). Reads *globalScale, which no copy may write
- * (nvfp4.cu; device only). Errors name `op`. */
+ * a computed scale's 1.0). Reads *globalScale, which no copy may write, nor
+ * read with a computed scale (the kernel may store 1.0 there): such a copy
+ * is vcollInternalError (nvfp4.cu; device only). Errors name `op`. */
 #define VCOLL_NVFP4_MAX_SIDE_COPIES 3
 typedef struct {
   const void* src;

@@ -145,8 +145,29 @@ static void** outPtr(vcollMoeTokens_t* t, int i) {
 
 static int runDispatchCase(uint64_t seed, int iter, vcollMoeFormat_t format) {
   vtRng g = vtRngMake(seed, 2000 + (uint64_t)iter * 2 + (uint64_t)format);
+  /* NCCL backend: every allgatherv algorithm forced in turn (the FP4 rows
+   * are quantized into the padded algorithms' staging buffer, into the
+   * outputs elsewhere), then the automatic choice. Every other round of
+   * algorithms is targeted at the cases the FP4 producer handles apart: a
+   * rank with no tokens (it still copies a given scale), the given scale
+   * not in the output, the routing inputs in place. */
+  const char* algo = "auto";
+  int nAlgos = 0;
+  if (onGpu()) {
+    while (vcollAlgoName(vcollCollAllGatherV, nAlgos)) nAlgos++;
+    if (iter % (nAlgos + 1) < nAlgos) algo = vcollAlgoName(vcollCollAllGatherV, iter % (nAlgos + 1));
+  }
+  const int targeted = (iter / (nAlgos + 1)) % 2 == 0, native = strcmp(algo, "native") == 0;
   size_t counts[64];
   makeCounts(&g, counts, onGpu() ? (vtRange(&g, 0, 3) ? 40 : 600) : 24);
+  if (native) { /* equal counts, or native would not run */
+    for (int r = 0; r < nranks_; r++) counts[r] = counts[0] ? counts[0] : 1;
+  } else if (targeted && nranks_ > 1) {
+    counts[nranks_ - 1] = 0;
+    int any = 0;
+    for (int r = 0; r < nranks_; r++) any |= counts[r] != 0;
+    if (!any) counts[0] = 1;
+  }
   size_t displ = 0, N = sumCounts(counts, &displ), n = counts[rank_];
   vcollMoeConfig_t cfg = {0};
   cfg.format = format;
@@ -155,7 +176,7 @@ static int runDispatchCase(uint64_t seed, int iter, vcollMoeFormat_t format) {
   cfg.routing = vtRange(&g, 0, 2) ? vcollMoeRoutingTopk : vcollMoeRoutingLogits;
   cfg.topk = (int)vtRange(&g, 1, 9);
   cfg.numExperts = (int)vtRange(&g, 1, 40);
-  cfg.scale = vtRange(&g, 0, 1) ? vcollMoeScaleComputed : vcollMoeScaleGiven;
+  cfg.scale = vtRange(&g, 0, 1) && !targeted ? vcollMoeScaleComputed : vcollMoeScaleGiven;
   cfg.swizzledScales = format == vcollMoeFp4 && vtRange(&g, 0, 1);
   cfg.accum = vcollMoeAccumBf16;
   cfg.allocBuffers = (int)vtRange(&g, 0, 1);
@@ -213,7 +234,7 @@ static int runDispatchCase(uint64_t seed, int iter, vcollMoeFormat_t format) {
   }
   for (int i = 0; i < 7; i++) bufPoison(*outPtr(&o.t, i), sizes[i]);
   /* Given scale sometimes already in place in the output. */
-  if (fp4 && cfg.scale == vcollMoeScaleGiven && N > 0 && vtRange(&g, 0, 2) == 0) {
+  if (fp4 && cfg.scale == vcollMoeScaleGiven && N > 0 && !targeted && vtRange(&g, 0, 2) == 0) {
     bufPut(o.t.globalScale, &givenGs, 4);
     in.globalScale = o.t.globalScale;
   }
@@ -223,21 +244,29 @@ static int runDispatchCase(uint64_t seed, int iter, vcollMoeFormat_t format) {
     in.hidden = (char*)o.t.hidden + displ * H * 2;
     bufPut((void*)in.hidden, hHidden, hb);
   }
-
-  /* NCCL backend: every allgatherv algorithm forced in turn (the FP4 rows
-   * are quantized into the padded algorithms' staging buffer, into the
-   * outputs elsewhere), then the automatic choice. */
-  const char* algo = "auto";
-  if (onGpu()) {
-    int nAlgos = 0;
-    while (vcollAlgoName(vcollCollAllGatherV, nAlgos)) nAlgos++;
-    if (iter % (nAlgos + 1) < nAlgos) algo = vcollAlgoName(vcollCollAllGatherV, iter % (nAlgos + 1));
-    assert_int_equal(vcollCommSetAlgo(comm, vcollCollAllGatherV, algo), vcollSuccess);
+  /* The routing inputs sometimes in place at this rank's rows (always when targeted). */
+  int routingInPlace = N > 0 && (targeted || vtRange(&g, 0, 2) == 0);
+  if (routingInPlace) {
+    if (topk) {
+      in.topkIds = o.t.topkIds + displ * rw;
+      in.topkWeights = o.t.topkWeights + displ * rw;
+      bufPut((void*)in.topkIds, hIds, rb);
+      bufPut((void*)in.topkWeights, hW, rb);
+    } else {
+      in.logits = o.t.logits + displ * rw;
+      bufPut((void*)in.logits, hW, rb);
+    }
   }
+
+  if (onGpu()) assert_int_equal(vcollCommSetAlgo(comm, vcollCollAllGatherV, algo), vcollSuccess);
   res = vcollMoeDispatch(ws, counts, &in, &o.t, 0);
   if (res != vcollSuccess) fprintf(stderr, "[rank %d] vcollMoeDispatch: %s\n", rank_, vcollGetLastError(comm));
   const char* ran = onGpu() && N > 0 ? vcollCommLastAlgo(comm, vcollCollAllGatherV) : "-";
+  if (ran == NULL) ran = "-";
   if (onGpu()) assert_int_equal(vcollCommSetAlgo(comm, vcollCollAllGatherV, "auto"), vcollSuccess);
+  /* A forced algorithm runs every call here (pad_symm only where NCCL
+   * gives symmetric windows; otherwise the automatic choice). */
+  int ranForced = N == 0 || strcmp(algo, "auto") == 0 || strcmp(algo, "pad_symm") == 0 || strcmp(ran, algo) == 0;
   sync();
 
   /* Expected: all ranks' tokens, quantized as one tensor. */
@@ -294,12 +323,16 @@ static int runDispatchCase(uint64_t seed, int iter, vcollMoeFormat_t format) {
         wrong++;
       }
   }
+  if (!ranForced) {
+    snprintf(what, sizeof(what), "forced %s, but %s ran", algo, ran);
+    wrong++;
+  }
   if (wrong)
     fprintf(stderr, "[rank %d] dispatch case %d (%s, H %zu, %s %d, scale %s, swizzled %d, %s buffers, N %zu, "
-            "this rank %zu%s, algorithm %s, ran %s): %s\n", rank_, iter, fp4 ? "fp4" : "bf16", H,
+            "this rank %zu%s%s, algorithm %s, ran %s): %s\n", rank_, iter, fp4 ? "fp4" : "bf16", H,
             topk ? "topk" : "logits", rw, cfg.scale == vcollMoeScaleComputed ? "computed" : "given",
-            cfg.swizzledScales, cfg.allocBuffers ? "workspace" : "caller", N, n, inPlace ? ", in place" : "", algo,
-            ran ? ran : "-", what);
+            cfg.swizzledScales, cfg.allocBuffers ? "workspace" : "caller", N, n, inPlace ? ", in place" : "",
+            routingInPlace ? ", routing in place" : "", algo, ran, what);
   free(got); free(all); free(allIds); free(allW); free(hHidden); free(hIds); free(hW);
   for (int i = 0; i < 7; i++) if (o.bases[i]) bufFree(o.bases[i]);
   bufFree(dIn);
@@ -582,6 +615,8 @@ static void test_invalid_arguments(void** state) {
   expectErr(vcollMoeDispatch(ws, counts, &bi, &b.tokens, 0), vcollInvalidArgument, d, "in->topkWeights");
   bi = in; bi.globalScale = NULL;
   expectErr(vcollMoeDispatch(ws, counts, &bi, &b.tokens, 0), vcollInvalidArgument, d, "in->globalScale is NULL");
+  bi = in; bi.globalScale = (const float*)(inBuf + 4); /* the given scale among the tokens */
+  expectErr(vcollMoeDispatch(ws, counts, &bi, &b.tokens, 0), vcollInvalidArgument, d, "in->globalScale overlaps in->hidden");
   bi = in; bi.hidden = (char*)b.tokens.hidden + 8; /* the quantized input inside the payload output */
   expectErr(vcollMoeDispatch(ws, counts, &bi, &b.tokens, 0), vcollInvalidArgument, d, "in->hidden overlaps out->hidden");
   bi = in; bi.topkIds = (const int32_t*)b.tokens.topkWeights; /* inside another output */
