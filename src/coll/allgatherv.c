@@ -244,6 +244,22 @@ static const struct agvRule agvRules229[] = {
     {SIZE_MAX, DBL_MAX, "bcast"},
 };
 
+static const struct agvRule* agvTable(int ncclVersion, int* n) {
+  if (ncclVersion >= 22900) { *n = (int)(sizeof(agvRules229) / sizeof(agvRules229[0])); return agvRules229; }
+  *n = (int)(sizeof(agvRules) / sizeof(agvRules[0]));
+  return agvRules;
+}
+
+int vcollAgvRule(int ncclVersion, int i, size_t* maxBytesPerRank, double* maxImbalance, const char** algo) {
+  int n;
+  const struct agvRule* t = agvTable(ncclVersion, &n);
+  if (i < 0 || i >= n) return 0;
+  *maxBytesPerRank = t[i].maxBytesPerRank;
+  *maxImbalance = t[i].maxImbalance;
+  *algo = t[i].algo;
+  return 1;
+}
+
 int vcollAgvAllRegistered(vcollComm_t comm, const struct vcollAgvCall* c) {
   if (comm->windows == NULL || c->totalRows == 0) return 0; /* nothing moves; buffers may be NULL */
   for (int i = 0; i < c->ntensors; i++) {
@@ -270,9 +286,8 @@ int vcollAgvSelect(vcollComm_t comm, const struct vcollAgvCall* call) {
     algo = "bcast";
     why = "one rank holds almost all rows";
   } else {
-    const struct agvRule* rules = comm->ncclVersion >= 22900 ? agvRules229 : agvRules;
-    int nrules = comm->ncclVersion >= 22900 ? (int)(sizeof(agvRules229) / sizeof(agvRules229[0]))
-                                            : (int)(sizeof(agvRules) / sizeof(agvRules[0]));
+    int nrules;
+    const struct agvRule* rules = agvTable(comm->ncclVersion, &nrules);
     for (int i = 0; i < nrules && algo == NULL; i++)
       if (perRank <= rules[i].maxBytesPerRank && imbalance <= rules[i].maxImbalance) algo = rules[i].algo;
     if (algo == NULL) algo = "bcast";

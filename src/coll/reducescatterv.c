@@ -234,6 +234,17 @@ static const struct rsvRule rsvRules[] = {
     {SIZE_MAX, DBL_MAX, 0, "reduce"},
 };
 
+int vcollRsvRule(int ncclVersion, int i, size_t* maxBytesPerRank, double* maxImbalance, int* symmOpOnly,
+                 const char** algo) {
+  (void)ncclVersion; /* one table for every release so far */
+  if (i < 0 || i >= (int)(sizeof(rsvRules) / sizeof(rsvRules[0]))) return 0;
+  *maxBytesPerRank = rsvRules[i].maxBytesPerRank;
+  *maxImbalance = rsvRules[i].maxImbalance;
+  *symmOpOnly = rsvRules[i].symmOpOnly;
+  *algo = rsvRules[i].algo;
+  return 1;
+}
+
 static int rsvSymmOp(const struct vcollRsvCall* c) {
   if (c->op != vcollSum && c->op != vcollAvg) return 0;
   switch (c->datatype) {

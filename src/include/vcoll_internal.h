@@ -198,6 +198,12 @@ VCOLL_INTERNAL_API int vcollRsvSelect(vcollComm_t comm, const struct vcollRsvCal
 VCOLL_INTERNAL_API int vcollAgvAllRegistered(vcollComm_t comm, const struct vcollAgvCall* call);
 VCOLL_INTERNAL_API int vcollRsvAllRegistered(vcollComm_t comm, const struct vcollRsvCall* call);
 VCOLL_INTERNAL_API int vcollAlgoFind(vcollCollective_t coll, const char* name);
+/* Row i of the selection table in force for NCCL version `ncclVersion`
+ * (tests): 1 and its fields, or 0 when there is no row i. */
+VCOLL_INTERNAL_API int vcollAgvRule(int ncclVersion, int i, size_t* maxBytesPerRank, double* maxImbalance,
+                                    const char** algo);
+VCOLL_INTERNAL_API int vcollRsvRule(int ncclVersion, int i, size_t* maxBytesPerRank, double* maxImbalance,
+                                    int* symmOpOnly, const char** algo);
 /* The algorithm to run: the forced one (comm, then VCOLL_ALGO) when it
  * supports the call, else autoIdx. Records it as the last algorithm. */
 VCOLL_INTERNAL_API int vcollAlgoChoose(vcollComm_t comm, vcollCollective_t coll, const void* call, int autoIdx);

@@ -5,6 +5,7 @@
  * that do not come from measurements: one rank, one rank holding almost
  * everything, the NCCL 2.29 table, and avg kept away from ncclReduceScatter
  * from NCCL 2.31 on (docs/algorithms.md, "NCCL releases"). */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -298,6 +299,113 @@ static void test_fixed_thresholds_and_overrides(void** state) {
   vcollCommFreeCommon(c);
 }
 
+/* ---- every row of the measured tables, at its edges ---------------------
+ * The tables' numbers come from measurements and are refitted from
+ * benchmark output (bench/fit_rules.py), so they are not pinned here. What
+ * is checked, through the tables themselves: every row can be reached (no
+ * earlier row covers it), and at its inclusive edges (bytes per rank equal
+ * to its bound; imbalance equal to its bound) the selection picks it. With
+ * 4 ranks, counts {m, a, a, a} rows of w bytes: imbalance 4m / (m + 3a),
+ * bytes per rank (m + 3a) w / 4, both exact. */
+static int getRule(vcollCollective_t coll, int v, int i, size_t* B, double* I, const char** algo) {
+  int symmOnly = 0;
+  return coll == vcollCollAllGatherV ? vcollAgvRule(v, i, B, I, algo) : vcollRsvRule(v, i, B, I, &symmOnly, algo);
+}
+
+/* 1 if a row before row i matches (the calls below are float sums, for
+ * which reducescatterv's symmetric-op rows apply too). */
+static int coveredBefore(vcollCollective_t coll, int v, int i, size_t perRank, double imb) {
+  size_t B;
+  double I;
+  const char* a;
+  for (int k = 0; k < i && getRule(coll, v, k, &B, &I, &a); k++)
+    if (perRank <= B && imb <= I) return 1;
+  return 0;
+}
+
+static const char* selectAt(vcollComm_t c, vcollCollective_t coll, size_t m, size_t a, size_t w) {
+  const size_t counts[4] = {m, a, a, a};
+  if (coll == vcollCollAllGatherV) {
+    vcollTensor_t t = {NULL, NULL, w, vcollUint8};
+    struct vcollAgvCall k;
+    memset(&k, 0, sizeof(k));
+    k.tensors = &t;
+    k.ntensors = 1;
+    k.counts = counts;
+    k.totalRows = m + 3 * a;
+    k.maxRows = m > a ? m : a;
+    k.totalBytes = k.totalRows * w;
+    return vcollAlgoName(vcollCollAllGatherV, vcollAgvSelect(c, &k));
+  }
+  struct vcollRsvCall k;
+  memset(&k, 0, sizeof(k));
+  k.counts = counts;
+  k.totalRows = m + 3 * a;
+  k.maxRows = m > a ? m : a;
+  k.width = w / 4;
+  k.rowBytes = w;
+  k.datatype = vcollFloat32;
+  k.op = vcollSum;
+  return vcollAlgoName(vcollCollReduceScatterV, vcollRsvSelect(c, &k));
+}
+
+static void checkTableEdges(vcollCollective_t coll, int v) {
+  vcollComm_t c = makeComm(4, v);
+  size_t B;
+  double I;
+  const char* algo;
+  const size_t unit = coll == vcollCollAllGatherV ? 1 : 4; /* row bytes: whole floats for reducescatterv */
+  for (int i = 0; getRule(coll, v, i, &B, &I, &algo); i++) {
+    char where[96];
+    snprintf(where, sizeof(where), "%s table (NCCL %d) row %d", coll == vcollCollAllGatherV ? "allgatherv" : "reducescatterv", v, i);
+    int checked = 0;
+    /* Bytes edge: per rank exactly B, at the largest exact imbalance <= I
+     * (and < 3, where one rank holds almost everything) no earlier row covers. */
+    if (B != SIZE_MAX) {
+      int found = 0;
+      for (int j = 2; j <= 14 && !found; j++) {
+        const size_t T = (size_t)1 << j;
+        for (size_t m = T; m >= T / 4 && !found; m--) {
+          if ((T - m) % 3 != 0 || (4 * B) % (T * unit) != 0) continue;
+          const size_t a = (T - m) / 3;
+          const double x = 4.0 * (double)m / (double)T;
+          if (x > I || x >= 3.0 || (x > 1.0) != (I > 1.0) || coveredBefore(coll, v, i, B, x)) continue;
+          found = 1;
+          const char* got = selectAt(c, coll, m, a, 4 * B / T);
+          if (strcmp(got, algo) != 0)
+            fail_msg("%s (%s): %zu bytes/rank, imbalance %g picks %s", where, algo, B, x, got);
+        }
+      }
+      checked += found;
+    }
+    /* Imbalance edge: imbalance exactly I = p/q, m = 3p, a = 4q - p, so
+     * m + 3a = 12q; bytes per rank 3q w, as large as the row allows. */
+    if (I > 1.0 && I < 3.0) {
+      long long p = llround(I * 1000), q = 1000, g0 = p, g1 = q;
+      while (g1) { long long t = g0 % g1; g0 = g1; g1 = t; }
+      p /= g0, q /= g0;
+      const size_t bound = B == SIZE_MAX ? (size_t)1 << 40 : B;
+      const size_t w = bound / (3 * (size_t)q) / unit * unit;
+      const size_t perRank = 3 * (size_t)q * w;
+      if (w > 0 && !coveredBefore(coll, v, i, perRank, I)) {
+        const char* got = selectAt(c, coll, 3 * (size_t)p, 4 * (size_t)q - (size_t)p, w);
+        if (strcmp(got, algo) != 0) fail_msg("%s (%s): %zu bytes/rank, imbalance %g picks %s", where, algo, perRank, I, got);
+        checked++;
+      }
+    }
+    if (!checked && !(B == SIZE_MAX && !(I > 1.0 && I < 3.0)))
+      fail_msg("%s (%s): no point reaches it (an earlier row covers it)", where, algo);
+  }
+  vcollCommFreeCommon(c);
+}
+
+static void test_table_rows_at_their_edges(void** state) {
+  (void)state;
+  checkTableEdges(vcollCollAllGatherV, 22803);
+  checkTableEdges(vcollCollAllGatherV, 22907);
+  checkTableEdges(vcollCollReduceScatterV, 22803);
+}
+
 /* Checked mode compares the algorithm too: a backend whose collectives only
  * record the algorithm they were handed, and whose agreement step records
  * this rank's digest and can mix in another rank's. */
@@ -394,6 +502,7 @@ int main(void) {
       cmocka_unit_test(test_nearly_equal_is_not_equal),
       cmocka_unit_test(test_registered_ranges),
       cmocka_unit_test(test_fixed_thresholds_and_overrides),
+      cmocka_unit_test(test_table_rows_at_their_edges),
       cmocka_unit_test(test_checked_mode_compares_algorithms),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
