@@ -11,7 +11,9 @@
  *   fp4c     NVFP4 dispatch with the global scale computed over all ranks
  *   bf16     bf16 dispatch (same API, no quantization)
  *   comb     combine, bf16 reduce-scatter of [N, H] bf16 partials
- *   comb32   combine with fp32 accumulation
+ *   comb32   combine with fp32 accumulation (widen: fp32 reduce-scatter)
+ *   c32p     the same with VCOLL_MOE_COMBINE32=p2p: the bf16 partials
+ *            through the p2p reducescatterv, summed in fp32 in its kernel
  *   d2d      cudaMemcpy device to device of the bytes bf16 dispatch receives
  *            (N x bf16 row), the local-memory reference
  *   quant    vcollNvfp4Quantize of this rank's tokens alone (given scale): the
@@ -68,7 +70,7 @@ int benchMoeCheckCombine(const void* got, size_t n, size_t e0, uint64_t seed0, i
     }                                                                                                \
   } while (0)
 
-enum { V_FP4, V_FP4C, V_BF16, V_COMB, V_COMB32, V_D2D, V_QUANT, NV };
+enum { V_FP4, V_FP4C, V_BF16, V_COMB, V_COMB32, V_COMB32P, V_D2D, V_QUANT, NV };
 
 static int rank, nranks, iters = 30, warmup = 5, check = 1, graphCalls = 0;
 static size_t H = 7168;
@@ -230,7 +232,7 @@ static void poisonOutputs(int v, struct ctx* c, size_t N) {
     if (v == V_FP4C) CUCHECK(cudaMemsetAsync(t->globalScale, 0xA5, 4, stream));
     CUCHECK(cudaMemsetAsync(t->topkIds, 0xA5, N * topk * 4, stream));
     CUCHECK(cudaMemsetAsync(t->topkWeights, 0xA5, N * topk * 4, stream));
-  } else if (v == V_COMB || v == V_COMB32) {
+  } else if (v == V_COMB || v == V_COMB32 || v == V_COMB32P) {
     CUCHECK(cudaMemsetAsync(v == V_COMB ? c->bFp4.combined : c->bBf16.combined, 0xA5, mine * H * 2, stream));
   }
 }
@@ -376,9 +378,9 @@ int main(int argc, char** argv) {
       printf("# timing: one eager call between two events (includes the host's time to issue it)\n");
     printf("# d2d: cudaMemcpy of the bytes bf16 dispatch gathers (N x %zu) on one GPU\n", bf16Row);
     printf("# quant: the quantize of this rank's tokens alone (max over ranks); spd_q = bf16 / (fp4 - quant)\n");
-    printf("#%7s %7s %8s %7s %12s %12s %9s %9s %9s %8s %8s %9s %9s %9s %8s %7s %-8s %-8s %6s\n", "shape", "tok/rk",
-           "N", "maxrk", "fp4_bytes", "bf16_bytes", "fp4", "fp4c", "bf16", "speedup", "spd_c", "comb", "comb32", "d2d",
-           "quant", "spd_q", "agv_fp4", "agv_bf16", "#wrong");
+    printf("#%7s %7s %8s %7s %12s %12s %9s %9s %9s %8s %8s %9s %9s %9s %9s %8s %7s %-8s %-8s %6s\n", "shape",
+           "tok/rk", "N", "maxrk", "fp4_bytes", "bf16_bytes", "fp4", "fp4c", "bf16", "speedup", "spd_c", "comb",
+           "comb32", "c32p", "d2d", "quant", "spd_q", "agv_fp4", "agv_bf16", "#wrong");
   }
   double minSpeedAll = INFINITY, minSpeed1k = INFINITY, minSpeedCAll = INFINITY;
   unsigned long long wrongTotal = 0;
@@ -394,12 +396,14 @@ int main(int argc, char** argv) {
       c.counts = counts;
       c.copyBytes = N * bf16Row;
       double t[NV];
-      const runFn fns[NV] = {runFp4, runFp4c, runBf16, runComb, runComb32, runD2d, runQuant};
+      const runFn fns[NV] = {runFp4, runFp4c, runBf16, runComb, runComb32, runComb32, runD2d, runQuant};
       char agvFp4[24] = "-", agvBf16[24] = "-";
       CUCHECK(cudaMemsetAsync(dWrong, 0, 8, stream));
       for (int v = 0; v < NV; v++) {
         if (check && N > 0) poisonOutputs(v, &c, N);
+        if (v == V_COMB32P) setenv("VCOLL_MOE_COMBINE32", "p2p", 1); /* read at each call, outside the timing */
         t[v] = timeIt(fns[v], &c);
+        if (v == V_COMB32P) unsetenv("VCOLL_MOE_COMBINE32");
         if (v == V_FP4 || v == V_BF16) {
           const char* a = vcollCommLastAlgo(comm, vcollCollAllGatherV);
           snprintf(v == V_FP4 ? agvFp4 : agvBf16, 24, "%s", a ? a : "-");
@@ -409,7 +413,7 @@ int main(int argc, char** argv) {
         if (v == V_FP4C) { checkFp4(counts, &c.bFp4c.tokens, 1); checkRouting(counts, &c.bFp4c.tokens); }
         if (v == V_BF16) { checkBf16(counts, &c.bBf16.tokens); checkRouting(counts, &c.bBf16.tokens); }
         if (v == V_COMB) checkCombine(counts, c.bFp4.combined);
-        if (v == V_COMB32) checkCombine(counts, c.bBf16.combined);
+        if (v == V_COMB32 || v == V_COMB32P) checkCombine(counts, c.bBf16.combined);
       }
       unsigned long long w = 0, wAll = 0;
       /* the check kernels run on the non-blocking `stream`: wait for them */
@@ -426,10 +430,10 @@ int main(int argc, char** argv) {
       if (rank == 0) {
         char spq[16] = "-"; /* the difference of two medians: only meaningful when the gather dominates */
         if (t[V_FP4] > t[V_QUANT]) snprintf(spq, sizeof(spq), "%.2f", t[V_BF16] / (t[V_FP4] - t[V_QUANT]));
-        printf(" %7s %7zu %8zu %7zu %12zu %12zu %9.1f %9.1f %9.1f %8.2f %8.2f %9.1f %9.1f %9.1f %8.1f %7s"
+        printf(" %7s %7zu %8zu %7zu %12zu %12zu %9.1f %9.1f %9.1f %8.2f %8.2f %9.1f %9.1f %9.1f %9.1f %8.1f %7s"
                " %-8s %-8s %6s\n",
                s, T, N, mx, N * fp4Row, N * bf16Row, t[V_FP4], t[V_FP4C], t[V_BF16], sp, spc, t[V_COMB], t[V_COMB32],
-               t[V_D2D], t[V_QUANT], spq, agvFp4, agvBf16, check ? (wAll ? "WRONG" : "0") : "-");
+               t[V_COMB32P], t[V_D2D], t[V_QUANT], spq, agvFp4, agvBf16, check ? (wAll ? "WRONG" : "0") : "-");
         if (check && wAll) printf("#   ^ %llu wrong bytes/elements\n", wAll);
         fflush(stdout);
       }

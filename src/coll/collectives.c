@@ -26,7 +26,7 @@ static uint64_t agvDigest(vcollComm_t comm, struct vcollAgvCall* c, int nranks) 
 
 static uint64_t rsvDigest(vcollComm_t comm, struct vcollRsvCall* c, int nranks) {
   uint64_t h = vcollHashBytes(0, "rsv", 3);
-  if (comm->backend == vcollBackendNccl)
+  if (comm->backend == vcollBackendNccl && c->algo < 0) /* not chosen by vcoll's own caller */
     c->algo = vcollAlgoChoose(comm, vcollCollReduceScatterV, c, vcollRsvSelect(comm, c));
   h = vcollHashBytes(h, &c->algo, sizeof(c->algo));
   const int reg = vcollRsvAllRegistered(comm, c);
@@ -78,17 +78,36 @@ VCOLL_INTERNAL_API vcollResult_t vcollAgvProduceSend(const struct vcollAgvCall* 
   return call->produce(call->produceCtx, dst, call->stream);
 }
 
-VCOLL_API vcollResult_t vcollReduceScatterV(const void* sendbuff, void* recvbuff,
-                                            const size_t* counts, size_t width,
-                                            vcollDataType_t datatype, vcollRedOp_t redop,
-                                            vcollComm_t comm, cudaStream_t stream) {
+static vcollResult_t reduceScatterV(const void* sendbuff, void* recvbuff, const size_t* counts, size_t width,
+                                    vcollDataType_t datatype, vcollRedOp_t redop, vcollComm_t comm,
+                                    cudaStream_t stream, const char* algo) {
   static const char* op = "vcollReduceScatterV";
   VCOLL_CHECK_RES(vcollCheckComm(comm, op));
   struct vcollRsvCall call;
   vcollResult_t res = vcollCheckReduceScatterV(comm, sendbuff, recvbuff, counts, width, datatype,
                                                redop, stream, &call);
+  if (res == vcollSuccess && algo != NULL && comm->backend == vcollBackendNccl) {
+    const int idx = vcollAlgoFind(vcollCollReduceScatterV, algo);
+    if (idx < 0 || !vcollRsvAlgos[idx].supported(comm, &call))
+      res = vcollSetError(comm, vcollInternalError, "%s : algorithm %s cannot run this call", op, algo);
+    else
+      call.algo = idx, comm->lastAlgo[vcollCollReduceScatterV] = vcollRsvAlgos[idx].name;
+  }
   if (comm->checked && !vcollStreamCapturing(comm, stream))
     res = vcollCheckAgreement(comm, op, res == vcollSuccess ? rsvDigest(comm, &call, comm->nranks) : 0, res, stream);
   if (res != vcollSuccess) return res;
   return comm->ops->reducescatterv(comm, &call);
+}
+
+VCOLL_API vcollResult_t vcollReduceScatterV(const void* sendbuff, void* recvbuff,
+                                            const size_t* counts, size_t width,
+                                            vcollDataType_t datatype, vcollRedOp_t redop,
+                                            vcollComm_t comm, cudaStream_t stream) {
+  return reduceScatterV(sendbuff, recvbuff, counts, width, datatype, redop, comm, stream, NULL);
+}
+
+vcollResult_t vcollReduceScatterVAlgo(const void* sendbuff, void* recvbuff, const size_t* counts, size_t width,
+                                      vcollDataType_t datatype, vcollRedOp_t redop, vcollComm_t comm,
+                                      cudaStream_t stream, const char* algo) {
+  return reduceScatterV(sendbuff, recvbuff, counts, width, datatype, redop, comm, stream, algo);
 }

@@ -140,6 +140,12 @@ vcollResult_t vcollCheckAllGatherV(vcollComm_t comm, const vcollTensor_t* tensor
  * non-padded algorithms read them. */
 vcollResult_t vcollAllGatherVProduced(const vcollTensor_t* tensors, int ntensors, const size_t* counts,
                                       vcollComm_t comm, cudaStream_t stream, vcollAgvProduceFn produce, void* ctx);
+/* vcollReduceScatterV with the algorithm `algo` on the NCCL backend (vcoll's
+ * own callers that need its arithmetic, whatever the communicator forces);
+ * vcollInternalError where it cannot run the call. Other backends ignore it. */
+vcollResult_t vcollReduceScatterVAlgo(const void* sendbuff, void* recvbuff, const size_t* counts, size_t width,
+                                      vcollDataType_t datatype, vcollRedOp_t redop, vcollComm_t comm,
+                                      cudaStream_t stream, const char* algo);
 /* Runs the call's producer, if any, into the tensors' sendbuffs. */
 VCOLL_INTERNAL_API vcollResult_t vcollAgvProduceSend(const struct vcollAgvCall* call);
 vcollResult_t vcollCheckReduceScatterV(vcollComm_t comm, const void* sendbuff, void* recvbuff,
@@ -163,6 +169,9 @@ int vcollTypeIsFloat(vcollDataType_t type);
 /* param.c: environment tunables, read once. */
 VCOLL_INTERNAL_API int64_t vcollParamCheck(void); /* VCOLL_CHECK */
 const char* vcollParamAlgo(void);     /* VCOLL_ALGO */
+/* VCOLL_MOE_COMBINE32: how the fp32-accumulated MoE combine runs on the NCCL
+ * backend ("widen", the default, or "p2p"); read at each call. */
+const char* vcollParamMoeCombine32(void);
 VCOLL_INTERNAL_API const char* vcollParamBackend(void);  /* VCOLL_BACKEND */
 /* VCOLL_SHARE_GPU: for testing multi-rank code on fewer GPUs than ranks
  * (README: Environment); vcollCommInitMPI then puts local rank i on GPU

@@ -33,6 +33,7 @@ int vcollParamShareGpu(void) {
 const char* vcollParamAlgo(void) { return envOrNull("VCOLL_ALGO"); }
 const char* vcollParamBackend(void) { return envOrNull("VCOLL_BACKEND"); }
 const char* vcollParamGateKernel(void) { return envOrNull("VCOLL_GATE_KERNEL"); }
+const char* vcollParamMoeCombine32(void) { return envOrNull("VCOLL_MOE_COMBINE32"); }
 
 int vcollParamNcclAvg(void) {
   const char* s = envOrNull("VCOLL_NCCL_AVG");

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../coll/coll.h"
 #include "../quant/nvfp4_internal.h"
 #include "dispatch.h"
 #include "vcoll/moe.h"
@@ -515,7 +516,20 @@ VCOLL_API vcollResult_t vcollMoeCombine(vcollMoeWorkspace_t ws, const size_t* co
   if (ws->cfg.accum == vcollMoeAccumBf16)
     return vcollReduceScatterV(partials, out, counts, H, vcollBfloat16, vcollSum, ws->comm, stream);
 
-  /* fp32: widen all N rows, reduce-scatter in place in the fp32 buffer, round this rank's rows once. */
+  /* fp32, VCOLL_MOE_COMBINE32=p2p (NCCL backend, up to VCOLL_REDUCE_MAX_SRCS
+   * ranks): the bf16 partials travel as they are (half the bytes of fp32)
+   * through the p2p reducescatterv, whose one reduction kernel sums every
+   * rank's rows in fp32 and rounds once: the same arithmetic without the
+   * widening, the fp32 reduce-scatter and the rounding kernel. */
+  const char* mode = vcollParamMoeCombine32();
+  if (mode != NULL && strcmp(mode, "widen") != 0 && strcmp(mode, "p2p") != 0)
+    return vcollSetError(ws->comm, vcollInvalidUsage, "%s : VCOLL_MOE_COMBINE32=%s (must be widen or p2p)", op,
+                         mode);
+  if (ws->onDevice && mode != NULL && strcmp(mode, "p2p") == 0 && ws->comm->nranks > 1 &&
+      ws->comm->nranks <= VCOLL_REDUCE_MAX_SRCS) /* (one rank: a copy, which would keep NaN payloads) */
+    return vcollReduceScatterVAlgo(partials, out, counts, H, vcollBfloat16, vcollSum, ws->comm, stream, "p2p");
+
+  /* fp32 (widen): widen all N rows, reduce-scatter in place in the fp32 buffer, round this rank's rows once. */
   float* mineF32 = ws->f32 + displ * H;
   if (ws->onDevice) {
     VCOLL_CHECK_RES(vcollMoeBf16ToF32(op, partials, ws->f32, N * H, stream));

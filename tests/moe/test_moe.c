@@ -415,6 +415,17 @@ static int runCombineCase(uint64_t seed, int iter, vcollMoeAccum_t accum) {
   sync();
   bufGet(h, out, ob);
   size_t wrong = 0;
+  /* VCOLL_MOE_COMBINE32=p2p on the NCCL backend runs the p2p reducescatterv
+   * (which the automatic choice never takes) whenever rows move. */
+  const char* c32 = getenv("VCOLL_MOE_COMBINE32");
+  if (onGpu() && accum == vcollMoeAccumFp32 && c32 && strcmp(c32, "p2p") == 0 && nranks_ > 1 && N > 0) {
+    const char* ran = vcollCommLastAlgo(comm, vcollCollReduceScatterV);
+    if (ran == NULL || strcmp(ran, "p2p") != 0) {
+      fprintf(stderr, "[rank %d] combine case %d: VCOLL_MOE_COMBINE32=p2p, but %s ran\n", rank_, iter,
+              ran ? ran : "nothing");
+      wrong++;
+    }
+  }
   for (size_t k = 0; k < n * H; k++) {
     double exact = 0;
     for (int r = 0; r < nranks_; r++) exact += partialVal(seed, iter, r, displ * H + k, accum);
@@ -445,21 +456,69 @@ static void test_combine_bf16(void** state) {
   VT_ASSERT_ALL(ok, "bf16 combine mismatches (see above)");
 }
 
+/* VCOLL_MOE_COMBINE32 in turn: unset (widen), p2p (NCCL backend: the bf16
+ * partials through the p2p reducescatterv, summed in fp32; the host
+ * backend ignores it), widen. */
+static const char* const combine32Modes[3] = {NULL, "p2p", "widen"};
+static void setCombine32(const char* mode) {
+  if (mode) setenv("VCOLL_MOE_COMBINE32", mode, 1);
+  else unsetenv("VCOLL_MOE_COMBINE32");
+}
+
 static void test_combine_fp32(void** state) {
   (void)state;
   if (onGpu()) VT_REQUIRE_GPU();
   uint64_t seed = vtSeed();
   int ok = 1;
-  for (int it = 0; it < iters; it++) ok &= runCombineCase(seed, it, vcollMoeAccumFp32);
-  VT_ASSERT_ALL(ok, "fp32 combine mismatches (see above)");
+  for (int it = 0; it < iters; it++) {
+    setCombine32(combine32Modes[it % 3]);
+    int good = runCombineCase(seed, it, vcollMoeAccumFp32);
+    if (!good) fprintf(stderr, "[rank %d]   (VCOLL_MOE_COMBINE32=%s)\n", rank_, combine32Modes[it % 3] ? combine32Modes[it % 3] : "unset");
+    ok &= good;
+  }
+  /* An unknown mode: vcollInvalidUsage on every rank, naming the variable; nothing written. */
+  setCombine32("fast");
+  vcollMoeConfig_t cfg = {0};
+  cfg.format = vcollMoeBf16;
+  cfg.hidden = 16;
+  cfg.routing = vcollMoeRoutingTopk;
+  cfg.topk = 1;
+  cfg.accum = vcollMoeAccumFp32;
+  vcollMoeWorkspace_t ws = NULL;
+  assert_int_equal(vcollMoeWorkspaceCreate(comm, &cfg, (size_t)nranks_, &ws), vcollSuccess);
+  size_t counts[64];
+  for (int r = 0; r < nranks_; r++) counts[r] = 1;
+  void* partials = bufAlloc((size_t)nranks_ * 32);
+  void* out = bufAlloc(32);
+  bufPoison(out, 32);
+  vcollResult_t res = vcollMoeCombine(ws, counts, partials, out, 0);
+  ok &= res == vcollInvalidUsage && strstr(vcollGetLastError(comm), "VCOLL_MOE_COMBINE32=fast") != NULL;
+  sync();
+  ok &= bufPoisoned(out, 32);
+  setCombine32(NULL);
+  bufFree(partials);
+  bufFree(out);
+  assert_int_equal(vcollMoeWorkspaceDestroy(ws), vcollSuccess);
+  VT_ASSERT_ALL(ok, "fp32 combine mismatches (see above), or an unknown VCOLL_MOE_COMBINE32 not rejected");
 }
 
 /* fp32 combine with a NaN partial (with a payload) and infinities: the
  * output's NaN is the canonical bf16 NaN 0x7fff on both backends (the
  * device kernel's __float2bfloat16_rn writes it), inf - inf is NaN too. */
+static int combineFp32NanCase(void);
 static void test_combine_fp32_nan(void** state) {
   (void)state;
   if (onGpu()) VT_REQUIRE_GPU();
+  int ok = 1;
+  for (int m = 0; m < 3; m++) {
+    setCombine32(combine32Modes[m]);
+    ok &= combineFp32NanCase();
+  }
+  setCombine32(NULL);
+  VT_ASSERT_ALL(ok, "fp32 combine: NaN and inf - inf must give 0x7fff");
+}
+
+static int combineFp32NanCase(void) {
   enum { H = 16 };
   vcollMoeConfig_t cfg = {0};
   cfg.format = vcollMoeBf16;
@@ -490,12 +549,13 @@ static void test_combine_fp32_nan(void** state) {
   int ok = res == vcollSuccess && o[0] == 0x7fff && o[1] == (nranks_ > 1 ? 0x7fff : 0x7f80);
   for (int c = 2; c < H; c++) ok &= o[c] == vcollF32ToBf16((float)nranks_);
   if (!ok)
-    fprintf(stderr, "[rank %d] combine fp32 NaN/inf: res %d, got 0x%04x 0x%04x 0x%04x\n", rank_, res, o[0], o[1], o[2]);
+    fprintf(stderr, "[rank %d] combine fp32 NaN/inf (VCOLL_MOE_COMBINE32=%s): res %d, got 0x%04x 0x%04x 0x%04x\n",
+            rank_, getenv("VCOLL_MOE_COMBINE32") ? getenv("VCOLL_MOE_COMBINE32") : "unset", res, o[0], o[1], o[2]);
   free(h);
   bufFree(partials);
   bufFree(out);
   assert_int_equal(vcollMoeWorkspaceDestroy(ws), vcollSuccess);
-  VT_ASSERT_ALL(ok, "fp32 combine: NaN and inf - inf must give 0x7fff");
+  return ok;
 }
 
 /* ---- count gathering ------------------------------------------------------ */
