@@ -14,6 +14,7 @@
  *   comb32   combine with fp32 accumulation (widen: fp32 reduce-scatter)
  *   c32p     the same with VCOLL_MOE_COMBINE32=p2p: the bf16 partials
  *            through the p2p reducescatterv, summed in fp32 in its kernel
+ *            (at one rank the same as comb32: p2p needs 2 or more)
  *   d2d      cudaMemcpy device to device of the bytes bf16 dispatch receives
  *            (N x bf16 row), the local-memory reference
  *   quant    vcollNvfp4Quantize of this rank's tokens alone (given scale): the
@@ -382,6 +383,8 @@ int main(int argc, char** argv) {
            "tok/rk", "N", "maxrk", "fp4_bytes", "bf16_bytes", "fp4", "fp4c", "bf16", "speedup", "spd_c", "comb",
            "comb32", "c32p", "d2d", "quant", "spd_q", "agv_fp4", "agv_bf16", "#wrong");
   }
+  const char* userCombine32 = getenv("VCOLL_MOE_COMBINE32");
+  if (userCombine32) userCombine32 = strdup(userCombine32);
   double minSpeedAll = INFINITY, minSpeed1k = INFINITY, minSpeedCAll = INFINITY;
   unsigned long long wrongTotal = 0;
   snprintf(shapeList, sizeof(shapeList), "%s", shapes);
@@ -401,9 +404,13 @@ int main(int argc, char** argv) {
       CUCHECK(cudaMemsetAsync(dWrong, 0, 8, stream));
       for (int v = 0; v < NV; v++) {
         if (check && N > 0) poisonOutputs(v, &c, N);
-        if (v == V_COMB32P) setenv("VCOLL_MOE_COMBINE32", "p2p", 1); /* read at each call, outside the timing */
+        /* comb32 pinned to widen, c32p to p2p (read at each call; set outside the timing) */
+        if (v == V_COMB32 || v == V_COMB32P) setenv("VCOLL_MOE_COMBINE32", v == V_COMB32 ? "widen" : "p2p", 1);
         t[v] = timeIt(fns[v], &c);
-        if (v == V_COMB32P) unsetenv("VCOLL_MOE_COMBINE32");
+        if (v == V_COMB32 || v == V_COMB32P) {
+          if (userCombine32) setenv("VCOLL_MOE_COMBINE32", userCombine32, 1);
+          else unsetenv("VCOLL_MOE_COMBINE32");
+        }
         if (v == V_FP4 || v == V_BF16) {
           const char* a = vcollCommLastAlgo(comm, vcollCollAllGatherV);
           snprintf(v == V_FP4 ? agvFp4 : agvBf16, 24, "%s", a ? a : "-");

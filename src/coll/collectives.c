@@ -106,7 +106,7 @@ VCOLL_API vcollResult_t vcollReduceScatterV(const void* sendbuff, void* recvbuff
   return reduceScatterV(sendbuff, recvbuff, counts, width, datatype, redop, comm, stream, NULL);
 }
 
-vcollResult_t vcollReduceScatterVAlgo(const void* sendbuff, void* recvbuff, const size_t* counts, size_t width,
+VCOLL_INTERNAL_API vcollResult_t vcollReduceScatterVAlgo(const void* sendbuff, void* recvbuff, const size_t* counts, size_t width,
                                       vcollDataType_t datatype, vcollRedOp_t redop, vcollComm_t comm,
                                       cudaStream_t stream, const char* algo) {
   return reduceScatterV(sendbuff, recvbuff, counts, width, datatype, redop, comm, stream, algo);

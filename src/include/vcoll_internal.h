@@ -143,7 +143,7 @@ vcollResult_t vcollAllGatherVProduced(const vcollTensor_t* tensors, int ntensors
 /* vcollReduceScatterV with the algorithm `algo` on the NCCL backend (vcoll's
  * own callers that need its arithmetic, whatever the communicator forces);
  * vcollInternalError where it cannot run the call. Other backends ignore it. */
-vcollResult_t vcollReduceScatterVAlgo(const void* sendbuff, void* recvbuff, const size_t* counts, size_t width,
+VCOLL_INTERNAL_API vcollResult_t vcollReduceScatterVAlgo(const void* sendbuff, void* recvbuff, const size_t* counts, size_t width,
                                       vcollDataType_t datatype, vcollRedOp_t redop, vcollComm_t comm,
                                       cudaStream_t stream, const char* algo);
 /* Runs the call's producer, if any, into the tensors' sendbuffs. */

@@ -258,12 +258,13 @@ static vcollResult_t checkPtr(vcollComm_t comm, const char* op, const char* name
 /* Checked mode: all ranks agree on the sizes and on every rank's local
  * checks before anything is communicated (skipped under graph capture). */
 static vcollResult_t agree(vcollMoeWorkspace_t ws, const char* op, const size_t* counts, vcollResult_t localRes,
-                           cudaStream_t stream) {
+                           uint64_t mode, cudaStream_t stream) {
   vcollComm_t comm = ws->comm;
   if (!comm->checked || vcollStreamCapturing(comm, stream)) return localRes;
   const vcollMoeConfig_t* c = &ws->cfg;
-  const uint64_t shape[8] = {c->hidden, (uint64_t)c->format, (uint64_t)c->routing, routingWidth(c),
-                             (uint64_t)c->scale, (uint64_t)c->swizzledScales, (uint64_t)c->accum, ws->maxTokens};
+  const uint64_t shape[9] = {c->hidden, (uint64_t)c->format, (uint64_t)c->routing, routingWidth(c),
+                             (uint64_t)c->scale, (uint64_t)c->swizzledScales, (uint64_t)c->accum, ws->maxTokens,
+                             mode};
   uint64_t h = vcollHashBytes(0, op, strlen(op));
   h = vcollHashBytes(h, shape, sizeof(shape)); /* fields, not the struct: its padding is undefined */
   if (localRes == vcollSuccess) h = vcollHashBytes(h, counts, sizeof(size_t) * (size_t)comm->nranks);
@@ -421,7 +422,7 @@ VCOLL_API vcollResult_t vcollMoeDispatch(vcollMoeWorkspace_t ws, const size_t* c
   static const char* op = "vcollMoeDispatch";
   size_t N = 0, n = 0, displ = 0;
   if (ws == NULL) return VCOLL_ARGERR(NULL, op, "ws argument is NULL");
-  VCOLL_CHECK_RES(agree(ws, op, counts, checkDispatch(op, ws, counts, in, out, &N, &n, &displ), stream));
+  VCOLL_CHECK_RES(agree(ws, op, counts, checkDispatch(op, ws, counts, in, out, &N, &n, &displ), 0, stream));
   if (N == 0) return vcollSuccess;
   const vcollMoeConfig_t* c = &ws->cfg;
   const size_t H = c->hidden, rw = routingWidth(c);
@@ -505,29 +506,54 @@ static vcollResult_t checkCombine(const char* op, vcollMoeWorkspace_t ws, const 
   return vcollSuccess;
 }
 
+/* VCOLL_MOE_COMBINE32 for an fp32 combine: *p2p = 1 where the p2p way runs
+ * (NCCL backend, 2 to VCOLL_REDUCE_MAX_SRCS ranks; one rank would be a
+ * copy, which keeps NaN payloads); an unknown value is vcollInvalidUsage. */
+static vcollResult_t combine32Mode(vcollMoeWorkspace_t ws, const char* op, int* p2p) {
+  const char* mode = vcollParamMoeCombine32();
+  *p2p = 0;
+  if (mode == NULL || strcmp(mode, "widen") == 0) return vcollSuccess;
+  if (strcmp(mode, "p2p") != 0)
+    return vcollSetError(ws->comm, vcollInvalidUsage, "%s : VCOLL_MOE_COMBINE32=%s (must be widen or p2p)", op,
+                         mode);
+  *p2p = ws->onDevice && ws->comm->nranks > 1 && ws->comm->nranks <= VCOLL_REDUCE_MAX_SRCS;
+  return vcollSuccess;
+}
+
 VCOLL_API vcollResult_t vcollMoeCombine(vcollMoeWorkspace_t ws, const size_t* counts, const void* partials, void* out,
                                         cudaStream_t stream) {
   static const char* op = "vcollMoeCombine";
   size_t N = 0, n = 0, displ = 0;
   if (ws == NULL) return VCOLL_ARGERR(NULL, op, "ws argument is NULL");
-  VCOLL_CHECK_RES(agree(ws, op, counts, checkCombine(op, ws, counts, partials, out, &N, &n, &displ), stream));
+  vcollResult_t local = checkCombine(op, ws, counts, partials, out, &N, &n, &displ);
+  int p2p = 0;
+  if (local == vcollSuccess && ws->cfg.accum == vcollMoeAccumFp32) local = combine32Mode(ws, op, &p2p);
+  /* The mode is part of the agreement: ranks that would run different collectives fail together. */
+  VCOLL_CHECK_RES(agree(ws, op, counts, local, (uint64_t)p2p, stream));
   if (N == 0) return vcollSuccess;
   const size_t H = ws->cfg.hidden;
   if (ws->cfg.accum == vcollMoeAccumBf16)
     return vcollReduceScatterV(partials, out, counts, H, vcollBfloat16, vcollSum, ws->comm, stream);
 
-  /* fp32, VCOLL_MOE_COMBINE32=p2p (NCCL backend, up to VCOLL_REDUCE_MAX_SRCS
-   * ranks): the bf16 partials travel as they are (half the bytes of fp32)
-   * through the p2p reducescatterv, whose one reduction kernel sums every
-   * rank's rows in fp32 and rounds once: the same arithmetic without the
-   * widening, the fp32 reduce-scatter and the rounding kernel. */
-  const char* mode = vcollParamMoeCombine32();
-  if (mode != NULL && strcmp(mode, "widen") != 0 && strcmp(mode, "p2p") != 0)
-    return vcollSetError(ws->comm, vcollInvalidUsage, "%s : VCOLL_MOE_COMBINE32=%s (must be widen or p2p)", op,
-                         mode);
-  if (ws->onDevice && mode != NULL && strcmp(mode, "p2p") == 0 && ws->comm->nranks > 1 &&
-      ws->comm->nranks <= VCOLL_REDUCE_MAX_SRCS) /* (one rank: a copy, which would keep NaN payloads) */
-    return vcollReduceScatterVAlgo(partials, out, counts, H, vcollBfloat16, vcollSum, ws->comm, stream, "p2p");
+  /* fp32, VCOLL_MOE_COMBINE32=p2p: the bf16 partials travel as they are
+   * (half the bytes of fp32) through the p2p reducescatterv, whose one
+   * reduction kernel sums every rank's rows in fp32 (ranks in order) and
+   * rounds once: fp32 accumulation with one rounding, as widen, without the
+   * widening, the fp32 reduce-scatter and the rounding kernel (widen's sum
+   * runs in NCCL's order, so the last bit can differ where partial sums are
+   * inexact). Under graph capture, where its staging buffer cannot grow,
+   * the widen path runs instead (the same decision on every rank: the
+   * staging size only changes collectively). */
+  if (p2p && vcollStreamCapturing(ws->comm, stream)) {
+    size_t maxRows = 0;
+    for (int r = 0; r < ws->comm->nranks; r++) maxRows = counts[r] > maxRows ? counts[r] : maxRows;
+    const size_t need = (size_t)(ws->comm->nranks - 1) * vcollAlign16(maxRows * H * 2); /* rsvP2pRun's staging */
+    if (vcollStagingSize(ws->comm, vcollStagingPlain) < need) {
+      VCOLL_INFO("%s: VCOLL_MOE_COMBINE32=p2p: staging too small to grow during graph capture; widen", op);
+      p2p = 0;
+    }
+  }
+  if (p2p) return vcollReduceScatterVAlgo(partials, out, counts, H, vcollBfloat16, vcollSum, ws->comm, stream, "p2p");
 
   /* fp32 (widen): widen all N rows, reduce-scatter in place in the fp32 buffer, round this rank's rows once. */
   float* mineF32 = ws->f32 + displ * H;

@@ -464,18 +464,27 @@ static void setCombine32(const char* mode) {
   if (mode) setenv("VCOLL_MOE_COMBINE32", mode, 1);
   else unsetenv("VCOLL_MOE_COMBINE32");
 }
+/* The caller's VCOLL_MOE_COMBINE32, restored after each test that changes
+ * it, also when an assertion ends the test early (cmocka teardown). */
+static char* savedCombine32;
+static int restoreCombine32(void** state) {
+  (void)state;
+  setCombine32(savedCombine32);
+  return 0;
+}
 
 static void test_combine_fp32(void** state) {
   (void)state;
   if (onGpu()) VT_REQUIRE_GPU();
   uint64_t seed = vtSeed();
   int ok = 1;
-  for (int it = 0; it < iters; it++) {
-    setCombine32(combine32Modes[it % 3]);
-    int good = runCombineCase(seed, it, vcollMoeAccumFp32);
-    if (!good) fprintf(stderr, "[rank %d]   (VCOLL_MOE_COMBINE32=%s)\n", rank_, combine32Modes[it % 3] ? combine32Modes[it % 3] : "unset");
-    ok &= good;
-  }
+  for (int it = 0; it < iters; it++)
+    for (int m = 0; m < 3; m++) { /* every case (buffers in place, misaligned, the workspace's) in every mode */
+      setCombine32(combine32Modes[m]);
+      int good = runCombineCase(seed, it, vcollMoeAccumFp32);
+      if (!good) fprintf(stderr, "[rank %d]   (VCOLL_MOE_COMBINE32=%s)\n", rank_, combine32Modes[m] ? combine32Modes[m] : "unset");
+      ok &= good;
+    }
   /* An unknown mode: vcollInvalidUsage on every rank, naming the variable; nothing written. */
   setCombine32("fast");
   vcollMoeConfig_t cfg = {0};
@@ -495,7 +504,26 @@ static void test_combine_fp32(void** state) {
   ok &= res == vcollInvalidUsage && strstr(vcollGetLastError(comm), "VCOLL_MOE_COMBINE32=fast") != NULL;
   sync();
   ok &= bufPoisoned(out, 32);
-  setCombine32(NULL);
+  /* Checked mode: rank 0 alone with an unknown mode, then rank 0 alone with
+   * p2p: every rank fails together (the mode is in the agreement; p2p runs
+   * other collectives than widen), none hangs. The host backend always
+   * widens, so p2p on one rank is no disagreement there. */
+  if (nranks_ > 1) {
+    assert_int_equal(vcollCommSetChecked(comm, 1), vcollSuccess);
+    const char* modes[2] = {"fast", "p2p"};
+    for (int k = 0; k < 2; k++) {
+      setCombine32(rank_ == 0 ? modes[k] : "widen");
+      res = vcollMoeCombine(ws, counts, partials, out, 0);
+      const int shouldFail = k == 0 || onGpu();
+      if ((res != vcollSuccess) != shouldFail) {
+        fprintf(stderr, "[rank %d] checked combine, rank 0 VCOLL_MOE_COMBINE32=%s: got %d (%s)\n", rank_, modes[k],
+                res, vcollGetLastError(comm));
+        ok = 0;
+      }
+    }
+    assert_int_equal(vcollCommSetChecked(comm, 0), vcollSuccess);
+  }
+  restoreCombine32(NULL);
   bufFree(partials);
   bufFree(out);
   assert_int_equal(vcollMoeWorkspaceDestroy(ws), vcollSuccess);
@@ -514,7 +542,7 @@ static void test_combine_fp32_nan(void** state) {
     setCombine32(combine32Modes[m]);
     ok &= combineFp32NanCase();
   }
-  setCombine32(NULL);
+  restoreCombine32(NULL);
   VT_ASSERT_ALL(ok, "fp32 combine: NaN and inf - inf must give 0x7fff");
 }
 
@@ -547,6 +575,11 @@ static int combineFp32NanCase(void) {
   uint16_t o[H];
   bufGet(o, out, H * 2);
   int ok = res == vcollSuccess && o[0] == 0x7fff && o[1] == (nranks_ > 1 ? 0x7fff : 0x7f80);
+  const char* c32 = getenv("VCOLL_MOE_COMBINE32");
+  if (onGpu() && c32 && strcmp(c32, "p2p") == 0 && nranks_ > 1) {
+    const char* ran = vcollCommLastAlgo(comm, vcollCollReduceScatterV);
+    ok &= ran != NULL && strcmp(ran, "p2p") == 0;
+  }
   for (int c = 2; c < H; c++) ok &= o[c] == vcollF32ToBf16((float)nranks_);
   if (!ok)
     fprintf(stderr, "[rank %d] combine fp32 NaN/inf (VCOLL_MOE_COMBINE32=%s): res %d, got 0x%04x 0x%04x 0x%04x\n",
@@ -863,6 +896,7 @@ static int teardown(void** state) {
 int main(int argc, char** argv) {
   vtMpiInit(&argc, &argv);
   vtParseCommArgs(argc, argv, &backend, &iters);
+  if (getenv("VCOLL_MOE_COMBINE32")) savedCombine32 = strdup(getenv("VCOLL_MOE_COMBINE32"));
   rank_ = vtRank();
   nranks_ = vtSize();
   if (nranks_ > 32) { fprintf(stderr, "at most 32 ranks\n"); return vtMpiFinalize(1); }
@@ -872,8 +906,8 @@ int main(int argc, char** argv) {
       cmocka_unit_test(test_dispatch_fp4),
       cmocka_unit_test(test_dispatch_bf16),
       cmocka_unit_test(test_combine_bf16),
-      cmocka_unit_test(test_combine_fp32),
-      cmocka_unit_test(test_combine_fp32_nan),
+      cmocka_unit_test_teardown(test_combine_fp32, restoreCombine32),
+      cmocka_unit_test_teardown(test_combine_fp32_nan, restoreCombine32),
       cmocka_unit_test(test_gather_counts),
       cmocka_unit_test(test_graph_capture),
   };

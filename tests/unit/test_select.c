@@ -359,21 +359,24 @@ static void checkTableEdges(vcollCollective_t coll, int v) {
     char where[96];
     snprintf(where, sizeof(where), "%s table (NCCL %d) row %d", coll == vcollCollAllGatherV ? "allgatherv" : "reducescatterv", v, i);
     int checked = 0;
-    /* Bytes edge: per rank exactly B, at the largest exact imbalance <= I
-     * (and < 3, where one rank holds almost everything) no earlier row covers. */
-    if (B != SIZE_MAX) {
+    /* Bytes edge: per rank exactly B (rows without a bound: 2^40 bytes, past
+     * every bound), at the largest exact imbalance <= I (and < 3, where one
+     * rank holds almost everything) of the first T that has one no earlier
+     * row covers. */
+    {
+      const size_t Bx = B == SIZE_MAX ? (size_t)1 << 40 : B;
       int found = 0;
       for (int j = 2; j <= 14 && !found; j++) {
         const size_t T = (size_t)1 << j;
         for (size_t m = T; m >= T / 4 && !found; m--) {
-          if ((T - m) % 3 != 0 || (4 * B) % (T * unit) != 0) continue;
+          if ((T - m) % 3 != 0 || Bx % (T / 4 * unit) != 0) continue; /* rows of Bx / (T/4) bytes */
           const size_t a = (T - m) / 3;
           const double x = 4.0 * (double)m / (double)T;
-          if (x > I || x >= 3.0 || (x > 1.0) != (I > 1.0) || coveredBefore(coll, v, i, B, x)) continue;
+          if (x > I || x >= 3.0 || (x > 1.0) != (I > 1.0) || coveredBefore(coll, v, i, Bx, x)) continue;
           found = 1;
-          const char* got = selectAt(c, coll, m, a, 4 * B / T);
+          const char* got = selectAt(c, coll, m, a, Bx / (T / 4));
           if (strcmp(got, algo) != 0)
-            fail_msg("%s (%s): %zu bytes/rank, imbalance %g picks %s", where, algo, B, x, got);
+            fail_msg("%s (%s): %zu bytes/rank, imbalance %g picks %s", where, algo, Bx, x, got);
         }
       }
       checked += found;
@@ -381,20 +384,22 @@ static void checkTableEdges(vcollCollective_t coll, int v) {
     /* Imbalance edge: imbalance exactly I = p/q, m = 3p, a = 4q - p, so
      * m + 3a = 12q; bytes per rank 3q w, as large as the row allows. */
     if (I > 1.0 && I < 3.0) {
-      long long p = llround(I * 1000), q = 1000, g0 = p, g1 = q;
+      long long p = llround(I * 1000), q = 1000, g0, g1;
+      if ((double)p / (double)q > I) p--; /* a bound off the 0.001 grid: the grid point below it */
+      g0 = p, g1 = q;
       while (g1) { long long t = g0 % g1; g0 = g1; g1 = t; }
       p /= g0, q /= g0;
+      const double Ix = (double)p / (double)q; /* the imbalance the call has */
       const size_t bound = B == SIZE_MAX ? (size_t)1 << 40 : B;
       const size_t w = bound / (3 * (size_t)q) / unit * unit;
       const size_t perRank = 3 * (size_t)q * w;
-      if (w > 0 && !coveredBefore(coll, v, i, perRank, I)) {
+      if (w > 0 && !coveredBefore(coll, v, i, perRank, Ix)) {
         const char* got = selectAt(c, coll, 3 * (size_t)p, 4 * (size_t)q - (size_t)p, w);
-        if (strcmp(got, algo) != 0) fail_msg("%s (%s): %zu bytes/rank, imbalance %g picks %s", where, algo, perRank, I, got);
+        if (strcmp(got, algo) != 0) fail_msg("%s (%s): %zu bytes/rank, imbalance %.17g picks %s", where, algo, perRank, Ix, got);
         checked++;
       }
     }
-    if (!checked && !(B == SIZE_MAX && !(I > 1.0 && I < 3.0)))
-      fail_msg("%s (%s): no point reaches it (an earlier row covers it)", where, algo);
+    if (!checked) fail_msg("%s (%s): no point reaches it (an earlier row covers it)", where, algo);
   }
   vcollCommFreeCommon(c);
 }
@@ -491,6 +496,35 @@ static void test_checked_mode_compares_algorithms(void** state) {
                    vcollArgumentMismatch);
   unsetenv("VCOLL_NCCL_AVG");
   otherDigest = 0;
+
+  /* vcollReduceScatterVAlgo (the MoE fp32 combine's p2p way): the fixed
+   * algorithm reaches the backend, unchecked and checked, whatever the
+   * communicator forces, is the last algorithm, and is in the digest. */
+  c->ncclVersion = 22803;
+  assert_int_equal(vcollCommSetChecked(c, 0), vcollSuccess);
+  assert_int_equal(vcollCommSetAlgo(c, vcollCollReduceScatterV, "native"), vcollSuccess);
+  seenAlgo = -2;
+  assert_int_equal(vcollReduceScatterVAlgo(recv, send, counts, 16, vcollBfloat16, vcollSum, c, 0, "p2p"), vcollSuccess);
+  assert_string_equal(vcollAlgoName(vcollCollReduceScatterV, seenAlgo), "p2p");
+  assert_string_equal(vcollCommLastAlgo(c, vcollCollReduceScatterV), "p2p");
+  assert_int_equal(vcollCommSetChecked(c, 1), vcollSuccess);
+  assert_int_equal(vcollReduceScatterV(recv, send, counts, 16, vcollBfloat16, vcollSum, c, 0), vcollSuccess);
+  assert_string_equal(vcollAlgoName(vcollCollReduceScatterV, seenAlgo), "native");
+  const uint64_t forcedNative = seenDigest;
+  assert_int_equal(vcollReduceScatterVAlgo(recv, send, counts, 16, vcollBfloat16, vcollSum, c, 0, "p2p"), vcollSuccess);
+  assert_string_equal(vcollAlgoName(vcollCollReduceScatterV, seenAlgo), "p2p");
+  assert_true(seenDigest != forcedNative);
+  otherDigest = forcedNative; /* another rank ran the communicator's choice */
+  assert_int_equal(vcollReduceScatterVAlgo(recv, send, counts, 16, vcollBfloat16, vcollSum, c, 0, "p2p"),
+                   vcollArgumentMismatch);
+  otherDigest = 0;
+  /* An algorithm that cannot run the call is an internal error, not a silent substitute. */
+  const size_t uneq[4] = {5, 4, 4, 3};
+  seenAlgo = -2;
+  assert_int_equal(vcollReduceScatterVAlgo(recv, send, uneq, 16, vcollBfloat16, vcollSum, c, 0, "native"),
+                   vcollInternalError);
+  assert_int_equal(seenAlgo, -2);
+  assert_int_equal(vcollCommSetAlgo(c, vcollCollReduceScatterV, NULL), vcollSuccess);
   vcollCommFreeCommon(c);
 }
 
