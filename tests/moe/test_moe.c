@@ -781,10 +781,12 @@ static void test_invalid_arguments(void** state) {
 
 /* Captures fp4 dispatch (computed scale, swizzled scales) + fp32 combine with
  * fixed counts once, then replays with new inputs and checks each replay. */
+/* state: NULL, or the VCOLL_MOE_COMBINE32 value the fp32 combine runs with. */
 static void test_graph_capture(void** state) {
-  (void)state;
   if (!onGpu()) skip(); /* the host backend has no streams */
   VT_REQUIRE_GPU();
+  const char* combine32 = state ? *state : NULL;
+  if (combine32) setCombine32(combine32);
   uint64_t seed = vtSeed();
   vtRng g = vtRngMake(seed, 99);
   size_t counts[64], displ = 0;
@@ -821,6 +823,8 @@ static void test_graph_capture(void** state) {
   assert_int_equal(cudaStreamEndCapture(s, &graph), cudaSuccess);
   assert_int_equal(r1, vcollSuccess);
   assert_int_equal(r2, vcollSuccess);
+  if (combine32 && strcmp(combine32, "p2p") == 0 && nranks_ > 1) /* captured p2p (staging grown by the warm-up) */
+    assert_string_equal(vcollCommLastAlgo(comm, vcollCollReduceScatterV), "p2p");
   assert_int_equal(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
   int ok = 1;
   size_t swzBytes = vcollNvfp4ScaleBytes(N, H, vcollScaleSwizzled128x4);
@@ -910,6 +914,7 @@ int main(int argc, char** argv) {
       cmocka_unit_test_teardown(test_combine_fp32_nan, restoreCombine32),
       cmocka_unit_test(test_gather_counts),
       cmocka_unit_test(test_graph_capture),
+      cmocka_unit_test_prestate_setup_teardown(test_graph_capture, NULL, restoreCombine32, (void*)"p2p"),
   };
   char name[64];
   snprintf(name, sizeof(name), "moe_%s_np%d", onGpu() ? "nccl" : "host", nranks_);
