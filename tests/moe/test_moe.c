@@ -473,6 +473,20 @@ static int restoreCombine32(void** state) {
   return 0;
 }
 
+/* An fp32-accumulating bf16 workspace of hidden H for one token per rank (counts[r] = 1). */
+static vcollMoeWorkspace_t smallFp32Combine(size_t H, size_t* counts) {
+  vcollMoeConfig_t cfg = {0};
+  cfg.format = vcollMoeBf16;
+  cfg.hidden = H;
+  cfg.routing = vcollMoeRoutingTopk;
+  cfg.topk = 1;
+  cfg.accum = vcollMoeAccumFp32;
+  vcollMoeWorkspace_t ws = NULL;
+  assert_int_equal(vcollMoeWorkspaceCreate(comm, &cfg, (size_t)nranks_, &ws), vcollSuccess);
+  for (int r = 0; r < nranks_; r++) counts[r] = 1;
+  return ws;
+}
+
 static void test_combine_fp32(void** state) {
   (void)state;
   if (onGpu()) VT_REQUIRE_GPU();
@@ -487,16 +501,8 @@ static void test_combine_fp32(void** state) {
     }
   /* An unknown mode: vcollInvalidUsage on every rank, naming the variable; nothing written. */
   setCombine32("fast");
-  vcollMoeConfig_t cfg = {0};
-  cfg.format = vcollMoeBf16;
-  cfg.hidden = 16;
-  cfg.routing = vcollMoeRoutingTopk;
-  cfg.topk = 1;
-  cfg.accum = vcollMoeAccumFp32;
-  vcollMoeWorkspace_t ws = NULL;
-  assert_int_equal(vcollMoeWorkspaceCreate(comm, &cfg, (size_t)nranks_, &ws), vcollSuccess);
   size_t counts[64];
-  for (int r = 0; r < nranks_; r++) counts[r] = 1;
+  vcollMoeWorkspace_t ws = smallFp32Combine(16, counts);
   void* partials = bufAlloc((size_t)nranks_ * 32);
   void* out = bufAlloc(32);
   bufPoison(out, 32);
@@ -548,16 +554,8 @@ static void test_combine_fp32_nan(void** state) {
 
 static int combineFp32NanCase(void) {
   enum { H = 16 };
-  vcollMoeConfig_t cfg = {0};
-  cfg.format = vcollMoeBf16;
-  cfg.hidden = H;
-  cfg.routing = vcollMoeRoutingTopk;
-  cfg.topk = 1;
-  cfg.accum = vcollMoeAccumFp32;
-  vcollMoeWorkspace_t ws = NULL;
-  assert_int_equal(vcollMoeWorkspaceCreate(comm, &cfg, (size_t)nranks_, &ws), vcollSuccess);
   size_t counts[64];
-  for (int r = 0; r < nranks_; r++) counts[r] = 1;
+  vcollMoeWorkspace_t ws = smallFp32Combine(H, counts);
   const size_t N = (size_t)nranks_;
   uint16_t* h = malloc(N * H * 2);
   for (size_t i = 0; i < N * H; i++) {
