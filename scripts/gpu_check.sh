@@ -11,6 +11,8 @@
 #     sharing the GPU (NCCL kernels excluded).
 # Logs under $OUT/check (default /tmp/vcoll-check). Each step is bounded.
 #   scripts/gpu_check.sh
+# CHECK_STEPS picks the steps (default "ncu san sass"; e.g. CHECK_STEPS=san
+# for the sanitizers alone).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 B=${BUILD_DIR:-build-gpu}
@@ -23,7 +25,8 @@ CS=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 echo "# compute-sanitizer: ${CS:-none}; ncu: ${NCU:-none}"
 
-if [ -n "$NCU" ]; then
+STEPS=" ${CHECK_STEPS:-ncu san sass} "
+if [ -n "$NCU" ] && [[ $STEPS == *" ncu "* ]]; then
   timeout 200 "$NCU" --clock-control none -k regex:moeGate --launch-skip 5 --launch-count 1 \
     --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
     --section SchedulerStats --section InstructionStats --section MemoryWorkloadAnalysis \
@@ -44,7 +47,7 @@ san() { # tool name cmd...
   local rc=$?
   echo "sanitizer $tool $name: exit $rc; $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$D/san-$tool-$name.txt" | tail -1)"
 }
-if [ -n "$CS" ]; then
+if [ -n "$CS" ] && [[ $STEPS == *" san "* ]]; then
   san memcheck gate "$B/tests/gate/test_gate_gpu"
   san racecheck gate "$B/tests/gate/test_gate_gpu"
   san memcheck weights "$B/tests/weights/test_weight_layout_gpu"
@@ -68,7 +71,7 @@ if [ -n "$CS" ]; then
   fi
 fi
 
-if command -v cuobjdump >/dev/null; then
+if command -v cuobjdump >/dev/null && [[ $STEPS == *" sass "* ]]; then
   for lib in "$B/src/libvcoll.so"; do
     cuobjdump --dump-sass "$lib" >"$D/sass.txt" 2>&1
   done
