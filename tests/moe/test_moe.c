@@ -213,6 +213,8 @@ static int runDispatchCase(uint64_t seed, int iter, vcollMoeFormat_t format) {
   bufPut((void*)(topk ? (const void*)in.topkWeights : (const void*)in.logits), hW, rb);
   bufPut(dGs, &givenGs, 4);
   if (fp4 && cfg.scale == vcollMoeScaleGiven) in.globalScale = dGs;
+  /* A computed scale never reads in->globalScale: whatever it points at is no overlap. */
+  if (fp4 && cfg.scale == vcollMoeScaleComputed && n > 0) in.globalScale = (const float*)in.hidden;
 
   /* Outputs: the workspace's, or the caller's at odd byte offsets where the format allows. */
   struct outSet o;
@@ -510,6 +512,8 @@ static void test_combine_fp32(void** state) {
   ok &= res == vcollInvalidUsage && strstr(vcollGetLastError(comm), "VCOLL_MOE_COMBINE32=fast") != NULL;
   sync();
   ok &= bufPoisoned(out, 32);
+  /* ... only the fp32 combine reads it: a bf16-accumulating one runs as ever. */
+  ok &= runCombineCase(seed, 0, vcollMoeAccumBf16);
   /* Checked mode: rank 0 alone with an unknown mode, then rank 0 alone with
    * p2p: every rank fails together (the mode is in the agreement; p2p runs
    * other collectives than widen), none hangs. The host backend always
@@ -587,6 +591,43 @@ static int combineFp32NanCase(void) {
   bufFree(out);
   assert_int_equal(vcollMoeWorkspaceDestroy(ws), vcollSuccess);
   return ok;
+}
+
+/* Computed global scale with every rank's largest |x| at its first element
+ * (negative): 2688 / 448 = 6 exactly. */
+static void test_dispatch_amax_first(void** state) {
+  (void)state;
+  if (onGpu()) VT_REQUIRE_GPU();
+  enum { H = 16 };
+  vcollMoeConfig_t cfg = {0};
+  cfg.format = vcollMoeFp4;
+  cfg.hidden = H;
+  cfg.routing = vcollMoeRoutingTopk;
+  cfg.topk = 1;
+  cfg.scale = vcollMoeScaleComputed;
+  cfg.allocBuffers = 1;
+  vcollMoeWorkspace_t ws = NULL;
+  assert_int_equal(vcollMoeWorkspaceCreate(comm, &cfg, (size_t)nranks_, &ws), vcollSuccess);
+  vcollMoeBuffers_t b;
+  assert_int_equal(vcollMoeWorkspaceBuffers(ws, &b), vcollSuccess);
+  size_t counts[64];
+  for (int r = 0; r < nranks_; r++) counts[r] = 1;
+  uint16_t h[H];
+  for (int j = 0; j < H; j++) h[j] = vcollF32ToBf16(j == 0 ? -448.0f : 1.0f);
+  int32_t id = 0;
+  float w = 1.0f;
+  char* dIn = bufAlloc(H * 2 + 8);
+  bufPut(dIn, h, H * 2);
+  bufPut(dIn + H * 2, &id, 4);
+  bufPut(dIn + H * 2 + 4, &w, 4);
+  vcollMoeLocal_t in = {dIn, (const int32_t*)(dIn + H * 2), (const float*)(dIn + H * 2 + 4), NULL, NULL};
+  vcollResult_t res = vcollMoeDispatch(ws, counts, &in, &b.tokens, 0);
+  sync();
+  float gs = 0;
+  bufGet(&gs, b.tokens.globalScale, 4);
+  bufFree(dIn);
+  assert_int_equal(vcollMoeWorkspaceDestroy(ws), vcollSuccess);
+  VT_ASSERT_ALL(res == vcollSuccess && gs == 6.0f, "amax at element 0: res %d, global scale %g (want 6)", res, gs);
 }
 
 /* ---- count gathering ------------------------------------------------------ */
@@ -707,6 +748,10 @@ static void test_invalid_arguments(void** state) {
   bi = in; bi.globalScale = NULL;
   expectErr(vcollMoeDispatch(ws, counts, &bi, &b.tokens, 0), vcollInvalidArgument, d, "in->globalScale is NULL");
   bi = in; bi.globalScale = (const float*)(inBuf + 4); /* the given scale among the tokens */
+  expectErr(vcollMoeDispatch(ws, counts, &bi, &b.tokens, 0), vcollInvalidArgument, d, "in->globalScale overlaps in->hidden");
+  bi = in; bi.globalScale = (const float*)(inBuf + 2 * H * 2 - 4); /* the tokens' last 4 bytes */
+  expectErr(vcollMoeDispatch(ws, counts, &bi, &b.tokens, 0), vcollInvalidArgument, d, "in->globalScale overlaps in->hidden");
+  bi = in; bi.hidden = inBuf + 2; bi.globalScale = (const float*)inBuf; /* its last 2 bytes are the first token's */
   expectErr(vcollMoeDispatch(ws, counts, &bi, &b.tokens, 0), vcollInvalidArgument, d, "in->globalScale overlaps in->hidden");
   bi = in; bi.hidden = (char*)b.tokens.hidden + 8; /* the quantized input inside the payload output */
   expectErr(vcollMoeDispatch(ws, counts, &bi, &b.tokens, 0), vcollInvalidArgument, d, "in->hidden overlaps out->hidden");
@@ -910,6 +955,7 @@ int main(int argc, char** argv) {
       cmocka_unit_test(test_combine_bf16),
       cmocka_unit_test_teardown(test_combine_fp32, restoreCombine32),
       cmocka_unit_test_teardown(test_combine_fp32_nan, restoreCombine32),
+      cmocka_unit_test(test_dispatch_amax_first),
       cmocka_unit_test(test_gather_counts),
       cmocka_unit_test(test_graph_capture),
       cmocka_unit_test_prestate_setup_teardown(test_graph_capture, NULL, restoreCombine32, (void*)"p2p"),

@@ -686,6 +686,13 @@ static void test_host_limits(void** state) {
   for (int r = 0; r < nranks_; r++) counts[r] = 1;
   t.width = (size_t)INT_MAX + 1;
   expectArgError(vcollAllGatherV(&t, 1, counts, comm, 0), vcollNotSupported, "bytes");
+  /* A count of exactly INT_MAX fits MPI's int: the next limit (row bytes) is the one hit. */
+  for (int r = 0; r < nranks_; r++) counts[r] = 0;
+  counts[nranks_ - 1] = INT_MAX;
+  vcollTensor_t inPlace = {recv, recv, (size_t)INT_MAX + 1, vcollUint8}; /* the last rank's rows start at 0 */
+  expectArgError(vcollAllGatherV(&inPlace, 1, counts, comm, 0), vcollNotSupported, "bytes");
+  expectArgError(vcollReduceScatterV(recv, recv, counts, (size_t)INT_MAX + 1, vcollUint8, vcollSum, comm, 0),
+                 vcollNotSupported, "bytes");
   /* Every rank failed alike: a collective now must not hang. */
   VT_ASSERT_ALL(1, "unreachable");
 }

@@ -5,6 +5,7 @@
  * that do not come from measurements: one rank, one rank holding almost
  * everything, the NCCL 2.29 table, and avg kept away from ncclReduceScatter
  * from NCCL 2.31 on (docs/algorithms.md, "NCCL releases"). */
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -241,6 +242,9 @@ static void test_agv_tables_by_nccl_version(void** state) {
   assert_true(isPad(agvAuto(c, skew, 128))); /* agvRules: skew 1 MB -> pad_symm */
   c->ncclVersion = 22907;
   assert_string_equal(agvAuto(c, skew, 128), "bcast"); /* agvRules229: the fused AllGatherV */
+  c->ncclVersion = 22900; /* from 2.29.0 on */
+  assert_string_equal(agvAuto(c, skew, 128), "bcast");
+  c->ncclVersion = 22907;
   const size_t one[4] = {4096, 0, 0, 0};
   assert_string_equal(agvAuto(c, one, 256), "bcast");
   const size_t none[4] = {0, 0, 0, 0};
@@ -406,6 +410,40 @@ static void checkTableEdges(vcollCollective_t coll, int v) {
 
 static void test_table_rows_at_their_edges(void** state) {
   (void)state;
+  /* The accessors: no row -1; each table ends in a row that matches every call. */
+  const int vs[3][2] = {{vcollCollAllGatherV, 22803}, {vcollCollAllGatherV, 22907}, {vcollCollReduceScatterV, 22803}};
+  for (int k = 0; k < 3; k++) {
+    size_t B = 0;
+    double I = 0;
+    const char* a = NULL;
+    assert_int_equal(getRule((vcollCollective_t)vs[k][0], vs[k][1], -1, &B, &I, &a), 0);
+    int i = 0;
+    while (getRule((vcollCollective_t)vs[k][0], vs[k][1], i, &B, &I, &a)) i++;
+    assert_true(i > 0);
+    assert_int_equal(getRule((vcollCollective_t)vs[k][0], vs[k][1], i - 1, &B, &I, &a), 1);
+    assert_true(B == SIZE_MAX && I == DBL_MAX);
+  }
+  /* reducescatterv's symmOpOnly as the selection applies it: there are such
+   * rows; an int32 sum at one's bytes edge (equal counts) never takes it, a
+   * float sum does where no earlier row covers the point. */
+  {
+    vcollComm_t c = makeComm(4, 22803);
+    size_t B;
+    double I;
+    int symmOnly, nSymm = 0;
+    const char* algo;
+    for (int i = 0; vcollRsvRule(22803, i, &B, &I, &symmOnly, &algo); i++) {
+      if (!symmOnly) continue;
+      nSymm++;
+      size_t counts[4];
+      struct vcollRsvCall k = rsvCall(c, counts, 4, B / 16, 0, vcollInt32, vcollSum); /* 4 rows of B/4 bytes per rank */
+      assert_string_not_equal(rsvAuto(c, &k), algo);
+      k = rsvCall(c, counts, 4, B / 16, 0, vcollFloat32, vcollSum);
+      if (!coveredBefore(vcollCollReduceScatterV, 22803, i, B, 1.0)) assert_string_equal(rsvAuto(c, &k), algo);
+    }
+    assert_true(nSymm > 0);
+    vcollCommFreeCommon(c);
+  }
   checkTableEdges(vcollCollAllGatherV, 22803);
   checkTableEdges(vcollCollAllGatherV, 22907);
   checkTableEdges(vcollCollReduceScatterV, 22803);
@@ -524,8 +562,53 @@ static void test_checked_mode_compares_algorithms(void** state) {
   assert_int_equal(vcollReduceScatterVAlgo(recv, send, uneq, 16, vcollBfloat16, vcollSum, c, 0, "native"),
                    vcollInternalError);
   assert_int_equal(seenAlgo, -2);
+  /* ... and so is a name that is no algorithm. */
+  assert_int_equal(vcollReduceScatterVAlgo(recv, send, counts, 16, vcollBfloat16, vcollSum, c, 0, "nonesuch"),
+                   vcollInternalError);
+  assert_int_equal(seenAlgo, -2);
+  /* Every fixed algorithm, the table's first (index 0) too, survives the checked digest. */
+  for (int a = 0; vcollAlgoName(vcollCollReduceScatterV, a); a++) {
+    const char* name = vcollAlgoName(vcollCollReduceScatterV, a);
+    seenAlgo = -2;
+    const vcollResult_t r = vcollReduceScatterVAlgo(recv, send, counts, 16, vcollBfloat16, vcollSum, c, 0, name);
+    if (r == vcollInternalError && seenAlgo == -2) continue; /* cannot run this call (pad_symm without windows) */
+    assert_int_equal(r, vcollSuccess);
+    assert_string_equal(vcollAlgoName(vcollCollReduceScatterV, seenAlgo), name);
+  }
   assert_int_equal(vcollCommSetAlgo(c, vcollCollReduceScatterV, NULL), vcollSuccess);
   vcollCommFreeCommon(c);
+}
+
+/* vcollAgvProduceSend: nothing without a producer; else the producer once,
+ * with every tensor's sendbuff in order, and its error passed on. */
+static int produced;
+static void* producedDst[VCOLL_AGV_PRODUCE_MAX_TENSORS];
+static vcollResult_t recProduce(void* ctx, void* const* dst, cudaStream_t stream) {
+  (void)stream;
+  produced++;
+  for (int i = 0; i < 3; i++) producedDst[i] = dst[i];
+  return *(vcollResult_t*)ctx;
+}
+
+static void test_produce_send(void** state) {
+  (void)state;
+  static char b[6][8];
+  vcollTensor_t t[3] = {{b[0], b[1], 1, vcollUint8}, {b[2], b[3], 1, vcollUint8}, {b[4], b[5], 1, vcollUint8}};
+  vcollResult_t ret = vcollSuccess;
+  struct vcollAgvCall k;
+  memset(&k, 0, sizeof(k));
+  k.tensors = t;
+  k.ntensors = 3;
+  produced = 0;
+  assert_int_equal(vcollAgvProduceSend(&k), vcollSuccess);
+  assert_int_equal(produced, 0);
+  k.produce = recProduce;
+  k.produceCtx = &ret;
+  assert_int_equal(vcollAgvProduceSend(&k), vcollSuccess);
+  assert_int_equal(produced, 1);
+  for (int i = 0; i < 3; i++) assert_ptr_equal(producedDst[i], t[i].sendbuff);
+  ret = vcollInvalidArgument;
+  assert_int_equal(vcollAgvProduceSend(&k), vcollInvalidArgument);
 }
 
 int main(void) {
@@ -538,6 +621,7 @@ int main(void) {
       cmocka_unit_test(test_fixed_thresholds_and_overrides),
       cmocka_unit_test(test_table_rows_at_their_edges),
       cmocka_unit_test(test_checked_mode_compares_algorithms),
+      cmocka_unit_test(test_produce_send),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
