@@ -11,6 +11,14 @@
 
 #define VCOLL_MAX_ALGOS 16
 
+/* 1 if [a, a + alen) and [b, b + blen) share a byte (empty or NULL ranges
+ * never do): the argument checks' overlap test. */
+static inline int vcollOverlaps(const void* a, size_t alen, const void* b, size_t blen) {
+  if (alen == 0 || blen == 0 || a == NULL || b == NULL) return 0;
+  const uintptr_t pa = (uintptr_t)a, pb = (uintptr_t)b;
+  return pa < pb + blen && pb < pa + alen;
+}
+
 /* Writes this rank's rows of every tensor of an allgatherv on `stream`:
  * tensor i's rows to dst[i]. It runs inside the collective, which then
  * holds the communicator's staging buffer, copy descriptors and

@@ -17,12 +17,6 @@ uint64_t vcollHashBytes(uint64_t h, const void* data, size_t len) {
   return h;
 }
 
-static int overlaps(const void* a, size_t alen, const void* b, size_t blen) {
-  if (alen == 0 || blen == 0 || a == NULL || b == NULL) return 0;
-  uintptr_t pa = (uintptr_t)a, pb = (uintptr_t)b;
-  return pa < pb + blen && pb < pa + alen;
-}
-
 vcollResult_t vcollCheckComm(vcollComm_t comm, const char* op) {
   if (comm == NULL) return VCOLL_ARGERR(NULL, op, "comm argument is NULL");
   if (comm->ops == NULL || comm->nranks <= 0 || comm->rank < 0 || comm->rank >= comm->nranks)
@@ -85,19 +79,19 @@ vcollResult_t vcollCheckAllGatherV(vcollComm_t comm, const vcollTensor_t* tensor
       return VCOLL_ARGERR(comm, op, "tensors[%d].recvbuff is NULL but %zu rows are gathered", i, totalRows);
     const char* slot = (const char*)t->recvbuff + myDispl * rowBytes;
     inPlace[i] = (mine > 0 && t->sendbuff == slot);
-    if (!inPlace[i] && overlaps(t->sendbuff, mine * rowBytes, t->recvbuff, bytes))
+    if (!inPlace[i] && vcollOverlaps(t->sendbuff, mine * rowBytes, t->recvbuff, bytes))
       return VCOLL_ARGERR(comm, op,
                           "tensors[%d].sendbuff overlaps recvbuff but is not this rank's slot "
                           "(in place needs sendbuff == recvbuff + %zu bytes)", i, myDispl * rowBytes);
     for (int j = 0; j < i; j++) {
       size_t jRowBytes = tensors[j].width * vcollTypeSize(tensors[j].datatype);
-      if (overlaps(t->recvbuff, bytes, tensors[j].recvbuff, totalRows * jRowBytes))
+      if (vcollOverlaps(t->recvbuff, bytes, tensors[j].recvbuff, totalRows * jRowBytes))
         return VCOLL_ARGERR(comm, op, "tensors[%d].recvbuff overlaps tensors[%d].recvbuff", i, j);
       /* All tensors go out in one group: one tensor's rows must not be read
        * from where another tensor's rows are being written. */
-      if (overlaps(t->sendbuff, mine * rowBytes, tensors[j].recvbuff, totalRows * jRowBytes))
+      if (vcollOverlaps(t->sendbuff, mine * rowBytes, tensors[j].recvbuff, totalRows * jRowBytes))
         return VCOLL_ARGERR(comm, op, "tensors[%d].sendbuff overlaps tensors[%d].recvbuff", i, j);
-      if (overlaps(tensors[j].sendbuff, mine * jRowBytes, t->recvbuff, bytes))
+      if (vcollOverlaps(tensors[j].sendbuff, mine * jRowBytes, t->recvbuff, bytes))
         return VCOLL_ARGERR(comm, op, "tensors[%d].sendbuff overlaps tensors[%d].recvbuff", j, i);
     }
   }
@@ -140,7 +134,7 @@ vcollResult_t vcollCheckReduceScatterV(vcollComm_t comm, const void* sendbuff, v
     return VCOLL_ARGERR(comm, op, "recvbuff is NULL but this rank (%d) receives %zu rows", comm->rank, mine);
   const char* slot = (const char*)sendbuff + myDispl * rowBytes;
   int inPlace = (mine > 0 && recvbuff == slot);
-  if (!inPlace && overlaps(recvbuff, mine * rowBytes, sendbuff, bytes))
+  if (!inPlace && vcollOverlaps(recvbuff, mine * rowBytes, sendbuff, bytes))
     return VCOLL_ARGERR(comm, op,
                         "recvbuff overlaps sendbuff but is not this rank's slot "
                         "(in place needs recvbuff == sendbuff + %zu bytes)", myDispl * rowBytes);

@@ -33,12 +33,6 @@ struct vcollMoeWorkspace {
   vcollMoeBuffers_t bufs;
 };
 
-static int overlaps(const void* a, size_t alen, const void* b, size_t blen) {
-  if (alen == 0 || blen == 0 || a == NULL || b == NULL) return 0;
-  const uintptr_t pa = (uintptr_t)a, pb = (uintptr_t)b;
-  return pa < pb + blen && pb < pa + alen;
-}
-
 static size_t alignUp(size_t x) { return (x + MOE_ALIGN - 1) / MOE_ALIGN * MOE_ALIGN; }
 
 /* Row bytes of the gathered hidden states. */
@@ -323,7 +317,7 @@ static vcollResult_t checkDispatch(const char* op, vcollMoeWorkspace_t ws, const
     size_t align = strstr(o[i].name, "scales") ? 1 : strstr(o[i].name, "hidden") ? (fp4 ? 1 : 2) : 4;
     VCOLL_CHECK_RES(checkPtr(comm, op, o[i].name, o[i].p, N, "the ranks gather", align));
     for (int j = 0; j < i; j++)
-      if (overlaps(o[i].p, o[i].bytes, o[j].p, o[j].bytes))
+      if (vcollOverlaps(o[i].p, o[i].bytes, o[j].p, o[j].bytes))
         return VCOLL_ARGERR(comm, op, "%s overlaps %s", o[i].name, o[j].name);
   }
 
@@ -350,14 +344,14 @@ static vcollResult_t checkDispatch(const char* op, vcollMoeWorkspace_t ws, const
   for (int i = 0; i < ni; i++) {
     if (slot[i] != NULL && inr[i].p == slot[i]) continue; /* in place: inside its own output only */
     for (int j = 0; j < no; j++)
-      if (overlaps(inr[i].p, inr[i].bytes, o[j].p, o[j].bytes))
+      if (vcollOverlaps(inr[i].p, inr[i].bytes, o[j].p, o[j].bytes))
         return VCOLL_ARGERR(comm, op, "%s overlaps %s%s", inr[i].name, o[j].name,
                             slot[i] ? " (in place needs it exactly at this rank's rows)" : "");
   }
   /* The quantization reads the given scale beside the tokens (the check of
    * the quantize kernel, which runs inside the gather, would fail on this
    * rank alone). */
-  if (given && overlaps(in->globalScale, sizeof(float), in->hidden, n * H * 2))
+  if (given && vcollOverlaps(in->globalScale, sizeof(float), in->hidden, n * H * 2))
     return VCOLL_ARGERR(comm, op, "in->globalScale overlaps in->hidden");
   return vcollSuccess;
 }
@@ -500,7 +494,7 @@ static vcollResult_t checkCombine(const char* op, vcollMoeWorkspace_t ws, const 
   VCOLL_CHECK_RES(checkPtr(comm, op, "partials", partials, *total, "the ranks reduce", 2));
   VCOLL_CHECK_RES(checkPtr(comm, op, "out", out, *mine, whose, 2));
   const void* slot = (const char*)partials + *displ * rowBytes;
-  if (out != slot && overlaps(out, *mine * rowBytes, partials, *total * rowBytes))
+  if (out != slot && vcollOverlaps(out, *mine * rowBytes, partials, *total * rowBytes))
     return VCOLL_ARGERR(comm, op, "out overlaps partials but is not this rank's rows (in place needs out == "
                         "partials + %zu bytes)", *displ * rowBytes);
   return vcollSuccess;

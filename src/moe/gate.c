@@ -17,12 +17,6 @@
 #include "vcoll_hostfloat.h"
 #include "vcoll_internal.h"
 
-static int overlaps(const void* a, size_t alen, const void* b, size_t blen) {
-  if (alen == 0 || blen == 0 || a == NULL || b == NULL) return 0;
-  uintptr_t pa = (uintptr_t)a, pb = (uintptr_t)b;
-  return pa < pb + blen && pb < pa + alen;
-}
-
 vcollResult_t vcollMoeGateCheckArgs(const char* op, const void* logits, vcollDataType_t logitsType,
                                     const float* bias, size_t T, const vcollMoeGateParams_t* p,
                                     const int32_t* ids, const float* weights) {
@@ -79,11 +73,11 @@ vcollResult_t vcollMoeGateCheckArgs(const char* op, const void* logits, vcollDat
   if ((uintptr_t)weights % 4 != 0)
     return VCOLL_ARGERR(NULL, op, "weights %p is not 4-byte aligned", (const void*)weights);
   const size_t biasBytes = bias ? (size_t)E * 4 : 0;
-  if (overlaps(ids, outBytes, weights, outBytes))
+  if (vcollOverlaps(ids, outBytes, weights, outBytes))
     return VCOLL_ARGERR(NULL, op, "ids %p and weights %p overlap", (const void*)ids, (const void*)weights);
-  if (overlaps(ids, outBytes, logits, inBytes) || overlaps(weights, outBytes, logits, inBytes))
+  if (vcollOverlaps(ids, outBytes, logits, inBytes) || vcollOverlaps(weights, outBytes, logits, inBytes))
     return VCOLL_ARGERR(NULL, op, "ids or weights overlap logits %p", logits);
-  if (overlaps(ids, outBytes, bias, biasBytes) || overlaps(weights, outBytes, bias, biasBytes))
+  if (vcollOverlaps(ids, outBytes, bias, biasBytes) || vcollOverlaps(weights, outBytes, bias, biasBytes))
     return VCOLL_ARGERR(NULL, op, "ids or weights overlap bias %p", (const void*)bias);
   return vcollSuccess;
 }

@@ -41,12 +41,6 @@ VCOLL_API size_t vcollNvfp4ScaleBytes(size_t rows, size_t cols, vcollScaleLayout
 /* ---------------------------------------------------------------------- */
 /* Argument checks                                                          */
 
-static int overlaps(const void* a, size_t alen, const void* b, size_t blen) {
-  if (alen == 0 || blen == 0 || a == NULL || b == NULL) return 0;
-  const uintptr_t pa = (uintptr_t)a, pb = (uintptr_t)b;
-  return pa < pb + blen && pb < pa + alen;
-}
-
 static int isElemType(vcollDataType_t t) { return t == vcollBfloat16 || t == vcollFloat16 || t == vcollFloat32; }
 
 static vcollResult_t checkShape(const char* op, size_t rows, size_t cols, vcollScaleLayout_t layout, size_t esize,
@@ -88,12 +82,12 @@ vcollResult_t vcollNvfp4CheckQuantize(const char* op, const void* x, vcollDataTy
   if (scales == NULL) return VCOLL_ARGERR(NULL, op, "scales argument is NULL");
   if ((uintptr_t)x % esize != 0)
     return VCOLL_ARGERR(NULL, op, "x %p is not aligned to its %zu-byte elements", x, esize);
-  if (overlaps(x, xBytes, payload, pBytes)) return VCOLL_ARGERR(NULL, op, "payload %p overlaps x %p", payload, x);
-  if (overlaps(x, xBytes, scales, sBytes)) return VCOLL_ARGERR(NULL, op, "scales %p overlaps x %p", scales, x);
-  if (overlaps(payload, pBytes, scales, sBytes))
+  if (vcollOverlaps(x, xBytes, payload, pBytes)) return VCOLL_ARGERR(NULL, op, "payload %p overlaps x %p", payload, x);
+  if (vcollOverlaps(x, xBytes, scales, sBytes)) return VCOLL_ARGERR(NULL, op, "scales %p overlaps x %p", scales, x);
+  if (vcollOverlaps(payload, pBytes, scales, sBytes))
     return VCOLL_ARGERR(NULL, op, "scales %p overlaps payload %p", scales, payload);
-  if (overlaps(globalScale, 4, x, xBytes) || overlaps(globalScale, 4, payload, pBytes) ||
-      overlaps(globalScale, 4, scales, sBytes))
+  if (vcollOverlaps(globalScale, 4, x, xBytes) || vcollOverlaps(globalScale, 4, payload, pBytes) ||
+      vcollOverlaps(globalScale, 4, scales, sBytes))
     return VCOLL_ARGERR(NULL, op, "globalScale %p overlaps x, payload or scales", (const void*)globalScale);
   return vcollSuccess;
 }
@@ -114,9 +108,9 @@ vcollResult_t vcollNvfp4CheckDequantize(const char* op, const void* payload, con
   if (out == NULL) return VCOLL_ARGERR(NULL, op, "out argument is NULL");
   if ((uintptr_t)out % esize != 0)
     return VCOLL_ARGERR(NULL, op, "out %p is not aligned to its %zu-byte elements", out, esize);
-  if (overlaps(out, oBytes, payload, pBytes)) return VCOLL_ARGERR(NULL, op, "out %p overlaps payload %p", out, payload);
-  if (overlaps(out, oBytes, scales, sBytes)) return VCOLL_ARGERR(NULL, op, "out %p overlaps scales %p", out, scales);
-  if (overlaps(out, oBytes, globalScale, 4))
+  if (vcollOverlaps(out, oBytes, payload, pBytes)) return VCOLL_ARGERR(NULL, op, "out %p overlaps payload %p", out, payload);
+  if (vcollOverlaps(out, oBytes, scales, sBytes)) return VCOLL_ARGERR(NULL, op, "out %p overlaps scales %p", out, scales);
+  if (vcollOverlaps(out, oBytes, globalScale, 4))
     return VCOLL_ARGERR(NULL, op, "out %p overlaps globalScale %p", out, (const void*)globalScale);
   return vcollSuccess;
 }
@@ -135,7 +129,7 @@ vcollResult_t vcollNvfp4CheckConvert(const char* op, const void* src, vcollScale
   if (rows == 0) return vcollSuccess;
   if (src == NULL) return VCOLL_ARGERR(NULL, op, "src argument is NULL");
   if (dst == NULL) return VCOLL_ARGERR(NULL, op, "dst argument is NULL");
-  if (overlaps(src, srcBytes, dst, dstBytes))
+  if (vcollOverlaps(src, srcBytes, dst, dstBytes))
     return VCOLL_ARGERR(NULL, op, "dst %p overlaps src %p (no in-place conversion)", dst, src);
   return vcollSuccess;
 }

@@ -431,11 +431,10 @@ extern "C" vcollResult_t vcollNvfp4QuantizeCopies(const char* op, const void* x,
   SideCopies sc = {};
   for (int k = 0; k < ncopies; k++) {
     if (copies[k].bytes == 0 || copies[k].src == copies[k].dst) continue;
-    const uintptr_t g = (uintptr_t)globalScale, s = (uintptr_t)copies[k].src, d = (uintptr_t)copies[k].dst;
-    if ((d < g + sizeof(float) && g < d + copies[k].bytes) ||
-        (computeGlobalScale && s < g + sizeof(float) && g < s + copies[k].bytes))
+    const int writes = vcollOverlaps(copies[k].dst, copies[k].bytes, globalScale, sizeof(float));
+    if (writes || (computeGlobalScale && vcollOverlaps(copies[k].src, copies[k].bytes, globalScale, sizeof(float))))
       return vcollSetError(NULL, vcollInternalError, "%s: side copy %d %s the global scale", op, k,
-                           d < g + sizeof(float) && g < d + copies[k].bytes ? "writes" : "reads a computed");
+                           writes ? "writes" : "reads a computed");
     sc.c[sc.n++] = copies[k];
   }
   const SideCopies* scp = sc.n > 0 ? &sc : NULL;
