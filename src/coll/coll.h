@@ -66,6 +66,14 @@ int vcollInWindow(vcollComm_t comm, const void* p, size_t bytes);
 
 static inline size_t vcollAlign16(size_t x) { return (x + 15) & ~(size_t)15; }
 
+/* *bytes = the staging the p2p reducescatterv asks for: nranks - 1 slots of
+ * maxRows rows of rowBytes, each slot on 16 bytes. 0 on overflow. */
+static inline int vcollRsvP2pStagingBytes(int nranks, size_t maxRows, size_t rowBytes, size_t* bytes) {
+  size_t slot;
+  return vcollMulOk(maxRows, rowBytes, &slot) && slot <= SIZE_MAX - 15 &&
+         vcollMulOk(vcollAlign16(slot), (size_t)(nranks - 1), bytes);
+}
+
 /* maxRows * nranks / totalRows for the selection tables: exactly 1 when all
  * counts are equal and above 1 otherwise, also where the ratio of large
  * counts rounds to 1 in double (the rows for equal counts pick algorithms

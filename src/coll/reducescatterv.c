@@ -150,14 +150,13 @@ static vcollResult_t rsvP2pRun(vcollComm_t comm, const void* vcall) {
   if (c->totalRows == 0) return vcollSuccess;
   const int n = comm->nranks, me = comm->rank;
   const size_t mineElems = c->counts[me] * c->width;
-  /* The size asked for is the same on every rank ((n - 1) slots of maxRows
-   * rows), as growing the staging buffer is collective; slots of this
-   * rank's counts[me] rows are used, each starting on 16 bytes so that the
+  /* The size asked for is the same on every rank, as growing the staging
+   * buffer is collective (vcollRsvP2pStagingBytes); slots of this rank's
+   * counts[me] rows are used, each starting on 16 bytes so that the
    * reduction kernel can load 16-byte vectors (when recvbuff and this
    * rank's rows of sendbuff are aligned too). */
-  size_t slotMax = 0, total = 0;
-  if (!vcollMulOk(c->maxRows, c->rowBytes, &slotMax) || slotMax > SIZE_MAX - 15 ||
-      !vcollMulOk(vcollAlign16(slotMax), (size_t)(n - 1), &total))
+  size_t total = 0;
+  if (!vcollRsvP2pStagingBytes(n, c->maxRows, c->rowBytes, &total))
     return vcollSetError(comm, vcollInvalidArgument, "vcollReduceScatterV : p2p staging size overflows");
   const size_t mine = vcollAlign16(c->counts[me] * c->rowBytes); /* slot stride */
   char* stage = NULL;

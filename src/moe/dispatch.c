@@ -539,10 +539,10 @@ VCOLL_API vcollResult_t vcollMoeCombine(vcollMoeWorkspace_t ws, const size_t* co
    * the widen path runs instead (the same decision on every rank: the
    * staging size only changes collectively). */
   if (p2p && vcollStreamCapturing(ws->comm, stream)) {
-    size_t maxRows = 0;
+    size_t maxRows = 0, need = SIZE_MAX;
     for (int r = 0; r < ws->comm->nranks; r++) maxRows = counts[r] > maxRows ? counts[r] : maxRows;
-    const size_t need = (size_t)(ws->comm->nranks - 1) * vcollAlign16(maxRows * H * 2); /* rsvP2pRun's staging */
-    if (vcollStagingSize(ws->comm, vcollStagingPlain) < need) {
+    if (!vcollRsvP2pStagingBytes(ws->comm->nranks, maxRows, H * 2, &need) ||
+        vcollStagingSize(ws->comm, vcollStagingPlain) < need) {
       VCOLL_INFO("%s: VCOLL_MOE_COMBINE32=p2p: staging too small to grow during graph capture; widen", op);
       p2p = 0;
     }
