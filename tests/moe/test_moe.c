@@ -475,14 +475,10 @@ static int restoreCombine32(void** state) {
   return 0;
 }
 
-/* An fp32-accumulating bf16 workspace of hidden H for one token per rank (counts[r] = 1). */
-static vcollMoeWorkspace_t smallFp32Combine(size_t H, size_t* counts) {
-  vcollMoeConfig_t cfg = {0};
-  cfg.format = vcollMoeBf16;
-  cfg.hidden = H;
+/* A workspace of `cfg` (top-1 routing) for one token per rank (counts[r] = 1). */
+static vcollMoeWorkspace_t oneTokenPerRank(vcollMoeConfig_t cfg, size_t* counts) {
   cfg.routing = vcollMoeRoutingTopk;
   cfg.topk = 1;
-  cfg.accum = vcollMoeAccumFp32;
   vcollMoeWorkspace_t ws = NULL;
   assert_int_equal(vcollMoeWorkspaceCreate(comm, &cfg, (size_t)nranks_, &ws), vcollSuccess);
   for (int r = 0; r < nranks_; r++) counts[r] = 1;
@@ -504,7 +500,8 @@ static void test_combine_fp32(void** state) {
   /* An unknown mode: vcollInvalidUsage on every rank, naming the variable; nothing written. */
   setCombine32("fast");
   size_t counts[64];
-  vcollMoeWorkspace_t ws = smallFp32Combine(16, counts);
+  vcollMoeWorkspace_t ws =
+      oneTokenPerRank((vcollMoeConfig_t){.format = vcollMoeBf16, .hidden = 16, .accum = vcollMoeAccumFp32}, counts);
   void* partials = bufAlloc((size_t)nranks_ * 32);
   void* out = bufAlloc(32);
   bufPoison(out, 32);
@@ -559,7 +556,8 @@ static void test_combine_fp32_nan(void** state) {
 static int combineFp32NanCase(void) {
   enum { H = 16 };
   size_t counts[64];
-  vcollMoeWorkspace_t ws = smallFp32Combine(H, counts);
+  vcollMoeWorkspace_t ws =
+      oneTokenPerRank((vcollMoeConfig_t){.format = vcollMoeBf16, .hidden = H, .accum = vcollMoeAccumFp32}, counts);
   const size_t N = (size_t)nranks_;
   uint16_t* h = malloc(N * H * 2);
   for (size_t i = 0; i < N * H; i++) {
@@ -599,19 +597,11 @@ static void test_dispatch_amax_first(void** state) {
   (void)state;
   if (onGpu()) VT_REQUIRE_GPU();
   enum { H = 16 };
-  vcollMoeConfig_t cfg = {0};
-  cfg.format = vcollMoeFp4;
-  cfg.hidden = H;
-  cfg.routing = vcollMoeRoutingTopk;
-  cfg.topk = 1;
-  cfg.scale = vcollMoeScaleComputed;
-  cfg.allocBuffers = 1;
-  vcollMoeWorkspace_t ws = NULL;
-  assert_int_equal(vcollMoeWorkspaceCreate(comm, &cfg, (size_t)nranks_, &ws), vcollSuccess);
+  size_t counts[64];
+  vcollMoeWorkspace_t ws = oneTokenPerRank(
+      (vcollMoeConfig_t){.format = vcollMoeFp4, .hidden = H, .scale = vcollMoeScaleComputed, .allocBuffers = 1}, counts);
   vcollMoeBuffers_t b;
   assert_int_equal(vcollMoeWorkspaceBuffers(ws, &b), vcollSuccess);
-  size_t counts[64];
-  for (int r = 0; r < nranks_; r++) counts[r] = 1;
   uint16_t h[H];
   for (int j = 0; j < H; j++) h[j] = vcollF32ToBf16(j == 0 ? -448.0f : 1.0f);
   int32_t id = 0;
