@@ -327,20 +327,10 @@ static int coveredBefore(vcollCollective_t coll, int v, int i, size_t perRank, d
   return 0;
 }
 
+/* The choice for counts {m, a, a, a} of float rows of w bytes (w a multiple of 4). */
 static const char* selectAt(vcollComm_t c, vcollCollective_t coll, size_t m, size_t a, size_t w) {
   const size_t counts[4] = {m, a, a, a};
-  if (coll == vcollCollAllGatherV) {
-    vcollTensor_t t = {NULL, NULL, w, vcollUint8};
-    struct vcollAgvCall k;
-    memset(&k, 0, sizeof(k));
-    k.tensors = &t;
-    k.ntensors = 1;
-    k.counts = counts;
-    k.totalRows = m + 3 * a;
-    k.maxRows = m > a ? m : a;
-    k.totalBytes = k.totalRows * w;
-    return vcollAlgoName(vcollCollAllGatherV, vcollAgvSelect(c, &k));
-  }
+  if (coll == vcollCollAllGatherV) return agvAuto(c, counts, w / 4);
   struct vcollRsvCall k;
   memset(&k, 0, sizeof(k));
   k.counts = counts;
@@ -358,7 +348,7 @@ static void checkTableEdges(vcollCollective_t coll, int v) {
   size_t B;
   double I;
   const char* algo;
-  const size_t unit = coll == vcollCollAllGatherV ? 1 : 4; /* row bytes: whole floats for reducescatterv */
+  const size_t unit = 4; /* row bytes: whole floats (selectAt's calls are of floats) */
   for (int i = 0; getRule(coll, v, i, &B, &I, &algo); i++) {
     char where[96];
     snprintf(where, sizeof(where), "%s table (NCCL %d) row %d", coll == vcollCollAllGatherV ? "allgatherv" : "reducescatterv", v, i);
