@@ -34,23 +34,36 @@ pack() {
   du -sh "$S"
 }
 
-run() {
-  local OUTD=${OUT:-/tmp/vcoll-ab}/ab
+# Sets OUTD, and names/dirs/bdirs: "cur" (the working tree) and every
+# ab/<rev>/, each built in bdirs[i] (bab; for cur AB_CUR_BUILD, e.g.
+# gpu_session.sh's build-gpu of an earlier call on the same machine, where
+# it exists; a build directory that exists is reused), targets $@ only.
+build_all() {
+  OUTD=${OUT:-/tmp/vcoll-ab}/ab
   mkdir -p "$OUTD"
   export PATH=/opt/torch/.venv/bin:/usr/local/cuda/bin:$PATH NCCL_NVLS_ENABLE=0
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
   . scripts/cmocka_debs.sh
-  local names=(cur) dirs=(.) d n
+  names=(cur) dirs=(.) bdirs=()
+  local d i b
   for d in ab/*/; do [ -d "$d" ] && names+=("$(basename "$d")") && dirs+=("${d%/}"); done
-  local i
   for i in "${!dirs[@]}"; do
     d=${dirs[$i]}
-    (cd "$d" && meson setup bab -Dgpu_arch=90 -Dexamples=false >"$OUTD/build-${names[$i]}.txt" 2>&1 &&
-      ninja -C bab bench/gate/gate_perf tests/gate/test_gate_gpu >>"$OUTD/build-${names[$i]}.txt" 2>&1) ||
+    b=bab
+    [ "$i" = 0 ] && [ -n "${AB_CUR_BUILD:-}" ] && [ -d "$AB_CUR_BUILD" ] && b=$AB_CUR_BUILD
+    bdirs+=("$d/$b")
+    (cd "$d" && { [ -d "$b" ] || meson setup "$b" -Dgpu_arch=90 -Dexamples=false >"$OUTD/build-${names[$i]}.txt" 2>&1; } &&
+      ninja -C "$b" "$@" >>"$OUTD/build-${names[$i]}.txt" 2>&1) ||
       { echo "gpu_ab: build of ${names[$i]} failed"; tail -20 "$OUTD/build-${names[$i]}.txt"; exit 1; }
   done
+}
+
+run() {
+  build_all bench/gate/gate_perf tests/gate/test_gate_gpu
+  local i
   if [ "${AB_TESTS:-1}" != 0 ]; then
     for i in "${!dirs[@]}"; do
-      timeout 120 "${dirs[$i]}/bab/tests/gate/test_gate_gpu" >"$OUTD/test-${names[$i]}.txt" 2>&1
+      timeout 120 "${bdirs[$i]}/tests/gate/test_gate_gpu" >"$OUTD/test-${names[$i]}.txt" 2>&1
       echo "test_gate_gpu ${names[$i]}: exit $? $(grep -E 'PASSED|FAILED' "$OUTD/test-${names[$i]}.txt" | tr '\n' ' ')"
     done
   fi
@@ -61,7 +74,7 @@ run() {
       for k in "${!dirs[@]}"; do
         i=$(((k + rep - 1) % ${#dirs[@]}))
         echo "## rep $rep seed $seed build ${names[$i]}" >>"$R"
-        CUDA_VISIBLE_DEVICES=0 "${dirs[$i]}/bab/bench/gate/gate_perf" ${AB_ARGS:--t all -b 2048 -e 65536 -n 200 -w 20} \
+        CUDA_VISIBLE_DEVICES=0 "${bdirs[$i]}/bench/gate/gate_perf" ${AB_ARGS:--t all -b 2048 -e 65536 -n 200 -w 20} \
           -S "$seed" 2>&1 | grep -v '^#' >>"$R"
         [ "${PIPESTATUS[0]}" = 0 ] || echo "gpu_ab: gate_perf of ${names[$i]} failed (rep $rep, seed $seed)"
       done
@@ -93,32 +106,13 @@ PY
 # and in CUDA graphs, and nvfp4_perf (bf16, linear scales), builds
 # interleaved. MOE_ARGS, NVFP4_ARGS, AB_REPS override the defaults.
 run_moe() {
-  local OUTD=${OUT:-/tmp/vcoll-ab}/ab
-  mkdir -p "$OUTD"
-  export PATH=/opt/torch/.venv/bin:/usr/local/cuda/bin:$PATH NCCL_NVLS_ENABLE=0
-  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
-  . scripts/cmocka_debs.sh
-  local names=(cur) dirs=(.) d i rep k
-  for d in ab/*/; do [ -d "$d" ] && names+=("$(basename "$d")") && dirs+=("${d%/}"); done
-  # The working tree's build: AB_CUR_BUILD (e.g. gpu_session.sh's build-gpu
-  # of an earlier call on the same machine) where it exists.
-  local bdirs=() b
-  for i in "${!dirs[@]}"; do
-    d=${dirs[$i]}
-    b=bab
-    [ "$i" = 0 ] && [ -n "${AB_CUR_BUILD:-}" ] && [ -d "$AB_CUR_BUILD" ] && b=$AB_CUR_BUILD
-    bdirs+=("$d/$b")
-    (cd "$d" && { [ -d "$b" ] || meson setup "$b" -Dgpu_arch=90 -Dexamples=false >"$OUTD/build-${names[$i]}.txt" 2>&1; } &&
-      ninja -C "$b" bench/moe/moe_dispatch_perf bench/quant/nvfp4_perf >>"$OUTD/build-${names[$i]}.txt" 2>&1) ||
-      { echo "gpu_ab: build of ${names[$i]} failed"; tail -20 "$OUTD/build-${names[$i]}.txt"; exit 1; }
-  done
-  local R=$OUTD/moe-ab.txt
+  build_all bench/moe/moe_dispatch_perf bench/quant/nvfp4_perf
+  local i rep k g R=$OUTD/moe-ab.txt
   : >"$R"
   local MPI=(mpirun --allow-run-as-root -x NCCL_NVLS_ENABLE=0 -x VCOLL_ALGO=allgatherv=pad -np 1)
   for rep in $(seq 1 "${AB_REPS:-2}"); do
     for k in "${!dirs[@]}"; do
       i=$(((k + rep - 1) % ${#dirs[@]}))
-      d=${dirs[$i]}
       for g in 0 10; do
         echo "## rep $rep build ${names[$i]} moe_dispatch_perf -np 1 pad -G $g" | tee -a "$R"
         CUDA_VISIBLE_DEVICES=0 timeout 120 "${MPI[@]}" "${bdirs[$i]}/bench/moe/moe_dispatch_perf" \
