@@ -27,6 +27,7 @@ struct vcollMoeWorkspace {
   void* mem;           /* the one allocation (device or host) */
   uint32_t* amaxLocal; /* computed scale: this rank's amax bits, then all ranks' */
   uint32_t* amaxAll;
+  uint32_t* amaxAcc;   /* device: the amax kernel's two words of scratch, 0 between calls */
   float* f32;          /* fp32 combine: [maxTokens, H] */
   size_t* ones;        /* host: nranks counts of 1 (the amax gather) */
   int hasBuffers;
@@ -96,7 +97,7 @@ static int makeLayout(const vcollMoeConfig_t* c, size_t maxTokens, int nranks, s
   size_t cur = 0, b, hb, pb;
   memset(L, 0, sizeof(*L));
   int ok = vcollMulOk(maxTokens, H, &hb) && vcollMulOk(hb, 2, &pb); /* hb elements, pb bf16 bytes */
-  ok = ok && addRegion(&cur, sizeof(uint32_t) * (size_t)(nranks + 1), &L->amax);
+  ok = ok && addRegion(&cur, sizeof(uint32_t) * ((size_t)nranks + 3), &L->amax);
   if (c->accum == vcollMoeAccumFp32) ok = ok && vcollMulOk(hb, 4, &b) && addRegion(&cur, b, &L->f32);
   const size_t intermediates = cur;
   ok = ok && vcollMulOk(maxTokens, hiddenRowBytes(c), &b) && addRegion(&cur, b, &L->hidden);
@@ -149,7 +150,10 @@ VCOLL_API vcollResult_t vcollMoeWorkspaceCreate(vcollComm_t comm, const vcollMoe
   w->onDevice = comm->backend == vcollBackendNccl;
   if (w->onDevice) {
     cudaError_t err = cudaMalloc(&w->mem, L.total);
-    if (err == cudaSuccess) err = cudaMemset(w->mem, 0, L.total); /* defined padding; once */
+    /* Defined padding and the amax scratch's zeros, before any stream uses
+     * them (cudaMemset may return before it is done). Once. */
+    if (err == cudaSuccess) err = cudaMemset(w->mem, 0, L.total);
+    if (err == cudaSuccess) err = cudaDeviceSynchronize();
     if (err != cudaSuccess) {
       res = vcollSetError(comm, vcollUnhandledCudaError, "%s : cannot allocate %zu bytes of device memory: %s", op,
                           L.total, cudaGetErrorString(err));
@@ -166,6 +170,7 @@ VCOLL_API vcollResult_t vcollMoeWorkspaceCreate(vcollComm_t comm, const vcollMoe
   char* base = w->mem;
   w->amaxLocal = (uint32_t*)(base + L.amax);
   w->amaxAll = w->amaxLocal + 1;
+  w->amaxAcc = w->amaxAll + comm->nranks;
   w->f32 = config->accum == vcollMoeAccumFp32 ? (float*)(base + L.f32) : NULL;
   if (config->allocBuffers) {
     int fp4 = config->format == vcollMoeFp4, topk = config->routing == vcollMoeRoutingTopk;
@@ -366,16 +371,18 @@ static uint32_t hostAmaxBits(const uint16_t* x, size_t n) {
   return vcollF32Bits(m);
 }
 
-/* *gs = the computed global scale of all ranks' tokens: the largest amax of
- * all ranks, gathered (one uint32 per rank) without a host round trip. */
-static vcollResult_t computeScale(vcollMoeWorkspace_t ws, const char* op, const void* x, size_t elems, float* gs,
-                                  cudaStream_t stream) {
+/* All ranks' amax bits in ws->amaxAll, gathered (one uint32 per rank)
+ * without a host round trip. The device derives the computed global scale
+ * from them inside the quantize launch (fp4Producer.amaxBits); the host
+ * backend writes it to *gs here. */
+static vcollResult_t gatherAmax(vcollMoeWorkspace_t ws, const char* op, const void* x, size_t elems, float* gs,
+                                cudaStream_t stream) {
   vcollComm_t comm = ws->comm;
-  if (ws->onDevice) VCOLL_CHECK_RES(vcollMoeAmaxBf16(op, x, elems, ws->amaxLocal, stream));
+  if (ws->onDevice) VCOLL_CHECK_RES(vcollMoeAmaxBf16(op, x, elems, ws->amaxAcc, ws->amaxLocal, stream));
   else *ws->amaxLocal = hostAmaxBits(x, elems);
   vcollTensor_t t = {ws->amaxLocal, ws->amaxAll, 1, vcollUint32};
   VCOLL_CHECK_RES(vcollAllGatherV(&t, 1, ws->ones, comm, stream));
-  if (ws->onDevice) return vcollMoeScaleFromAmax(op, ws->amaxAll, comm->nranks, gs, stream);
+  if (ws->onDevice) return vcollSuccess;
   uint32_t m = 0;
   for (int r = 0; r < comm->nranks; r++) m = ws->amaxAll[r] > m ? ws->amaxAll[r] : m;
   const float a = vcollBitsF32(m);
@@ -386,16 +393,19 @@ static vcollResult_t computeScale(vcollMoeWorkspace_t ws, const char* op, const 
 /* The FP4 dispatch's producer of this rank's rows on the device (see
  * struct vcollAgvCall): one quantize launch writes the payload and scales
  * to dst[0] and dst[1] and copies the routing rows to dst[2..] and a given
- * global scale to the output. Inside the padded algorithms the quantize and
+ * global scale to the output (or derives a computed one from the gathered
+ * amax and writes it there: every rank launches it, tokens or not). Inside the padded algorithms the quantize and
  * the pack copy are then one kernel, so FP4 issues no more kernels than
  * bf16; elsewhere dst[0], dst[1] are this rank's rows of the outputs and
  * the routing rows stay where they are (dst[i] == src, no copy). */
 struct fp4Producer {
   const void* hidden;   /* this rank's bf16 tokens */
   size_t n, H;
-  float* gsRead;        /* the global scale the quantization reads */
+  float* gsRead;        /* the global scale the quantization reads (or, with amaxBits, writes) */
   const float* gsCopy;  /* given scale to copy to gsOut, or NULL */
   float* gsOut;
+  const uint32_t* amaxBits; /* computed scale: all ranks' amax bits (nranks) */
+  int nranks;
   const void* routing[2];
   size_t routingBytes[2];
   int nrouting;
@@ -408,7 +418,7 @@ static vcollResult_t produceFp4(void* vctx, void* const* dst, cudaStream_t strea
   for (int i = 0; i < p->nrouting; i++) copies[nc++] = (vcollNvfp4SideCopy){p->routing[i], dst[2 + i], p->routingBytes[i]};
   if (p->gsCopy) copies[nc++] = (vcollNvfp4SideCopy){p->gsCopy, p->gsOut, sizeof(float)};
   return vcollNvfp4QuantizeCopies("vcollMoeDispatch", p->hidden, vcollBfloat16, p->n, p->H, p->gsRead, 0, dst[0],
-                                  dst[1], vcollScaleLinear, copies, nc, stream);
+                                  dst[1], vcollScaleLinear, copies, nc, p->amaxBits, p->nranks, stream);
 }
 
 VCOLL_API vcollResult_t vcollMoeDispatch(vcollMoeWorkspace_t ws, const size_t* counts, const vcollMoeLocal_t* in,
@@ -429,7 +439,7 @@ VCOLL_API vcollResult_t vcollMoeDispatch(vcollMoeWorkspace_t ws, const size_t* c
     uint8_t* payload = (uint8_t*)out->hidden + displ * (H / 2);
     uint8_t* scales = (uint8_t*)out->scales + displ * (H / 16);
     if (c->scale == vcollMoeScaleComputed)
-      VCOLL_CHECK_RES(computeScale(ws, op, in->hidden, n * H, out->globalScale, stream));
+      VCOLL_CHECK_RES(gatherAmax(ws, op, in->hidden, n * H, out->globalScale, stream));
     if (ws->onDevice) {
       /* Quantized inside the gather (produceFp4). */
       memset(&prod, 0, sizeof(prod));
@@ -438,6 +448,8 @@ VCOLL_API vcollResult_t vcollMoeDispatch(vcollMoeWorkspace_t ws, const size_t* c
       prod.H = H;
       if (c->scale == vcollMoeScaleComputed) {
         prod.gsRead = out->globalScale;
+        prod.amaxBits = ws->amaxAll;
+        prod.nranks = ws->comm->nranks;
       } else {
         prod.gsRead = (float*)in->globalScale;
         if (in->globalScale != out->globalScale) prod.gsCopy = in->globalScale;

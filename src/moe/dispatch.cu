@@ -1,5 +1,5 @@
-/* MoE dispatch/combine kernels: the amax of the local tokens and the global
- * scale derived from all ranks' amax (computed NVFP4 scale), and the
+/* MoE dispatch/combine kernels: the amax of the local tokens (computed
+ * NVFP4 scale; the scale itself is derived inside the quantize launch), and the
  * bf16 <-> fp32 conversions around an fp32-accumulated combine. All are
  * memory-bound grid-stride loops with 16-byte accesses when both pointers
  * are 16-byte aligned (a scalar loop covers the rest), and 64-bit indices. */
@@ -34,8 +34,12 @@ __device__ __forceinline__ float absFinite(__nv_bfloat16 v) {
   return f <= FLT_MAX ? f : 0.0f;
 }
 
+/* The last CTA to finish (counted in acc[1]) moves the max (acc[0]) to
+ * *out and sets both back to 0 for the next launch: no memset before it
+ * (acc starts at 0 with the workspace). */
 template <bool kVec>
-__global__ void __launch_bounds__(kThreads) amaxKernel(const __nv_bfloat16* x, size_t n, uint32_t* out) {
+__global__ void __launch_bounds__(kThreads) amaxKernel(const __nv_bfloat16* x, size_t n, uint32_t* acc,
+                                                       uint32_t* out) {
   __shared__ float warpMax[kThreads / 32];
   const size_t tid = (size_t)blockIdx.x * kThreads + threadIdx.x, stride = (size_t)gridDim.x * kThreads;
   float m = 0.0f;
@@ -58,15 +62,14 @@ __global__ void __launch_bounds__(kThreads) amaxKernel(const __nv_bfloat16* x, s
   if (threadIdx.x == 0) {
 #pragma unroll
     for (int w = 1; w < kThreads / 32; w++) m = fmaxf(m, warpMax[w]);
-    if (m > 0.0f) atomicMax(out, __float_as_uint(m));
+    if (m > 0.0f) atomicMax(acc, __float_as_uint(m));
+    __threadfence();
+    if (atomicAdd(acc + 1, 1u) == gridDim.x - 1) { /* every other CTA's max is in acc[0] */
+      __threadfence();
+      *out = atomicExch(acc, 0u);
+      acc[1] = 0;
+    }
   }
-}
-
-__global__ void scaleKernel(const uint32_t* amaxBits, int nranks, float* gs) {
-  uint32_t m = 0;
-  for (int r = 0; r < nranks; r++) m = max(m, amaxBits[r]);
-  const float a = __uint_as_float(m);
-  *gs = a > 0.0f ? fminf(__fdiv_rn(2688.0f, a), FLT_MAX) : 1.0f;
 }
 
 template <bool kVec>
@@ -121,21 +124,16 @@ bool aligned16(const void* a, const void* b) { return ((uintptr_t)a % 16 == 0) &
 
 }  // namespace
 
-extern "C" vcollResult_t vcollMoeAmaxBf16(const char* op, const void* x, size_t n, uint32_t* amaxBits,
-                                          cudaStream_t stream) {
-  VCOLL_CUDACHECK(NULL, cudaMemsetAsync(amaxBits, 0, sizeof(uint32_t), stream));
-  if (n == 0) return vcollSuccess;
+extern "C" vcollResult_t vcollMoeAmaxBf16(const char* op, const void* x, size_t n, uint32_t* acc,
+                                          uint32_t* amaxBits, cudaStream_t stream) {
+  if (n == 0) {
+    VCOLL_CUDACHECK(NULL, cudaMemsetAsync(amaxBits, 0, sizeof(uint32_t), stream));
+    return vcollSuccess;
+  }
   const __nv_bfloat16* xb = (const __nv_bfloat16*)x;
-  if ((uintptr_t)x % 16 == 0) amaxKernel<true><<<gridFor(n / 8), kThreads, 0, stream>>>(xb, n, amaxBits);
-  else amaxKernel<false><<<gridFor(n), kThreads, 0, stream>>>(xb, n, amaxBits);
+  if ((uintptr_t)x % 16 == 0) amaxKernel<true><<<gridFor(n / 8), kThreads, 0, stream>>>(xb, n, acc, amaxBits);
+  else amaxKernel<false><<<gridFor(n), kThreads, 0, stream>>>(xb, n, acc, amaxBits);
   LAUNCH_CHECK("amaxKernel");
-  return vcollSuccess;
-}
-
-extern "C" vcollResult_t vcollMoeScaleFromAmax(const char* op, const uint32_t* amaxBits, int nranks, float* gs,
-                                               cudaStream_t stream) {
-  scaleKernel<<<1, 1, 0, stream>>>(amaxBits, nranks, gs);
-  LAUNCH_CHECK("scaleKernel");
   return vcollSuccess;
 }
 

@@ -14,12 +14,11 @@ extern "C" {
 #endif
 
 /* *amaxBits = bits of the largest |x| over the finite values of x[n] (bf16),
- * 0 when there is none (non-negative floats order like their bits). */
-vcollResult_t vcollMoeAmaxBf16(const char* op, const void* x, size_t n, uint32_t* amaxBits, cudaStream_t stream);
-/* *gs = fminf(2688 / amax, FLT_MAX), amax the largest of amaxBits[nranks]
- * as floats; 1.0 when it is 0: NVFP4's computed global scale. */
-vcollResult_t vcollMoeScaleFromAmax(const char* op, const uint32_t* amaxBits, int nranks, float* gs,
-                                    cudaStream_t stream);
+ * 0 when there is none (non-negative floats order like their bits). One
+ * kernel (a memset when n is 0); acc: two uint32 of scratch that are 0
+ * before and after it. */
+vcollResult_t vcollMoeAmaxBf16(const char* op, const void* x, size_t n, uint32_t* acc, uint32_t* amaxBits,
+                               cudaStream_t stream);
 /* dst[n] fp32 = src[n] bf16, exact. */
 vcollResult_t vcollMoeBf16ToF32(const char* op, const void* src, float* dst, size_t n, cudaStream_t stream);
 /* dst[n] bf16 = src[n] fp32 rounded to nearest even. */

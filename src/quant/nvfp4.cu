@@ -55,15 +55,18 @@ struct QuantArgs {
   int computed;
 };
 
-/* Plain copies done by the same launch after the quantization (the MoE
- * dispatch packs its routing rows and global scale this way: one kernel
- * where a quantize and a copy kernel would be two). A parameter of its own
- * kernel: inside QuantArgs, the array made the compiler address the
- * parameter generically in the plain kernel too, which then measured 4-6%
- * slower in a CUDA graph at 1024-4096 rows. */
+/* What the MoE dispatch's launch does besides quantizing: plain copies (its
+ * routing rows and given global scale: one kernel where a quantize and a
+ * copy kernel would be two), and with amaxBits the global scale derived from
+ * all ranks' amax (no kernel of its own). A parameter of its own kernel:
+ * inside QuantArgs, the array made the compiler address the parameter
+ * generically in the plain kernel too, which then measured 4-6% slower in a
+ * CUDA graph at 1024-4096 rows. */
 struct SideCopies {
   int n;
   vcollNvfp4SideCopy c[VCOLL_NVFP4_MAX_SIDE_COPIES];
+  const uint32_t* amaxBits; /* NULL, or namax amax bits: gs from their max */
+  int namax;
 };
 
 __device__ __forceinline__ float readGlobalScale(float* gs, int computed) {
@@ -73,6 +76,27 @@ __device__ __forceinline__ float readGlobalScale(float* gs, int computed) {
     *(volatile uint32_t*)gs = g;
   }
   return __uint_as_float(g);
+}
+
+/* The computed global scale of all ranks' tokens, gs(max of bits[n]) =
+ * fminf(2688 / amax, FLT_MAX), 1.0 when the max is 0 (the MoE dispatch's;
+ * the bits are those of finite non-negative floats, which order like
+ * their bits). Every thread of the CTA must call it (one __syncthreads);
+ * thread 0 of CTA 0 stores it to *out. */
+__device__ __forceinline__ float scaleFromAmaxBits(const uint32_t* bits, int n, float* out) {
+  __shared__ uint32_t warpMax[kThreads / 32];
+  uint32_t m = 0;
+  for (int r = threadIdx.x; r < n; r += kThreads) m = max(m, bits[r]);
+  m = __reduce_max_sync(0xffffffffu, m);
+  if ((threadIdx.x & 31) == 0) warpMax[threadIdx.x >> 5] = m;
+  __syncthreads();
+  m = warpMax[0];
+#pragma unroll
+  for (int w = 1; w < kThreads / 32; w++) m = max(m, warpMax[w]);
+  const float amax = __uint_as_float(m);
+  const float gs = amax > 0.0f ? fminf(__fdiv_rn(2688.0f, amax), FLT_MAX) : 1.0f;
+  if (blockIdx.x == 0 && threadIdx.x == 0) *out = gs;
+  return gs;
 }
 
 __device__ __forceinline__ size_t scaleIndex(const QuantArgs& a, size_t blk) {
@@ -153,16 +177,21 @@ __device__ __forceinline__ void sideCopy(const vcollNvfp4SideCopy& c, size_t fir
 
 /* Grid-stride over the blocks, the next block's loads issued before the
  * current block is quantized (so that every thread keeps a load in flight
- * while it computes), then the swizzled layout's zero padding, then the
- * side copies (sc, quantizeCopiesKernel only). */
+ * while it computes), then the swizzled layout's zero padding. With sc
+ * (quantizeCopiesKernel only): the global scale from sc->amaxBits, and the
+ * side copies, done while the first block's loads are in flight (after the
+ * quantization they added a load's latency to the launch). */
 template <typename T, bool kVec, bool kCopies>
 __device__ __forceinline__ void quantizeBody(const QuantArgs& a, const SideCopies* sc) {
   typedef Block<T, kVec> B;
   const size_t first = (size_t)blockIdx.x * kThreads + threadIdx.x, stride = (size_t)gridDim.x * kThreads;
   typename B::Raw cur = {};
   if (first < a.blocks) B::loadRaw(a.x, first, cur);
-  /* No blocks: side copies only, and no global scale to read. */
-  const float gs = !kCopies || a.blocks > 0 ? readGlobalScale(a.gs, a.computed) : 1.0f;
+  float gs;
+  if (kCopies && sc->amaxBits) gs = scaleFromAmaxBits(sc->amaxBits, sc->namax, a.gs);
+  else gs = !kCopies || a.blocks > 0 ? readGlobalScale(a.gs, a.computed) : 1.0f; /* no blocks: no scale to read */
+  if (kCopies)
+    for (int k = 0; k < sc->n; k++) sideCopy(sc->c[k], first, stride);
   const float gsDiv6 = __fmul_rn(gs, 1.0f / 6.0f);
   const float invGs = __frcp_rn(gs);
 #pragma unroll 1
@@ -176,8 +205,6 @@ __device__ __forceinline__ void quantizeBody(const QuantArgs& a, const SideCopie
     cur = next;
   }
   for (size_t q = first; q < a.padTotal; q += stride) writePadding(a, q);
-  if (kCopies)
-    for (int k = 0; k < sc->n; k++) sideCopy(sc->c[k], first, stride);
 }
 
 template <typename T, bool kVec>
@@ -415,43 +442,51 @@ extern "C" VCOLL_API vcollResult_t vcollNvfp4Quantize(const void* x, vcollDataTy
                                                       float* globalScale, int computeGlobalScale, void* payload,
                                                       void* scales, vcollScaleLayout_t layout, cudaStream_t stream) {
   return vcollNvfp4QuantizeCopies("vcollNvfp4Quantize", x, dtype, rows, cols, globalScale, computeGlobalScale,
-                                  payload, scales, layout, NULL, 0, stream);
+                                  payload, scales, layout, NULL, 0, NULL, 0, stream);
 }
 
 extern "C" vcollResult_t vcollNvfp4QuantizeCopies(const char* op, const void* x, vcollDataType_t dtype, size_t rows,
                                                   size_t cols, float* globalScale, int computeGlobalScale,
                                                   void* payload, void* scales, vcollScaleLayout_t layout,
                                                   const vcollNvfp4SideCopy* copies, int ncopies,
-                                                  cudaStream_t stream) {
+                                                  const uint32_t* amaxBits, int namax, cudaStream_t stream) {
   VCOLL_CHECK_RES(vcollNvfp4CheckQuantize(op, x, dtype, rows, cols, globalScale, payload, scales, layout));
   if (ncopies < 0 || ncopies > VCOLL_NVFP4_MAX_SIDE_COPIES)
     return vcollSetError(NULL, vcollInternalError, "%s: %d side copies (at most %d)", op, ncopies,
                          VCOLL_NVFP4_MAX_SIDE_COPIES);
+  if (amaxBits && (computeGlobalScale || namax < 1))
+    return vcollSetError(NULL, vcollInternalError, "%s: amax bits with %s", op,
+                         computeGlobalScale ? "computeGlobalScale" : "namax < 1");
+  /* The kernel writes *globalScale when it computes it (computeGlobalScale
+   * or amaxBits). */
+  const int writesGs = computeGlobalScale || amaxBits;
   QuantArgs a = {};
   SideCopies sc = {};
   for (int k = 0; k < ncopies; k++) {
     if (copies[k].bytes == 0 || copies[k].src == copies[k].dst) continue;
     const int writes = vcollOverlaps(copies[k].dst, copies[k].bytes, globalScale, sizeof(float));
-    if (writes || (computeGlobalScale && vcollOverlaps(copies[k].src, copies[k].bytes, globalScale, sizeof(float))))
+    if (writes || (writesGs && vcollOverlaps(copies[k].src, copies[k].bytes, globalScale, sizeof(float))))
       return vcollSetError(NULL, vcollInternalError, "%s: side copy %d %s the global scale", op, k,
                            writes ? "writes" : "reads a computed");
     sc.c[sc.n++] = copies[k];
   }
-  const SideCopies* scp = sc.n > 0 ? &sc : NULL;
+  sc.amaxBits = amaxBits;
+  sc.namax = namax;
+  const SideCopies* scp = sc.n > 0 || amaxBits ? &sc : NULL;
+  a.gs = globalScale;
   if (rows == 0) {
     if (computeGlobalScale) {
       setOneKernel<<<1, 1, 0, stream>>>(globalScale);
       LAUNCH_CHECK("setOneKernel");
     }
     if (scp == NULL) return vcollSuccess;
-    /* Only the copies: the quantize kernel with no blocks to quantize (it
-     * then reads no global scale). */
+    /* Only the copies and a scale from amaxBits: the quantize kernel with
+     * no blocks to quantize (it then reads no global scale). */
     return launchQuantize<float>(op, a, scp, false, stream);
   }
   a.x = x;
   a.payload = (uint8_t*)payload;
   a.scales = (uint8_t*)scales;
-  a.gs = globalScale;
   a.rows = rows;
   a.kc = cols / 16;
   a.blocks = rows * a.kc;
@@ -466,8 +501,8 @@ extern "C" vcollResult_t vcollNvfp4QuantizeCopies(const char* op, const void* x,
   if (a.computed) VCOLL_CUDACHECK(NULL, cudaMemsetAsync(globalScale, 0xff, sizeof(float), stream));
   const bool vec = (uintptr_t)x % 16 == 0 && (uintptr_t)payload % 8 == 0;
   VCOLL_TRACE("%s: %zu x %zu %s, %s scales, %s global scale, %s path, %d side copies", op, rows, cols,
-              vcollTypeName(dtype), a.swizzled ? "swizzled" : "linear", a.computed ? "computed" : "given",
-              vec ? "vector" : "scalar", sc.n);
+              vcollTypeName(dtype), a.swizzled ? "swizzled" : "linear",
+              a.computed ? "computed" : amaxBits ? "gathered-amax" : "given", vec ? "vector" : "scalar", sc.n);
   switch (dtype) {
     case vcollBfloat16: return launchQuantize<__nv_bfloat16>(op, a, scp, vec, stream);
     case vcollFloat16: return launchQuantize<__half>(op, a, scp, vec, stream);

@@ -21,10 +21,15 @@ vcollResult_t vcollNvfp4CheckConvert(const char* op, const void* src, vcollScale
 
 /* vcollNvfp4Quantize plus up to VCOLL_NVFP4_MAX_SIDE_COPIES plain copies
  * (src and dst not overlapping; empty ones and src == dst skipped) in the
- * same launch, after the quantization; with rows = 0 only the copies (and
- * a computed scale's 1.0). Reads *globalScale, which no copy may write, nor
- * read with a computed scale (the kernel may store 1.0 there): such a copy
- * is vcollInternalError (nvfp4.cu; device only). Errors name `op`. */
+ * same launch, done while the first loads of the quantization are in
+ * flight; with rows = 0 only the copies (and a computed scale's 1.0).
+ * amaxBits: NULL, or namax >= 1 amax bits (the MoE dispatch's gathered
+ * amax of every rank): the kernel then derives the global scale
+ * fminf(2688 / max, FLT_MAX) (1.0 when the max is 0) itself and writes it
+ * to *globalScale, even with rows = 0 (computeGlobalScale must be 0).
+ * Reads *globalScale otherwise. No copy may write *globalScale, nor read
+ * it when the kernel computes it: such a copy is vcollInternalError
+ * (nvfp4.cu; device only). Errors name `op`. */
 #define VCOLL_NVFP4_MAX_SIDE_COPIES 3
 typedef struct {
   const void* src;
@@ -34,7 +39,7 @@ typedef struct {
 vcollResult_t vcollNvfp4QuantizeCopies(const char* op, const void* x, vcollDataType_t dtype, size_t rows,
                                        size_t cols, float* globalScale, int computeGlobalScale, void* payload,
                                        void* scales, vcollScaleLayout_t layout, const vcollNvfp4SideCopy* copies,
-                                       int ncopies, cudaStream_t stream);
+                                       int ncopies, const uint32_t* amaxBits, int namax, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

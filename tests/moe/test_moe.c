@@ -591,33 +591,53 @@ static int combineFp32NanCase(void) {
   return ok;
 }
 
-/* Computed global scale with every rank's largest |x| at its first element
- * (negative): 2688 / 448 = 6 exactly. */
+/* Computed global scale, one workspace, calls in sequence; every rank's
+ * token holds its largest |x| at one place (a different place each call)
+ * and 16384 elements, so that the device's amax kernel runs on several
+ * CTAs: -448 at the first element (2688 / 448 = 6 exactly), then at most
+ * 1 (2688: a maximum left over from the call before would give 6 again),
+ * 448 at the last element, all zeros (1.0). */
 static void test_dispatch_amax_first(void** state) {
   (void)state;
   if (onGpu()) VT_REQUIRE_GPU();
-  enum { H = 16 };
+  enum { H = 16384 };
+  static const struct {
+    size_t at;
+    float big, rest, want;
+  } calls[] = {{0, -448.0f, 1.0f, 6.0f}, {H / 2, 1.0f, -0.5f, 2688.0f}, {H - 1, 448.0f, 3.0f, 6.0f}, {0, 0.0f, 0.0f, 1.0f}};
   size_t counts[64];
   vcollMoeWorkspace_t ws = oneTokenPerRank(
       (vcollMoeConfig_t){.format = vcollMoeFp4, .hidden = H, .scale = vcollMoeScaleComputed, .allocBuffers = 1}, counts);
   vcollMoeBuffers_t b;
   assert_int_equal(vcollMoeWorkspaceBuffers(ws, &b), vcollSuccess);
-  uint16_t h[H];
-  for (int j = 0; j < H; j++) h[j] = vcollF32ToBf16(j == 0 ? -448.0f : 1.0f);
+  uint16_t* h = malloc(H * 2);
+  assert_non_null(h);
   int32_t id = 0;
   float w = 1.0f;
   char* dIn = bufAlloc(H * 2 + 8);
-  bufPut(dIn, h, H * 2);
   bufPut(dIn + H * 2, &id, 4);
   bufPut(dIn + H * 2 + 4, &w, 4);
   vcollMoeLocal_t in = {dIn, (const int32_t*)(dIn + H * 2), (const float*)(dIn + H * 2 + 4), NULL, NULL};
-  vcollResult_t res = vcollMoeDispatch(ws, counts, &in, &b.tokens, 0);
-  sync();
-  float gs = 0;
-  bufGet(&gs, b.tokens.globalScale, 4);
+  int ok = 1;
+  char what[160] = "";
+  for (size_t c = 0; c < sizeof(calls) / sizeof(calls[0]); c++) {
+    for (size_t j = 0; j < H; j++) h[j] = vcollF32ToBf16(j == calls[c].at ? calls[c].big : calls[c].rest);
+    bufPut(dIn, h, H * 2);
+    bufPoison(b.tokens.globalScale, 4);
+    vcollResult_t res = vcollMoeDispatch(ws, counts, &in, &b.tokens, 0);
+    sync();
+    float gs = 0;
+    bufGet(&gs, b.tokens.globalScale, 4);
+    if (ok && !(res == vcollSuccess && gs == calls[c].want)) {
+      snprintf(what, sizeof(what), "call %zu (|x| max %g at %zu): res %d, global scale %g (want %g)", c,
+               fabsf(calls[c].big), calls[c].at, res, gs, calls[c].want);
+      ok = 0;
+    }
+  }
   bufFree(dIn);
+  free(h);
   assert_int_equal(vcollMoeWorkspaceDestroy(ws), vcollSuccess);
-  VT_ASSERT_ALL(res == vcollSuccess && gs == 6.0f, "amax at element 0: res %d, global scale %g (want 6)", res, gs);
+  VT_ASSERT_ALL(ok, "computed scale: %s", what);
 }
 
 /* ---- count gathering ------------------------------------------------------ */
