@@ -136,10 +136,10 @@ for line in open(sys.argv[1]):
         cols = line[1:].split()  # column names (moe_dispatch_perf's header)
         continue
     if key and 'moe_dispatch' in key[1] and len(f)>15 and f[0]=='equal':
-        d[('G'+key[1].split()[-1], int(f[1]), key[0])].append(tuple(f[cols.index(n)] for n in ('fp4', 'bf16', 'quant')))
+        d[('G'+key[1].split()[-1], int(f[1]), key[0])].append(tuple(f[cols.index(n)] for n in ('fp4', 'fp4c', 'bf16', 'quant')))
     if key and key[1]=='nvfp4_perf' and len(f)>=12 and f[0].isdigit():
         d[('nvfp4', int(f[0]), key[0])].append((f[2],f[8],f[10]))
-print("# bench G, tokens/rows, build: per repetition (fp4 dispatch, bf16 dispatch, quant alone) us | nvfp4_perf: (quant, copy, %copy)")
+print("# bench G, tokens/rows, build: per repetition (fp4 dispatch, fp4 with computed scale, bf16 dispatch, quant alone) us | nvfp4_perf: (quant, copy, %copy)")
 for k in sorted(d): print(k[0], k[1], k[2], ' '.join('/'.join(x) for x in d[k]))
 PY
 }
