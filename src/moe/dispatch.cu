@@ -34,9 +34,10 @@ __device__ __forceinline__ float absFinite(__nv_bfloat16 v) {
   return f <= FLT_MAX ? f : 0.0f;
 }
 
-/* The last CTA to finish (counted in acc[1]) moves the max (acc[0]) to
- * *out and sets both back to 0 for the next launch: no memset before it
- * (acc starts at 0 with the workspace). */
+/* On a grid the device holds at once, four 16-byte loads in flight per
+ * thread. The last CTA to finish (counted in acc[1]) moves the max
+ * (acc[0]) to *out and sets both back to 0 for the next launch: no memset
+ * before it (acc starts at 0 with the workspace). */
 template <bool kVec>
 __global__ void __launch_bounds__(kThreads) amaxKernel(const __nv_bfloat16* x, size_t n, uint32_t* acc,
                                                        uint32_t* out) {
@@ -46,9 +47,20 @@ __global__ void __launch_bounds__(kThreads) amaxKernel(const __nv_bfloat16* x, s
   size_t done = 0;
   if (kVec) {
     const size_t nv = n / 8;
-    for (size_t i = tid; i < nv; i += stride) {
+    const uint4* xv = (const uint4*)x;
+    size_t i = tid;
+    for (; i + 3 * stride < nv; i += 4 * stride) {
+      Bf16x8 w[4];
+#pragma unroll
+      for (int u = 0; u < 4; u++) w[u].u = __ldg(xv + i + u * stride);
+#pragma unroll
+      for (int u = 0; u < 4; u++)
+#pragma unroll
+        for (int j = 0; j < 8; j++) m = fmaxf(m, absFinite(w[u].h[j]));
+    }
+    for (; i < nv; i += stride) {
       Bf16x8 w;
-      w.u = __ldg((const uint4*)x + i);
+      w.u = __ldg(xv + i);
 #pragma unroll
       for (int j = 0; j < 8; j++) m = fmaxf(m, absFinite(w.h[j]));
     }
@@ -131,8 +143,13 @@ extern "C" vcollResult_t vcollMoeAmaxBf16(const char* op, const void* x, size_t 
     return vcollSuccess;
   }
   const __nv_bfloat16* xb = (const __nv_bfloat16*)x;
-  if ((uintptr_t)x % 16 == 0) amaxKernel<true><<<gridFor(n / 8), kThreads, 0, stream>>>(xb, n, acc, amaxBits);
-  else amaxKernel<false><<<gridFor(n), kThreads, 0, stream>>>(xb, n, acc, amaxBits);
+  static int resident[2][64];
+  const bool vec = (uintptr_t)x % 16 == 0;
+  const void* k = vec ? (const void*)amaxKernel<true> : (const void*)amaxKernel<false>;
+  unsigned g = 0;
+  VCOLL_CHECK_RES(vcollResidentGrid(k, kThreads, 0, resident[vec], gridFor(vec ? n / 8 : n), &g));
+  if (vec) amaxKernel<true><<<g, kThreads, 0, stream>>>(xb, n, acc, amaxBits);
+  else amaxKernel<false><<<g, kThreads, 0, stream>>>(xb, n, acc, amaxBits);
   LAUNCH_CHECK("amaxKernel");
   return vcollSuccess;
 }

@@ -21,8 +21,7 @@ vcollResult_t vcollNvfp4CheckConvert(const char* op, const void* src, vcollScale
 
 /* vcollNvfp4Quantize plus up to VCOLL_NVFP4_MAX_SIDE_COPIES plain copies
  * (src and dst not overlapping; empty ones and src == dst skipped) in the
- * same launch, done while the first loads of the quantization are in
- * flight; with rows = 0 only the copies (and a computed scale's 1.0).
+ * same launch, after the quantization; with rows = 0 only the copies (and a computed scale's 1.0).
  * amaxBits: NULL, or namax >= 1 amax bits (the MoE dispatch's gathered
  * amax of every rank): the kernel then derives the global scale
  * fminf(2688 / max, FLT_MAX) (1.0 when the max is 0) itself and writes it
