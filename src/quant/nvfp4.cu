@@ -178,18 +178,20 @@ __device__ __forceinline__ void sideCopy(const vcollNvfp4SideCopy& c, size_t fir
 /* Grid-stride over the blocks, the next block's loads issued before the
  * current block is quantized (so that every thread keeps a load in flight
  * while it computes), then the swizzled layout's zero padding. With sc
- * (quantizeCopiesKernel only): first the global scale from sc->amaxBits,
- * last the side copies (done first instead, while the first block's loads
+ * (quantizeCopiesKernel only): first, with kAmax, the global scale from
+ * sc->amaxBits (a variant of its own: the branch and its __syncthreads in
+ * the given-scale kernel made that 1.5-2% slower at 1024-4096 rows in a
+ * graph, 23eb79c), last the side copies (done first instead, while the first block's loads
  * are in flight, they made no difference at 1-64 tokens and cost 1.3% at
  * 4096 rows of 7168 in a graph: 85f88dd, docs/perf). */
-template <typename T, bool kVec, bool kCopies>
+template <typename T, bool kVec, bool kCopies, bool kAmax>
 __device__ __forceinline__ void quantizeBody(const QuantArgs& a, const SideCopies* sc) {
   typedef Block<T, kVec> B;
   const size_t first = (size_t)blockIdx.x * kThreads + threadIdx.x, stride = (size_t)gridDim.x * kThreads;
   typename B::Raw cur = {};
   if (first < a.blocks) B::loadRaw(a.x, first, cur);
   float gs;
-  if (kCopies && sc->amaxBits) gs = scaleFromAmaxBits(sc->amaxBits, sc->namax, a.gs);
+  if (kAmax) gs = scaleFromAmaxBits(sc->amaxBits, sc->namax, a.gs);
   else gs = !kCopies || a.blocks > 0 ? readGlobalScale(a.gs, a.computed) : 1.0f; /* no blocks: no scale to read */
   const float gsDiv6 = __fmul_rn(gs, 1.0f / 6.0f);
   const float invGs = __frcp_rn(gs);
@@ -210,13 +212,13 @@ __device__ __forceinline__ void quantizeBody(const QuantArgs& a, const SideCopie
 
 template <typename T, bool kVec>
 __global__ void __launch_bounds__(kThreads, kQuantMinBlocks) quantizeKernel(const QuantArgs a) {
-  quantizeBody<T, kVec, false>(a, nullptr);
+  quantizeBody<T, kVec, false, false>(a, nullptr);
 }
 
-template <typename T, bool kVec>
+template <typename T, bool kVec, bool kAmax>
 __global__ void __launch_bounds__(kThreads, kQuantMinBlocks)
     quantizeCopiesKernel(const QuantArgs a, const __grid_constant__ SideCopies sc) {
-  quantizeBody<T, kVec, true>(a, &sc);
+  quantizeBody<T, kVec, true, kAmax>(a, &sc);
 }
 
 /* Min over CTAs of gs(amax over the CTA's finite elements) into *gs. */
@@ -398,18 +400,20 @@ unsigned gridFor(size_t work, size_t perCta) {
  * loops over blocks; need: blocks for one block of input per thread. */
 template <typename T, bool kVec>
 vcollResult_t launchQuantizeKernel(const QuantArgs& a, const SideCopies* sc, unsigned need, cudaStream_t stream) {
-  static int resident[64], residentCopies[64];
+  static int resident[64], residentCopies[2][64];
+  const bool amax = sc && sc->amaxBits;
+  const void* k = !sc    ? (const void*)quantizeKernel<T, kVec>
+                  : amax ? (const void*)quantizeCopiesKernel<T, kVec, true>
+                         : (const void*)quantizeCopiesKernel<T, kVec, false>;
   unsigned g = 0;
-  const vcollResult_t r =
-      sc ? vcollResidentGrid((const void*)quantizeCopiesKernel<T, kVec>, kThreads, 0, residentCopies, need, &g)
-         : vcollResidentGrid((const void*)quantizeKernel<T, kVec>, kThreads, 0, resident, need, &g);
-  if (r != vcollSuccess) return r;
-  if (sc) quantizeCopiesKernel<T, kVec><<<g, kThreads, 0, stream>>>(a, *sc);
-  else quantizeKernel<T, kVec><<<g, kThreads, 0, stream>>>(a);
+  VCOLL_CHECK_RES(vcollResidentGrid(k, kThreads, 0, sc ? residentCopies[amax] : resident, need, &g));
+  if (!sc) quantizeKernel<T, kVec><<<g, kThreads, 0, stream>>>(a);
+  else if (amax) quantizeCopiesKernel<T, kVec, true><<<g, kThreads, 0, stream>>>(a, *sc);
+  else quantizeCopiesKernel<T, kVec, false><<<g, kThreads, 0, stream>>>(a, *sc);
   return vcollSuccess;
 }
 
-/* sc: NULL, or side copies (n > 0) for quantizeCopiesKernel. */
+/* sc: NULL, or side copies (n > 0) and/or amax bits for quantizeCopiesKernel. */
 template <typename T>
 vcollResult_t launchQuantize(const char* op, const QuantArgs& a, const SideCopies* sc, bool vec, cudaStream_t stream) {
   if (a.computed) {
