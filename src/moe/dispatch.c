@@ -153,7 +153,11 @@ VCOLL_API vcollResult_t vcollMoeWorkspaceCreate(vcollComm_t comm, const vcollMoe
     /* Defined padding and the amax scratch's zeros, before any stream uses
      * them (cudaMemset may return before it is done). Once. */
     if (err == cudaSuccess) err = cudaMemset(w->mem, 0, L.total);
-    if (err == cudaSuccess) err = cudaDeviceSynchronize();
+    if (err == cudaSuccess && (err = cudaStreamSynchronize(0)) != cudaSuccess) {
+      res = vcollSetError(comm, vcollUnhandledCudaError, "%s : zeroing the workspace failed: %s", op,
+                          cudaGetErrorString(err));
+      goto fail;
+    }
     if (err != cudaSuccess) {
       res = vcollSetError(comm, vcollUnhandledCudaError, "%s : cannot allocate %zu bytes of device memory: %s", op,
                           L.total, cudaGetErrorString(err));

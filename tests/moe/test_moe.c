@@ -149,8 +149,9 @@ static int runDispatchCase(uint64_t seed, int iter, vcollMoeFormat_t format) {
    * are quantized into the padded algorithms' staging buffer, into the
    * outputs elsewhere), then the automatic choice. Every other round of
    * algorithms is targeted at the cases the FP4 producer handles apart: a
-   * rank with no tokens (it still copies a given scale), the given scale
-   * not in the output, the routing inputs in place. */
+   * rank with no tokens (it still copies a given scale or derives a
+   * computed one), the given scale not in the output, the routing inputs
+   * in place. */
   const char* algo = "auto";
   int nAlgos = 0;
   if (onGpu()) {
@@ -176,7 +177,10 @@ static int runDispatchCase(uint64_t seed, int iter, vcollMoeFormat_t format) {
   cfg.routing = vtRange(&g, 0, 2) ? vcollMoeRoutingTopk : vcollMoeRoutingLogits;
   cfg.topk = (int)vtRange(&g, 1, 9);
   cfg.numExperts = (int)vtRange(&g, 1, 40);
-  cfg.scale = vtRange(&g, 0, 1) && !targeted ? vcollMoeScaleComputed : vcollMoeScaleGiven;
+  /* Targeted rounds: a computed scale in a third of them (the zero-token
+   * rank then derives and writes the scale in its quantize launch), a given
+   * one, not in the output, in the rest. */
+  cfg.scale = (targeted ? vtRange(&g, 0, 2) == 0 : vtRange(&g, 0, 1)) ? vcollMoeScaleComputed : vcollMoeScaleGiven;
   cfg.swizzledScales = format == vcollMoeFp4 && vtRange(&g, 0, 1);
   cfg.accum = vcollMoeAccumBf16;
   cfg.allocBuffers = (int)vtRange(&g, 0, 1);
@@ -591,53 +595,67 @@ static int combineFp32NanCase(void) {
   return ok;
 }
 
-/* Computed global scale, one workspace, calls in sequence; every rank's
- * token holds its largest |x| at one place (a different place each call)
- * and 16384 elements, so that the device's amax kernel runs on several
- * CTAs: -448 at the first element (2688 / 448 = 6 exactly), then at most
- * 1 (2688: a maximum left over from the call before would give 6 again),
- * 448 at the last element, all zeros (1.0). */
-static void test_dispatch_amax_first(void** state) {
-  (void)state;
-  if (onGpu()) VT_REQUIRE_GPU();
+/* Computed global scale, one workspace, calls in sequence, `tokens` tokens
+ * of 16384 elements per rank (the device's amax kernel on several CTAs;
+ * with 512 tokens, 8.4M elements, through its loop of four loads in flight
+ * on an H200's resident grid too). The largest |x| of every rank sits at
+ * one place, a different place each call: -448 at the first element
+ * (2688 / 448 = 6 exactly), then at most 1 (2688: a maximum left over in
+ * the kernel's scratch from the call before would give 6 again), 448 at the
+ * last element, all zeros (1.0). */
+static int amaxSequence(size_t tokens, char* what, size_t whatSize) {
   enum { H = 16384 };
-  static const struct {
+  const size_t E = tokens * H;
+  const struct {
     size_t at;
     float big, rest, want;
-  } calls[] = {{0, -448.0f, 1.0f, 6.0f}, {H / 2, 1.0f, -0.5f, 2688.0f}, {H - 1, 448.0f, 3.0f, 6.0f}, {0, 0.0f, 0.0f, 1.0f}};
+  } calls[] = {{0, -448.0f, 1.0f, 6.0f}, {E / 2, 1.0f, -0.5f, 2688.0f}, {E - 1, 448.0f, 3.0f, 6.0f}, {0, 0.0f, 0.0f, 1.0f}};
+  vcollMoeConfig_t cfg = {.format = vcollMoeFp4, .hidden = H, .routing = vcollMoeRoutingTopk, .topk = 1,
+                          .scale = vcollMoeScaleComputed, .allocBuffers = 1};
   size_t counts[64];
-  vcollMoeWorkspace_t ws = oneTokenPerRank(
-      (vcollMoeConfig_t){.format = vcollMoeFp4, .hidden = H, .scale = vcollMoeScaleComputed, .allocBuffers = 1}, counts);
+  for (int r = 0; r < nranks_; r++) counts[r] = tokens;
+  vcollMoeWorkspace_t ws = NULL;
+  assert_int_equal(vcollMoeWorkspaceCreate(comm, &cfg, tokens * (size_t)nranks_, &ws), vcollSuccess);
   vcollMoeBuffers_t b;
   assert_int_equal(vcollMoeWorkspaceBuffers(ws, &b), vcollSuccess);
-  uint16_t* h = malloc(H * 2);
-  assert_non_null(h);
-  int32_t id = 0;
-  float w = 1.0f;
-  char* dIn = bufAlloc(H * 2 + 8);
-  bufPut(dIn + H * 2, &id, 4);
-  bufPut(dIn + H * 2 + 4, &w, 4);
-  vcollMoeLocal_t in = {dIn, (const int32_t*)(dIn + H * 2), (const float*)(dIn + H * 2 + 4), NULL, NULL};
+  uint16_t* h = malloc(E * 2);
+  int32_t* id = calloc(tokens, 4);
+  float* w = malloc(tokens * 4);
+  assert_true(h && id && w);
+  for (size_t t = 0; t < tokens; t++) w[t] = 1.0f;
+  char* dIn = bufAlloc(E * 2 + 8 * tokens);
+  bufPut(dIn + E * 2, id, 4 * tokens);
+  bufPut(dIn + E * 2 + 4 * tokens, w, 4 * tokens);
+  vcollMoeLocal_t in = {dIn, (const int32_t*)(dIn + E * 2), (const float*)(dIn + E * 2 + 4 * tokens), NULL, NULL};
   int ok = 1;
-  char what[160] = "";
   for (size_t c = 0; c < sizeof(calls) / sizeof(calls[0]); c++) {
-    for (size_t j = 0; j < H; j++) h[j] = vcollF32ToBf16(j == calls[c].at ? calls[c].big : calls[c].rest);
-    bufPut(dIn, h, H * 2);
+    for (size_t j = 0; j < E; j++) h[j] = vcollF32ToBf16(j == calls[c].at ? calls[c].big : calls[c].rest);
+    bufPut(dIn, h, E * 2);
     bufPoison(b.tokens.globalScale, 4);
     vcollResult_t res = vcollMoeDispatch(ws, counts, &in, &b.tokens, 0);
     sync();
     float gs = 0;
     bufGet(&gs, b.tokens.globalScale, 4);
     if (ok && !(res == vcollSuccess && gs == calls[c].want)) {
-      snprintf(what, sizeof(what), "call %zu (|x| max %g at %zu): res %d, global scale %g (want %g)", c,
-               fabsf(calls[c].big), calls[c].at, res, gs, calls[c].want);
+      snprintf(what, whatSize, "%zu tokens, call %zu (|x| max %g at %zu): res %d, global scale %g (want %g)", tokens,
+               c, fabsf(calls[c].big), calls[c].at, res, gs, calls[c].want);
       ok = 0;
     }
   }
   bufFree(dIn);
   free(h);
+  free(id);
+  free(w);
   assert_int_equal(vcollMoeWorkspaceDestroy(ws), vcollSuccess);
-  VT_ASSERT_ALL(ok, "computed scale: %s", what);
+  return ok;
+}
+
+static void test_dispatch_amax_first(void** state) {
+  (void)state;
+  if (onGpu()) VT_REQUIRE_GPU();
+  char what[200] = "", what2[200] = "";
+  const int ok = amaxSequence(1, what, sizeof(what)), ok2 = amaxSequence(512, what2, sizeof(what2));
+  VT_ASSERT_ALL(ok && ok2, "computed scale: %s", ok ? what2 : what);
 }
 
 /* ---- count gathering ------------------------------------------------------ */
@@ -901,6 +919,7 @@ static void test_graph_capture(void** state) {
     bufPoison(b.tokens.hidden, N * H / 2);
     bufPoison(b.tokens.scales, N * H / 16);
     bufPoison(b.tokens.scalesSwizzled, swzBytes);
+    bufPoison(b.tokens.globalScale, 4);
     bufPoison(b.combined, n * H * 2);
     sync(); /* inputs and poison (legacy stream) land before the replay on s */
     assert_int_equal(cudaGraphLaunch(exec, s), cudaSuccess);
