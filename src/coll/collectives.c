@@ -4,37 +4,43 @@
 
 #include "vcoll_internal.h"
 
-/* What every rank must pass alike: sizes, types, whether its buffers are
- * registered, and on the NCCL backend the algorithm, chosen here and handed
- * to the backend in c->algo (registered buffers, VCOLL_ALGO,
+/* What every rank must pass alike (checked mode's fields): sizes, types,
+ * whether its buffers are registered, and on the NCCL backend the
+ * algorithm, chosen here and handed to the backend in c->algo (registered buffers, VCOLL_ALGO,
  * vcollCommSetAlgo or VCOLL_NCCL_AVG on some ranks only would make ranks
  * pick different NCCL calls and hang). */
-static uint64_t agvDigest(vcollComm_t comm, struct vcollAgvCall* c, int nranks) {
-  uint64_t h = vcollHashBytes(0, "agv", 3);
+static const char* const kAlgoField =
+    "algorithms (VCOLL_ALGO, vcollCommSetAlgo or VCOLL_NCCL_AVG differ between ranks)";
+static const char* const kRegField = "buffers (registered through vcollMemAlloc on some ranks only)";
+
+static int agvFields(vcollComm_t comm, struct vcollAgvCall* c, int nranks, struct vcollAgreeField* f) {
   if (comm->backend == vcollBackendNccl)
     c->algo = vcollAlgoChoose(comm, vcollCollAllGatherV, c, vcollAgvSelect(comm, c));
-  h = vcollHashBytes(h, &c->algo, sizeof(c->algo));
   const int reg = vcollAgvAllRegistered(comm, c); /* 0 without windows (host backend) */
-  h = vcollHashBytes(h, &reg, sizeof(reg));
-  h = vcollHashBytes(h, &c->ntensors, sizeof(c->ntensors));
+  uint64_t t = vcollHashBytes(0, &c->ntensors, sizeof(c->ntensors));
   for (int i = 0; i < c->ntensors; i++) {
-    h = vcollHashBytes(h, &c->tensors[i].width, sizeof(size_t));
-    h = vcollHashBytes(h, &c->tensors[i].datatype, sizeof(vcollDataType_t));
+    t = vcollHashBytes(t, &c->tensors[i].width, sizeof(size_t));
+    t = vcollHashBytes(t, &c->tensors[i].datatype, sizeof(vcollDataType_t));
   }
-  return vcollHashBytes(h, c->counts, sizeof(size_t) * (size_t)nranks);
+  f[0] = (struct vcollAgreeField){"counts", vcollHashBytes(0, c->counts, sizeof(size_t) * (size_t)nranks)};
+  f[1] = (struct vcollAgreeField){"tensor counts, widths or types", t};
+  f[2] = (struct vcollAgreeField){kRegField, vcollHashBytes(0, &reg, sizeof(reg))};
+  f[3] = (struct vcollAgreeField){kAlgoField, vcollHashBytes(0, &c->algo, sizeof(c->algo))};
+  return 4;
 }
 
-static uint64_t rsvDigest(vcollComm_t comm, struct vcollRsvCall* c, int nranks) {
-  uint64_t h = vcollHashBytes(0, "rsv", 3);
+static int rsvFields(vcollComm_t comm, struct vcollRsvCall* c, int nranks, struct vcollAgreeField* f) {
   if (comm->backend == vcollBackendNccl && c->algo < 0) /* not chosen by vcoll's own caller */
     c->algo = vcollAlgoChoose(comm, vcollCollReduceScatterV, c, vcollRsvSelect(comm, c));
-  h = vcollHashBytes(h, &c->algo, sizeof(c->algo));
   const int reg = vcollRsvAllRegistered(comm, c);
-  h = vcollHashBytes(h, &reg, sizeof(reg));
-  h = vcollHashBytes(h, &c->width, sizeof(c->width));
-  h = vcollHashBytes(h, &c->datatype, sizeof(c->datatype));
-  h = vcollHashBytes(h, &c->op, sizeof(c->op));
-  return vcollHashBytes(h, c->counts, sizeof(size_t) * (size_t)nranks);
+  uint64_t t = vcollHashBytes(0, &c->width, sizeof(c->width));
+  t = vcollHashBytes(t, &c->datatype, sizeof(c->datatype));
+  f[0] = (struct vcollAgreeField){"counts", vcollHashBytes(0, c->counts, sizeof(size_t) * (size_t)nranks)};
+  f[1] = (struct vcollAgreeField){"widths or types", t};
+  f[2] = (struct vcollAgreeField){"reduction ops", vcollHashBytes(0, &c->op, sizeof(c->op))};
+  f[3] = (struct vcollAgreeField){kRegField, vcollHashBytes(0, &reg, sizeof(reg))};
+  f[4] = (struct vcollAgreeField){kAlgoField, vcollHashBytes(0, &c->algo, sizeof(c->algo))};
+  return 5;
 }
 
 static vcollResult_t allGatherV(const char* op, const vcollTensor_t* tensors, int ntensors, const size_t* counts,
@@ -53,8 +59,11 @@ static vcollResult_t allGatherV(const char* op, const vcollTensor_t* tensors, in
                         VCOLL_AGV_PRODUCE_MAX_TENSORS);
   call.produce = produce;
   call.produceCtx = ctx;
-  if (comm->checked && !vcollStreamCapturing(comm, stream))
-    res = vcollCheckAgreement(comm, op, res == vcollSuccess ? agvDigest(comm, &call, comm->nranks) : 0, res, stream);
+  if (comm->checked && !vcollStreamCapturing(comm, stream)) {
+    struct vcollAgreeField f[VCOLL_AGREE_MAX_FIELDS];
+    const int nf = res == vcollSuccess ? agvFields(comm, &call, comm->nranks, f) : 0;
+    res = vcollCheckAgreement(comm, op, f, nf, res, stream);
+  }
   if (res == vcollSuccess) res = comm->ops->allgatherv(comm, &call);
   if (inPlace != inPlaceSmall) free(inPlace);
   return res;
@@ -93,8 +102,11 @@ static vcollResult_t reduceScatterV(const void* sendbuff, void* recvbuff, const 
     else
       call.algo = idx, comm->lastAlgo[vcollCollReduceScatterV] = vcollRsvAlgos[idx].name;
   }
-  if (comm->checked && !vcollStreamCapturing(comm, stream))
-    res = vcollCheckAgreement(comm, op, res == vcollSuccess ? rsvDigest(comm, &call, comm->nranks) : 0, res, stream);
+  if (comm->checked && !vcollStreamCapturing(comm, stream)) {
+    struct vcollAgreeField f[VCOLL_AGREE_MAX_FIELDS];
+    const int nf = res == vcollSuccess ? rsvFields(comm, &call, comm->nranks, f) : 0;
+    res = vcollCheckAgreement(comm, op, f, nf, res, stream);
+  }
   if (res != vcollSuccess) return res;
   return comm->ops->reducescatterv(comm, &call);
 }

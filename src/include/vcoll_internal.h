@@ -160,12 +160,21 @@ vcollResult_t vcollCheckReduceScatterV(vcollComm_t comm, const void* sendbuff, v
                                        const size_t* counts, size_t width,
                                        vcollDataType_t datatype, vcollRedOp_t op,
                                        cudaStream_t stream, struct vcollRsvCall* call);
+/* One thing the ranks of a checked call must pass alike: what the error
+ * message calls it, and a hash of this rank's value. */
+struct vcollAgreeField {
+  const char* name;
+  uint64_t hash;
+};
+#define VCOLL_AGREE_MAX_FIELDS 8
 /* Checked mode (VCOLL_CHECK=1): all ranks agree that they passed the same
- * sizes, and that none of them failed its local checks (localRes). Returns
- * vcollArgumentMismatch (or vcollInvalidArgument when a rank's own checks
- * failed) on every rank. */
-vcollResult_t vcollCheckAgreement(vcollComm_t comm, const char* opName, uint64_t digest,
-                                  vcollResult_t localRes, cudaStream_t stream);
+ * fields (nf <= VCOLL_AGREE_MAX_FIELDS; unread when localRes fails), and
+ * that none of them failed its local checks (localRes), in one small
+ * allreduce. Returns on every rank vcollArgumentMismatch naming the fields
+ * that differ, or vcollInvalidArgument naming the lowest rank whose own
+ * checks failed (that rank returns its own error). */
+vcollResult_t vcollCheckAgreement(vcollComm_t comm, const char* opName, const struct vcollAgreeField* fields,
+                                  int nf, vcollResult_t localRes, cudaStream_t stream);
 uint64_t vcollHashBytes(uint64_t h, const void* data, size_t len);
 /* a * b and a + b with overflow detection: return 0 on overflow. */
 int vcollMulOk(size_t a, size_t b, size_t* out);

@@ -154,19 +154,45 @@ vcollResult_t vcollCheckReduceScatterV(vcollComm_t comm, const void* sendbuff, v
   return vcollSuccess;
 }
 
-vcollResult_t vcollCheckAgreement(vcollComm_t comm, const char* op, uint64_t digest,
+vcollResult_t vcollCheckAgreement(vcollComm_t comm, const char* op, const struct vcollAgreeField* fields, int nf,
                                   vcollResult_t localRes, cudaStream_t stream) {
-  uint64_t vals[3] = {digest, ~digest, localRes != vcollSuccess};
-  vcollResult_t res = comm->ops->allreduceMaxU64(comm, vals, 3, stream);
+  if (nf < 0 || nf > VCOLL_AGREE_MAX_FIELDS)
+    return vcollSetError(comm, vcollInternalError, "%s : %d agreement fields (at most %d)", op, nf,
+                         VCOLL_AGREE_MAX_FIELDS);
+  /* Field 0 is the function itself, then the caller's; per field its hash
+   * and the hash's complement (a rank whose value differs sees the max of
+   * one of them differ from its own); last the lowest failing rank as
+   * nranks - rank. Always the same length, whatever the function, so that
+   * ranks in different functions still meet in the same allreduce. */
+  enum { kF = VCOLL_AGREE_MAX_FIELDS + 1 };
+  struct vcollAgreeField f[kF];
+  uint64_t vals[2 * kF + 1];
+  const int ok = localRes == vcollSuccess;
+  f[0] = (struct vcollAgreeField){"functions (one rank called another one)", vcollHashBytes(0, op, strlen(op))};
+  for (int i = 1; i < kF; i++) f[i] = i <= nf ? fields[i - 1] : (struct vcollAgreeField){NULL, 0};
+  for (int i = 0; i < kF; i++) {
+    vals[2 * i] = ok || i == 0 ? f[i].hash : 0;
+    vals[2 * i + 1] = ok || i == 0 ? ~f[i].hash : 0;
+  }
+  vals[2 * kF] = ok ? 0 : (uint64_t)(comm->nranks - comm->rank);
+  vcollResult_t res = comm->ops->allreduceMaxU64(comm, vals, 2 * kF + 1, stream);
   if (res != vcollSuccess) return res;
-  if (localRes != vcollSuccess) return localRes; /* its message is already recorded */
-  if (vals[2] != 0)
-    return VCOLL_ARGERR(comm, op, "another rank's arguments failed validation (checked mode); nothing was communicated");
-  if (vals[0] != digest || vals[1] != ~digest)
+  if (!ok) return localRes; /* its message is already recorded */
+  const int sameFn = vals[0] == f[0].hash && vals[1] == ~f[0].hash;
+  if (vals[2 * kF] != 0 && sameFn)
+    return VCOLL_ARGERR(comm, op, "rank %d's arguments failed validation (checked mode; the lowest such rank); "
+                        "nothing was communicated", comm->nranks - (int)vals[2 * kF]);
+  char which[512];
+  size_t o = 0;
+  which[0] = '\0';
+  for (int i = 0; i < (sameFn ? kF : 1); i++)
+    if (f[i].name && (vals[2 * i] != f[i].hash || vals[2 * i + 1] != ~f[i].hash)) {
+      int w = snprintf(which + o, sizeof(which) - o, "%s%s", o ? "; " : "", f[i].name);
+      o += w > 0 && (size_t)w < sizeof(which) - o ? (size_t)w : 0;
+    }
+  if (o > 0)
     return vcollSetError(comm, vcollArgumentMismatch,
-                         "%s : ranks passed different counts, widths, types or tensor counts, registered "
-                         "buffers on some ranks only, or chose different algorithms (VCOLL_ALGO, "
-                         "vcollCommSetAlgo or VCOLL_NCCL_AVG differ) (checked mode, VCOLL_CHECK=1); nothing was "
-                         "communicated", op);
+                         "%s : ranks passed different %s (checked mode, VCOLL_CHECK=1); nothing was communicated", op,
+                         which);
   return vcollSuccess;
 }

@@ -110,7 +110,7 @@ VCOLL_API const char* vcollGetErrorString(vcollResult_t result) {
     case vcollInternalError: return "internal error - please report this issue to the vcoll developers";
     case vcollInvalidArgument: return "invalid argument (see vcollGetLastError or run with VCOLL_DEBUG=WARN)";
     case vcollInvalidUsage: return "invalid usage (see vcollGetLastError or run with VCOLL_DEBUG=WARN)";
-    case vcollArgumentMismatch: return "ranks passed different sizes (checked mode, VCOLL_CHECK=1)";
+    case vcollArgumentMismatch: return "ranks passed different arguments (checked mode, VCOLL_CHECK=1)";
     case vcollNcclError: return "NCCL error (see vcollGetLastError)";
     case vcollMpiError: return "MPI error (see vcollGetLastError)";
     case vcollNotSupported: return "not supported by this build or backend";

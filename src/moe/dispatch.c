@@ -265,13 +265,14 @@ static vcollResult_t agree(vcollMoeWorkspace_t ws, const char* op, const size_t*
   vcollComm_t comm = ws->comm;
   if (!comm->checked || vcollStreamCapturing(comm, stream)) return localRes;
   const vcollMoeConfig_t* c = &ws->cfg;
-  const uint64_t shape[9] = {c->hidden, (uint64_t)c->format, (uint64_t)c->routing, routingWidth(c),
-                             (uint64_t)c->scale, (uint64_t)c->swizzledScales, (uint64_t)c->accum, ws->maxTokens,
-                             mode};
-  uint64_t h = vcollHashBytes(0, op, strlen(op));
-  h = vcollHashBytes(h, shape, sizeof(shape)); /* fields, not the struct: its padding is undefined */
-  if (localRes == vcollSuccess) h = vcollHashBytes(h, counts, sizeof(size_t) * (size_t)comm->nranks);
-  return vcollCheckAgreement(comm, op, h, localRes, stream);
+  /* Config fields, not the struct: its padding is undefined. */
+  const uint64_t shape[8] = {c->hidden, (uint64_t)c->format, (uint64_t)c->routing, routingWidth(c),
+                             (uint64_t)c->scale, (uint64_t)c->swizzledScales, (uint64_t)c->accum, ws->maxTokens};
+  const struct vcollAgreeField f[3] = {
+      {"counts", localRes == vcollSuccess ? vcollHashBytes(0, counts, sizeof(size_t) * (size_t)comm->nranks) : 0},
+      {"workspace configs or maxTokens", vcollHashBytes(0, shape, sizeof(shape))},
+      {"VCOLL_MOE_COMBINE32 values", vcollHashBytes(0, &mode, sizeof(mode))}};
+  return vcollCheckAgreement(comm, op, f, 3, localRes, stream);
 }
 
 struct region {

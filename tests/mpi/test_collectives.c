@@ -718,20 +718,32 @@ static void test_checked_mode(void** state) {
   memcpy(mine, counts, sizeof(mine));
   if (rank_ == 1) mine[0] = 4;
   vcollResult_t res = vcollAllGatherV(&t, 1, mine, comm, 0);
-  VT_ASSERT_ALL(res == vcollArgumentMismatch, "allgatherv counts mismatch: got %d (%s)", res, vcollGetLastError(comm));
+  VT_ASSERT_ALL(res == vcollArgumentMismatch && strstr(vcollGetLastError(comm), "ranks passed different counts (") &&
+                    !strstr(vcollGetLastError(comm), "widths"),
+                "allgatherv counts mismatch: got %d (%s)", res, vcollGetLastError(comm));
   /* 2. a different width on the last rank. */
   vcollTensor_t t2 = t;
   if (rank_ == nranks_ - 1) t2.width = 4;
   res = vcollAllGatherV(&t2, 1, counts, comm, 0);
-  VT_ASSERT_ALL(res == vcollArgumentMismatch, "width mismatch: got %d", res);
+  VT_ASSERT_ALL(res == vcollArgumentMismatch &&
+                    strstr(vcollGetLastError(comm), "ranks passed different tensor counts, widths or types ("),
+                "width mismatch: got %d (%s)", res, vcollGetLastError(comm));
   /* 3. rank 0 passes a NULL sendbuff: every rank fails, none hangs. */
   vcollTensor_t t3 = t;
   if (rank_ == 0) t3.sendbuff = NULL;
   res = vcollAllGatherV(&t3, 1, counts, comm, 0);
-  VT_ASSERT_ALL(res == vcollInvalidArgument, "one rank's bad pointer: got %d (%s)", res, vcollGetLastError(comm));
+  VT_ASSERT_ALL(res == vcollInvalidArgument &&
+                    strstr(vcollGetLastError(comm), rank_ == 0 ? "sendbuff" : "rank 0's arguments failed validation"),
+                "one rank's bad pointer: got %d (%s)", res, vcollGetLastError(comm));
   /* 4. reducescatterv with a different op on rank 1. */
   res = vcollReduceScatterV(recv, send, counts, 8, vcollBfloat16, rank_ == 1 ? vcollMax : vcollSum, comm, 0);
-  VT_ASSERT_ALL(res == vcollArgumentMismatch, "op mismatch: got %d", res);
+  VT_ASSERT_ALL(res == vcollArgumentMismatch && strstr(vcollGetLastError(comm), "ranks passed different reduction ops ("),
+                "op mismatch: got %d (%s)", res, vcollGetLastError(comm));
+  /* 4b. rank 0 in allgatherv, the others in reducescatterv. */
+  if (rank_ == 0) res = vcollAllGatherV(&t, 1, counts, comm, 0);
+  else res = vcollReduceScatterV(recv, send, counts, 8, vcollBfloat16, vcollSum, comm, 0);
+  VT_ASSERT_ALL(res == vcollArgumentMismatch && strstr(vcollGetLastError(comm), "ranks passed different functions ("),
+                "different functions: got %d (%s)", res, vcollGetLastError(comm));
   /* 5. NCCL backend: rank 0 forces the baseline algorithms, the others choose
    * automatically (padded ones for these small equal counts): different
    * NCCL calls would hang; checked mode compares the choices. */
@@ -741,8 +753,8 @@ static void test_checked_mode(void** state) {
       assert_int_equal(vcollCommSetAlgo(comm, vcollCollReduceScatterV, "reduce"), vcollSuccess);
     }
     res = vcollAllGatherV(&t, 1, counts, comm, 0);
-    VT_ASSERT_ALL(res == vcollArgumentMismatch, "allgatherv algorithm mismatch: got %d (%s)", res,
-                  vcollGetLastError(comm));
+    VT_ASSERT_ALL(res == vcollArgumentMismatch && strstr(vcollGetLastError(comm), "ranks passed different algorithms ("),
+                  "allgatherv algorithm mismatch: got %d (%s)", res, vcollGetLastError(comm));
     res = vcollReduceScatterV(recv, send, counts, 8, vcollBfloat16, vcollSum, comm, 0);
     VT_ASSERT_ALL(res == vcollArgumentMismatch, "reducescatterv algorithm mismatch: got %d", res);
     vcollCommSetAlgo(comm, vcollCollAllGatherV, NULL);
