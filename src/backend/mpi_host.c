@@ -395,7 +395,7 @@ VCOLL_API vcollResult_t vcollCommInitMPI(MPI_Comm mpiComm, vcollBackend_t backen
     const char* env = vcollParamBackend();
     if (env && strcmp(env, "nccl") == 0) backend = vcollBackendNccl;
     else if (env && strcmp(env, "host") == 0) backend = vcollBackendHost;
-    else if (env && strcmp(env, "auto") != 0) VCOLL_WARN("VCOLL_BACKEND=%s is not nccl, host or auto; ignored", env);
+    else if (env && strcmp(env, "auto") != 0) VCOLL_NOTICE("VCOLL_BACKEND=%s is not nccl, host or auto; ignored", env);
   }
   /* Every rank runs the same collectives here, whatever it asked for, and
    * the ranks agree: a backend argument, VCOLL_BACKEND or VCOLL_CHECK that
@@ -408,7 +408,7 @@ VCOLL_API vcollResult_t vcollCommInitMPI(MPI_Comm mpiComm, vcollBackend_t backen
   MPICHECK(NULL, MPI_Allreduce(MPI_IN_PLACE, v, 3, MPI_INT, MPI_MIN, mpiComm));
   if (backend == vcollBackendAuto) {
     if (!v[0] && ndev > 0)
-      VCOLL_WARN("vcollCommInitMPI : %d ranks on this node but %d GPU(s) visible; backend auto uses the host backend "
+      VCOLL_NOTICE("vcollCommInitMPI : %d ranks on this node but %d GPU(s) visible; backend auto uses the host backend "
                  "(NCCL needs one GPU per rank)",
                  localSize, ndev);
     backend = v[0] ? vcollBackendNccl : vcollBackendHost;

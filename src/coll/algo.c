@@ -1,5 +1,6 @@
 /* Algorithm names, forcing (per communicator or VCOLL_ALGO), and the
  * choice made for each call. */
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -57,11 +58,45 @@ VCOLL_API const char* vcollCommLastAlgo(vcollComm_t comm, vcollCollective_t coll
   return comm->lastAlgo[coll];
 }
 
+/* A notice for every part of VCOLL_ALGO that names nothing, once per value
+ * (the variable is read per call; tests change it). */
+static void checkEnvAlgo(const char* env) {
+  static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+  static char checked[256];
+  pthread_mutex_lock(&lock);
+  const int fresh = strncmp(env, checked, sizeof(checked) - 1) != 0;
+  if (fresh) snprintf(checked, sizeof(checked), "%s", env);
+  pthread_mutex_unlock(&lock);
+  if (!fresh) return;
+  char buf[256];
+  snprintf(buf, sizeof(buf), "%s", env);
+  char* save = NULL;
+  for (char* tok = strtok_r(buf, ",;", &save); tok; tok = strtok_r(NULL, ",;", &save)) {
+    char* eq = strchr(tok, '=');
+    if (eq == NULL) eq = strchr(tok, ':');
+    int known = 0;
+    if (eq) {
+      const char sep = *eq;
+      *eq = '\0';
+      for (int c = 0; c < 2; c++)
+        if (strcmp(tok, collNames[c]) == 0) known = strcmp(eq + 1, "auto") == 0 || vcollAlgoFind(c, eq + 1) >= 0;
+      *eq = sep;
+    } else {
+      known = strcmp(tok, "auto") == 0 || vcollAlgoFind(vcollCollAllGatherV, tok) >= 0 ||
+              vcollAlgoFind(vcollCollReduceScatterV, tok) >= 0;
+    }
+    if (!known)
+      VCOLL_NOTICE("VCOLL_ALGO=%s: '%s' names no algorithm (allgatherv=NAME, reducescatterv=NAME or a NAME of "
+                   "either; see vcollAlgoName); that part is ignored", env, tok);
+  }
+}
+
 /* VCOLL_ALGO is "name" (for every collective that has it) or a list
  * "allgatherv=name,reducescatterv=name". */
 static int envAlgo(vcollCollective_t coll) {
   const char* env = vcollParamAlgo();
   if (env == NULL) return -1;
+  checkEnvAlgo(env);
   char buf[256];
   snprintf(buf, sizeof(buf), "%s", env);
   char* save = NULL;

@@ -1,6 +1,6 @@
-/* Logging and error recording. VCOLL_DEBUG=WARN|INFO|TRACE selects the
- * level (quiet by default); VCOLL_DEBUG_FILE=path (%h host, %p pid)
- * redirects it. */
+/* Logging and error recording. VCOLL_DEBUG=NONE|VERSION|WARN|INFO|TRACE
+ * selects the level (quiet by default but for VCOLL_NOTICE);
+ * VCOLL_DEBUG_FILE=path (%h host, %p pid) redirects it. */
 #ifndef VCOLL_DEBUG_H_
 #define VCOLL_DEBUG_H_
 
@@ -18,7 +18,13 @@ VCOLL_API int vcollLogLevel(void);
 VCOLL_API void vcollLog(vcollLogLevel_t level, const char* file, int line, const char* fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+/* A warning about the setup that must not pass unseen (a fallback to the
+ * host backend, an environment variable vcoll cannot read): logged as WARN
+ * even when VCOLL_DEBUG is unset; VCOLL_DEBUG=NONE (or VERSION) silences it. */
+VCOLL_API void vcollNotice(const char* file, int line, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
+
 #define VCOLL_WARN(...) vcollLog(VCOLL_LOG_WARN, __FILE__, __LINE__, __VA_ARGS__)
+#define VCOLL_NOTICE(...) vcollNotice(__FILE__, __LINE__, __VA_ARGS__)
 #define VCOLL_INFO(...)                                                  \
   do {                                                                   \
     if (vcollLogLevel() >= VCOLL_LOG_INFO)                               \

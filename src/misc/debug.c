@@ -11,20 +11,27 @@
 #include "vcoll_internal.h"
 
 static int logLevel = -1;
+static int logSet = 0; /* VCOLL_DEBUG names a level (NONE included) */
+static const char* logBadValue = NULL;
 static FILE* logFile = NULL;
 static pthread_once_t logOnce = PTHREAD_ONCE_INIT;
 static pthread_mutex_t logLock = PTHREAD_MUTEX_INITIALIZER;
 static char hostName[64] = "?";
 static __thread char threadLastError[512];
+static void logAt(vcollLogLevel_t level, const char* file, int line, const char* fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 static void logInit(void) {
   const char* env = getenv("VCOLL_DEBUG");
   int level = VCOLL_LOG_NONE;
-  if (env) {
-    if (strcasecmp(env, "VERSION") == 0) level = VCOLL_LOG_VERSION;
+  if (env && *env) {
+    logSet = 1;
+    if (strcasecmp(env, "NONE") == 0) level = VCOLL_LOG_NONE;
+    else if (strcasecmp(env, "VERSION") == 0) level = VCOLL_LOG_VERSION;
     else if (strcasecmp(env, "WARN") == 0) level = VCOLL_LOG_WARN;
     else if (strcasecmp(env, "INFO") == 0) level = VCOLL_LOG_INFO;
     else if (strcasecmp(env, "TRACE") == 0) level = VCOLL_LOG_TRACE;
+    else logSet = 0, logBadValue = env;
   }
   gethostname(hostName, sizeof(hostName) - 1);
   char* dot = strchr(hostName, '.');
@@ -46,6 +53,9 @@ static void logInit(void) {
     if (f) { setvbuf(f, NULL, _IOLBF, 0); logFile = f; }
   }
   logLevel = level;
+  if (logBadValue)
+    logAt(VCOLL_LOG_WARN, __FILE__, __LINE__, "VCOLL_DEBUG=%s is not NONE, VERSION, WARN, INFO or TRACE; ignored",
+          logBadValue);
 }
 
 int vcollLogLevel(void) {
@@ -53,14 +63,10 @@ int vcollLogLevel(void) {
   return logLevel;
 }
 
-void vcollLog(vcollLogLevel_t level, const char* file, int line, const char* fmt, ...) {
-  if (vcollLogLevel() < (int)level) return;
+static void logV(vcollLogLevel_t level, const char* file, int line, const char* fmt, va_list ap) {
   static const char* names[] = {"NONE", "VERSION", "WARN", "INFO", "TRACE"};
   char msg[1024];
-  va_list ap;
-  va_start(ap, fmt);
   vsnprintf(msg, sizeof(msg), fmt, ap);
-  va_end(ap);
   const char* base = strrchr(file, '/');
   base = base ? base + 1 : file;
   pthread_mutex_lock(&logLock);
@@ -72,6 +78,29 @@ void vcollLog(vcollLogLevel_t level, const char* file, int line, const char* fmt
             names[level], msg);
   fflush(logFile);
   pthread_mutex_unlock(&logLock);
+}
+
+void vcollLog(vcollLogLevel_t level, const char* file, int line, const char* fmt, ...) {
+  if (vcollLogLevel() < (int)level) return;
+  va_list ap;
+  va_start(ap, fmt);
+  logV(level, file, line, fmt, ap);
+  va_end(ap);
+}
+
+static void logAt(vcollLogLevel_t level, const char* file, int line, const char* fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  logV(level, file, line, fmt, ap);
+  va_end(ap);
+}
+
+void vcollNotice(const char* file, int line, const char* fmt, ...) {
+  if (vcollLogLevel() < VCOLL_LOG_WARN && logSet) return; /* only an explicit NONE or VERSION silences it */
+  va_list ap;
+  va_start(ap, fmt);
+  logV(VCOLL_LOG_WARN, file, line, fmt, ap);
+  va_end(ap);
 }
 
 static vcollResult_t recordError(vcollComm_t comm, vcollResult_t res, const char* fmt, va_list ap) {

@@ -2,6 +2,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "vcoll_internal.h"
 
@@ -11,11 +12,21 @@ static const char* envOrNull(const char* name) {
   return (s && *s) ? s : NULL;
 }
 
-/* A flag variable (nonzero number: on), read once into *cache (-1: unread). */
+/* A flag variable, read once into *cache (-1: unread): a number (nonzero:
+ * on) or yes/no, true/false, on/off; anything else is off, with a notice. */
 static int envFlag(const char* name, int* cache) {
   if (*cache < 0) {
     const char* s = envOrNull(name);
-    *cache = s ? (strtoll(s, NULL, 0) != 0) : 0;
+    char* end = NULL;
+    int v = 0;
+    if (s) {
+      const long long n = strtoll(s, &end, 0);
+      if (end != s && *end == '\0') v = n != 0;
+      else if (!strcasecmp(s, "yes") || !strcasecmp(s, "true") || !strcasecmp(s, "on")) v = 1;
+      else if (!strcasecmp(s, "no") || !strcasecmp(s, "false") || !strcasecmp(s, "off")) v = 0;
+      else VCOLL_NOTICE("%s=%s is not a number or yes/no, true/false, on/off; taken as 0 (off)", name, s);
+    }
+    *cache = v;
   }
   return *cache;
 }
