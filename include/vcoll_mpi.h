@@ -16,8 +16,10 @@ extern "C" {
 #endif
 
 /* Collective over `mpiComm`. backend:
- *   vcollBackendNccl: one GPU per rank (device = local rank modulo the
- *     visible devices, made current); rank 0 creates the NCCL unique id
+ *   vcollBackendNccl: one GPU per rank (device = local rank, made current;
+ *     a node with fewer visible GPUs than ranks is vcollInvalidUsage on
+ *     every rank, unless VCOLL_SHARE_GPU=1, for tests: local rank modulo
+ *     the visible devices); rank 0 creates the NCCL unique id
  *     and broadcasts it over MPI; the NCCL communicator is owned by the
  *     vcoll communicator and destroyed with it.
  *   vcollBackendHost: host buffers, MPI collectives on a duplicate of

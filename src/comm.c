@@ -111,6 +111,8 @@ VCOLL_API vcollResult_t vcollCommGetNccl(vcollComm_t comm, ncclComm_t* nccl) {
 
 VCOLL_API vcollResult_t vcollCommSetChecked(vcollComm_t comm, int enable) {
   VCOLL_CHECK_RES(vcollCheckComm(comm, "vcollCommSetChecked"));
-  comm->checked = enable != 0;
+  if (enable != 0 && enable != 1)
+    return VCOLL_ARGERR(comm, "vcollCommSetChecked", "enable is %d (must be 0 or 1)", enable);
+  comm->checked = enable;
   return vcollSuccess;
 }

@@ -95,7 +95,10 @@ typedef struct vcollMoeWorkspace* vcollMoeWorkspace_t;
  * all the intermediate buffers dispatch and combine need (and, with
  * allocBuffers, a vcollMoeBuffers_t set): on the device for the NCCL
  * backend (current device), on the host for the host backend. Later calls
- * allocate nothing, so they can be captured in a CUDA graph. The workspace
+ * allocate nothing of their own, so they can be captured in a CUDA graph
+ * (the core collectives inside grow their staging buffers at the first
+ * call with a new maximum size: warm up at the largest counts first;
+ * docs/moe.md). The workspace
  * keeps `comm`, which must outlive it. */
 VCOLL_API vcollResult_t vcollMoeWorkspaceCreate(vcollComm_t comm, const vcollMoeConfig_t* config, size_t maxTokens,
                                                 vcollMoeWorkspace_t* ws);

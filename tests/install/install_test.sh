@@ -22,7 +22,22 @@ done
 # Only the public API (and the internal vcoll* entry points libvcoll_mpi uses) leaves the library.
 leaks=$(nm -D --defined-only "$libdir/libvcoll.so" | awk '$2 ~ /[TDBR]/ {print $3}' | grep -v '^vcoll' | grep -vE '^_(init|fini|edata|end|_bss_start)$' || true)
 [ -z "$leaks" ] || { echo "install_test: libvcoll exports non-vcoll symbols:"; echo "$leaks" | head -20; exit 1; }
+# With the MPI's pkg-config name among vcoll_mpi's requirements (found at
+# configure time), the plain C compiler and pkg-config's flags are enough.
+# (The prefix moved into DESTDIR applies to vcoll's own files only: the
+# MPI's flags come from its own, unmoved .pc file.)
+cc=$MPICC
+mpipc=$(pkg-config --print-requires vcoll_mpi | awk '$1 ~ /^(mpi-c|ompi-c|mpich)$/ {print $1}')
+if [ -n "$mpipc" ]; then cc=${CC:-cc}; fi
+echo "install_test: building the consumer with $cc${mpipc:+ (vcoll_mpi requires $mpipc)}"
+# vcoll_mpi's own part (its Libs line names the library) by hand, vcoll's through its .pc.
+grep -q '^Libs: .*-lvcoll_mpi' "$pc" || { echo "install_test: vcoll_mpi.pc does not link -lvcoll_mpi"; exit 1; }
+vflags() {
+  pkg-config --define-variable=prefix="$D$prefix" "$@" vcoll
+  if [ "$1" = --libs ]; then echo "-L$libdir -lvcoll_mpi"; fi
+}
 # shellcheck disable=SC2046
-"$MPICC" -std=c11 -Wall -Werror -o "$D/consumer" "$SRC" $(flags --cflags) $(flags --libs)
+"$cc" -std=c11 -Wall -Werror -o "$D/consumer" "$SRC" $(vflags --cflags) $(vflags --libs | tac) \
+  ${mpipc:+$(pkg-config --cflags --libs "$mpipc")}
 LD_LIBRARY_PATH="$libdir:$CUDA_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
   "$MPIRUN" --oversubscribe -x LD_LIBRARY_PATH -np 2 "$D/consumer"

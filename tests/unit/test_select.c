@@ -497,6 +497,9 @@ static void test_checked_mode_compares_algorithms(void** state) {
   assert_int_equal(vcollAllGatherV(&t, 1, counts, c, 0), vcollSuccess);
   assert_int_equal(seenAlgo, -1);
 
+  /* enable is 0 or 1 only. */
+  assert_int_equal(vcollCommSetChecked(c, 2), vcollInvalidArgument);
+  assert_non_null(strstr(vcollGetLastError(c), "vcollCommSetChecked : enable is 2"));
   assert_int_equal(vcollCommSetChecked(c, 1), vcollSuccess);
   /* Checked: chosen before the digest and handed over. */
   assert_int_equal(vcollAllGatherV(&t, 1, counts, c, 0), vcollSuccess);
