@@ -73,6 +73,8 @@ static vcollResult_t checkConfig(const char* op, const vcollMoeConfig_t* c) {
   return vcollSuccess;
 }
 
+static vcollResult_t combine32Mode(vcollMoeWorkspace_t ws, const char* op, int* p2p);
+
 /* ---------------------------------------------------------------------- */
 /* Workspace                                                                */
 
@@ -148,6 +150,10 @@ VCOLL_API vcollResult_t vcollMoeWorkspaceCreate(vcollComm_t comm, const vcollMoe
   w->cfg = *config;
   w->maxTokens = maxTokens;
   w->onDevice = comm->backend == vcollBackendNccl;
+  if (config->accum == vcollMoeAccumFp32) { /* an unreadable VCOLL_MOE_COMBINE32 fails here already */
+    int p2p;
+    if ((res = combine32Mode(w, op, &p2p)) != vcollSuccess) goto fail;
+  }
   if (w->onDevice) {
     cudaError_t err = cudaMalloc(&w->mem, L.total);
     /* Defined padding and the amax scratch's zeros, before any stream uses

@@ -501,15 +501,29 @@ static void test_combine_fp32(void** state) {
       if (!good) fprintf(stderr, "[rank %d]   (VCOLL_MOE_COMBINE32=%s)\n", rank_, combine32Modes[m] ? combine32Modes[m] : "unset");
       ok &= good;
     }
-  /* An unknown mode: vcollInvalidUsage on every rank, naming the variable; nothing written. */
+  /* An unknown mode: vcollInvalidUsage, naming the variable, from creating
+   * an fp32-accumulating workspace (a bf16 one does not read it)... */
   setCombine32("fast");
+  vcollMoeConfig_t bad = {.format = vcollMoeBf16, .hidden = 16, .routing = vcollMoeRoutingTopk, .topk = 1,
+                          .accum = vcollMoeAccumFp32};
+  vcollMoeWorkspace_t badWs = NULL;
+  vcollResult_t res = vcollMoeWorkspaceCreate(comm, &bad, 4, &badWs);
+  ok &= res == vcollInvalidUsage && badWs == NULL &&
+        strstr(vcollGetLastError(comm), "vcollMoeWorkspaceCreate : VCOLL_MOE_COMBINE32=fast") != NULL;
+  bad.accum = vcollMoeAccumBf16;
+  ok &= vcollMoeWorkspaceCreate(comm, &bad, 4, &badWs) == vcollSuccess;
+  assert_int_equal(vcollMoeWorkspaceDestroy(badWs), vcollSuccess);
+  /* ... and from every fp32 combine, on every rank (the variable changed
+   * after the workspace was made); nothing written. */
+  setCombine32(NULL);
   size_t counts[64];
   vcollMoeWorkspace_t ws =
       oneTokenPerRank((vcollMoeConfig_t){.format = vcollMoeBf16, .hidden = 16, .accum = vcollMoeAccumFp32}, counts);
+  setCombine32("fast");
   void* partials = bufAlloc((size_t)nranks_ * 32);
   void* out = bufAlloc(32);
   bufPoison(out, 32);
-  vcollResult_t res = vcollMoeCombine(ws, counts, partials, out, 0);
+  res = vcollMoeCombine(ws, counts, partials, out, 0);
   ok &= res == vcollInvalidUsage && strstr(vcollGetLastError(comm), "VCOLL_MOE_COMBINE32=fast") != NULL;
   sync();
   ok &= bufPoisoned(out, 32);
