@@ -50,11 +50,18 @@ int main(int argc, char** argv) {
   MPI_Comm_size(MPI_COMM_WORLD, &nranks);
   size_t maxTokens = 300, hidden = 512;
   vcollBackend_t backend = vcollBackendAuto;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (!strcmp(argv[i], "--tokens")) maxTokens = strtoull(argv[i + 1], NULL, 0);
-    else if (!strcmp(argv[i], "--hidden")) hidden = strtoull(argv[i + 1], NULL, 0);
-    else if (!strcmp(argv[i], "--backend"))
-      backend = !strcmp(argv[i + 1], "nccl") ? vcollBackendNccl : !strcmp(argv[i + 1], "host") ? vcollBackendHost : vcollBackendAuto;
+  for (int i = 1; i < argc; i += 2) {
+    const char* v = i + 1 < argc ? argv[i + 1] : NULL;
+    if (v && !strcmp(argv[i], "--tokens")) maxTokens = strtoull(v, NULL, 0);
+    else if (v && !strcmp(argv[i], "--hidden")) hidden = strtoull(v, NULL, 0);
+    else if (v && !strcmp(argv[i], "--backend") && (!strcmp(v, "nccl") || !strcmp(v, "host") || !strcmp(v, "auto")))
+      backend = !strcmp(v, "nccl") ? vcollBackendNccl : !strcmp(v, "host") ? vcollBackendHost : vcollBackendAuto;
+    else {
+      if (rank == 0)
+        fprintf(stderr, "%s %s: usage: uneven_batches [--tokens N] [--hidden H] [--backend nccl|host|auto]\n",
+                argv[i], v ? v : "(no value)");
+      MPI_Abort(MPI_COMM_WORLD, 2);
+    }
   }
   vcollComm_t comm;
   VCHECK(vcollCommInitMPI(MPI_COMM_WORLD, backend, &comm));
@@ -127,7 +134,7 @@ int main(int argc, char** argv) {
     }
   unsigned long long w = wrong, allWrong = 0;
   MPI_Reduce(&w, &allWrong, 1, MPI_UNSIGNED_LONG_LONG, MPI_SUM, 0, MPI_COMM_WORLD);
-  printf("rank %d: %zu tokens (gathered %zu, rows %zu..%zu), backend %s, allgatherv algo %s, reducescatterv algo %s, %zu wrong\n",
+  printf("rank %d: %zu tokens (gathered %zu, rows [%zu, %zu)), backend %s, allgatherv algo %s, reducescatterv algo %s, %zu wrong\n",
          rank, mine, total, displ, displ + mine, gpu ? "nccl" : "host", vcollCommLastAlgo(comm, vcollCollAllGatherV),
          vcollCommLastAlgo(comm, vcollCollReduceScatterV), wrong);
   fflush(stdout);

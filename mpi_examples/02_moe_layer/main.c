@@ -175,19 +175,24 @@ int main(int argc, char** argv) {
   struct layer L = {256, 128, 8, 2, NULL, NULL, NULL};
   uint64_t seed = 2024;
   vcollBackend_t backend = vcollBackendAuto;
-  for (int i = 1; i + 1 < argc; i += 2) {
+  for (int i = 1; i < argc; i += 2) {
     const char* a = argv[i];
-    const char* v = argv[i + 1];
-    if (!strcmp(a, "--tokens")) tokens = strtoull(v, NULL, 0);
+    const char* v = i + 1 < argc ? argv[i + 1] : "";
+    if (i + 1 >= argc) {
+      if (rank == 0) fprintf(stderr, "option %s has no value\n", a);
+      MPI_Abort(MPI_COMM_WORLD, 2);
+    } else if (!strcmp(a, "--tokens")) tokens = strtoull(v, NULL, 0);
     else if (!strcmp(a, "--hidden")) L.H = atoi(v);
     else if (!strcmp(a, "--ffn")) L.F = atoi(v);
     else if (!strcmp(a, "--experts")) L.E = atoi(v);
     else if (!strcmp(a, "--topk")) L.K = atoi(v);
     else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 0);
-    else if (!strcmp(a, "--backend"))
+    else if (!strcmp(a, "--backend") && (!strcmp(v, "nccl") || !strcmp(v, "host") || !strcmp(v, "auto")))
       backend = !strcmp(v, "nccl") ? vcollBackendNccl : !strcmp(v, "host") ? vcollBackendHost : vcollBackendAuto;
     else {
-      if (rank == 0) fprintf(stderr, "unknown option %s\n", a);
+      if (rank == 0)
+        fprintf(stderr, "unknown option %s %s (--tokens, --hidden, --ffn, --experts, --topk, --seed, "
+                        "--backend nccl|host|auto)\n", a, v);
       MPI_Abort(MPI_COMM_WORLD, 2);
     }
   }
@@ -344,7 +349,7 @@ int main(int argc, char** argv) {
   const double tolBf16 = ldexp(1.0, -7);
   const int pass = err <= errQ + tolBf16 && errRest <= tolBf16 && isfinite(err) && N > 0;
 
-  printf("rank %d: %zu tokens (rows %zu..%zu of %zu), experts %d..%d\n", rank, n, displ, displ + n, N, e0, e1 - 1);
+  printf("rank %d: %zu tokens (rows [%zu, %zu) of %zu), experts [%d, %d)\n", rank, n, displ, displ + n, N, e0, e1);
   fflush(stdout);
   MPI_Barrier(MPI_COMM_WORLD);
   if (rank == 0) {
