@@ -156,9 +156,9 @@ vcollResult_t vcollCheckReduceScatterV(vcollComm_t comm, const void* sendbuff, v
 
 vcollResult_t vcollCheckAgreement(vcollComm_t comm, const char* op, const struct vcollAgreeField* fields, int nf,
                                   vcollResult_t localRes, cudaStream_t stream) {
-  if (nf < 0 || nf > VCOLL_AGREE_MAX_FIELDS)
-    return vcollSetError(comm, vcollInternalError, "%s : %d agreement fields (at most %d)", op, nf,
-                         VCOLL_AGREE_MAX_FIELDS);
+  if (localRes == vcollSuccess && (nf < 0 || nf > VCOLL_AGREE_MAX_FIELDS)) /* a local failure: still agree */
+    localRes = vcollSetError(comm, vcollInternalError, "%s : %d agreement fields (at most %d)", op, nf,
+                             VCOLL_AGREE_MAX_FIELDS);
   /* Field 0 is the function itself, then the caller's; per field its hash
    * and the hash's complement (a rank whose value differs sees the max of
    * one of them differ from its own); last the lowest failing rank as
@@ -169,7 +169,7 @@ vcollResult_t vcollCheckAgreement(vcollComm_t comm, const char* op, const struct
   uint64_t vals[2 * kF + 1];
   const int ok = localRes == vcollSuccess;
   f[0] = (struct vcollAgreeField){"functions (one rank called another one)", vcollHashBytes(0, op, strlen(op))};
-  for (int i = 1; i < kF; i++) f[i] = i <= nf ? fields[i - 1] : (struct vcollAgreeField){NULL, 0};
+  for (int i = 1; i < kF; i++) f[i] = ok && i <= nf ? fields[i - 1] : (struct vcollAgreeField){NULL, 0};
   for (int i = 0; i < kF; i++) {
     vals[2 * i] = ok || i == 0 ? f[i].hash : 0;
     vals[2 * i + 1] = ok || i == 0 ? ~f[i].hash : 0;
@@ -184,13 +184,15 @@ vcollResult_t vcollCheckAgreement(vcollComm_t comm, const char* op, const struct
                         "nothing was communicated", comm->nranks - (int)vals[2 * kF]);
   char which[512];
   size_t o = 0;
+  int differ = 0;
   which[0] = '\0';
   for (int i = 0; i < (sameFn ? kF : 1); i++)
     if (f[i].name && (vals[2 * i] != f[i].hash || vals[2 * i + 1] != ~f[i].hash)) {
-      int w = snprintf(which + o, sizeof(which) - o, "%s%s", o ? "; " : "", f[i].name);
+      int w = snprintf(which + o, sizeof(which) - o, "%s%s", differ ? ", and different " : "", f[i].name);
       o += w > 0 && (size_t)w < sizeof(which) - o ? (size_t)w : 0;
+      differ = 1;
     }
-  if (o > 0)
+  if (differ)
     return vcollSetError(comm, vcollArgumentMismatch,
                          "%s : ranks passed different %s (checked mode, VCOLL_CHECK=1); nothing was communicated", op,
                          which);

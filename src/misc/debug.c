@@ -63,21 +63,27 @@ int vcollLogLevel(void) {
   return logLevel;
 }
 
-static void logV(vcollLogLevel_t level, const char* file, int line, const char* fmt, va_list ap) {
+/* To the log (stdout or VCOLL_DEBUG_FILE), or with toStderr to stderr. */
+static void logTo(int toStderr, vcollLogLevel_t level, const char* file, int line, const char* fmt, va_list ap) {
   static const char* names[] = {"NONE", "VERSION", "WARN", "INFO", "TRACE"};
+  FILE* out = toStderr ? stderr : logFile;
   char msg[1024];
   vsnprintf(msg, sizeof(msg), fmt, ap);
   const char* base = strrchr(file, '/');
   base = base ? base + 1 : file;
   pthread_mutex_lock(&logLock);
   if (level == VCOLL_LOG_WARN)
-    fprintf(logFile, "%s:%d:%ld [%s:%d] VCOLL WARN %s\n", hostName, (int)getpid(),
+    fprintf(out, "%s:%d:%ld [%s:%d] VCOLL WARN %s\n", hostName, (int)getpid(),
             (long)syscall(SYS_gettid), base, line, msg);
   else
-    fprintf(logFile, "%s:%d:%ld VCOLL %s %s\n", hostName, (int)getpid(), (long)syscall(SYS_gettid),
+    fprintf(out, "%s:%d:%ld VCOLL %s %s\n", hostName, (int)getpid(), (long)syscall(SYS_gettid),
             names[level], msg);
-  fflush(logFile);
+  fflush(out);
   pthread_mutex_unlock(&logLock);
+}
+
+static void logV(vcollLogLevel_t level, const char* file, int line, const char* fmt, va_list ap) {
+  logTo(0, level, file, line, fmt, ap);
 }
 
 void vcollLog(vcollLogLevel_t level, const char* file, int line, const char* fmt, ...) {
@@ -88,18 +94,22 @@ void vcollLog(vcollLogLevel_t level, const char* file, int line, const char* fmt
   va_end(ap);
 }
 
+/* logInit's notice of a bad VCOLL_DEBUG: to stderr, like every notice
+ * without a log level that shows warnings. */
 static void logAt(vcollLogLevel_t level, const char* file, int line, const char* fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  logV(level, file, line, fmt, ap);
+  logTo(1, level, file, line, fmt, ap);
   va_end(ap);
 }
 
 void vcollNotice(const char* file, int line, const char* fmt, ...) {
-  if (vcollLogLevel() < VCOLL_LOG_WARN && logSet) return; /* only an explicit NONE or VERSION silences it */
+  const int level = vcollLogLevel();
+  if (level < VCOLL_LOG_WARN && logSet) return; /* only an explicit NONE or VERSION silences it */
   va_list ap;
   va_start(ap, fmt);
-  logV(VCOLL_LOG_WARN, file, line, fmt, ap);
+  /* Without a log that shows warnings: to stderr, out of the program's output. */
+  logTo(level < VCOLL_LOG_WARN, VCOLL_LOG_WARN, file, line, fmt, ap);
   va_end(ap);
 }
 

@@ -12,22 +12,23 @@ static const char* envOrNull(const char* name) {
   return (s && *s) ? s : NULL;
 }
 
-/* A flag variable, read once into *cache (-1: unread): a number (nonzero:
- * on) or yes/no, true/false, on/off; anything else is off, with a notice. */
+/* A flag value: a number (nonzero: on) or yes/no, true/false, on/off;
+ * anything else is off, with a notice naming the variable. */
+static int parseFlag(const char* name, const char* s) {
+  if (s == NULL) return 0;
+  char* end = NULL;
+  const long long n = strtoll(s, &end, 0);
+  if (end != s && *end == '\0') return n != 0;
+  if (!strcasecmp(s, "yes") || !strcasecmp(s, "true") || !strcasecmp(s, "on")) return 1;
+  if (!strcasecmp(s, "no") || !strcasecmp(s, "false") || !strcasecmp(s, "off")) return 0;
+  VCOLL_NOTICE("%s=%s is not a number or yes/no, true/false, on/off; taken as 0 (off)", name, s);
+  return 0;
+}
+
+/* A flag variable, read once into *cache (-1: unread; a benign race: every
+ * thread stores the same value, the notice may print twice). */
 static int envFlag(const char* name, int* cache) {
-  if (*cache < 0) {
-    const char* s = envOrNull(name);
-    char* end = NULL;
-    int v = 0;
-    if (s) {
-      const long long n = strtoll(s, &end, 0);
-      if (end != s && *end == '\0') v = n != 0;
-      else if (!strcasecmp(s, "yes") || !strcasecmp(s, "true") || !strcasecmp(s, "on")) v = 1;
-      else if (!strcasecmp(s, "no") || !strcasecmp(s, "false") || !strcasecmp(s, "off")) v = 0;
-      else VCOLL_NOTICE("%s=%s is not a number or yes/no, true/false, on/off; taken as 0 (off)", name, s);
-    }
-    *cache = v;
-  }
+  if (*cache < 0) *cache = parseFlag(name, envOrNull(name));
   return *cache;
 }
 
@@ -47,6 +48,5 @@ const char* vcollParamGateKernel(void) { return envOrNull("VCOLL_GATE_KERNEL"); 
 const char* vcollParamMoeCombine32(void) { return envOrNull("VCOLL_MOE_COMBINE32"); }
 
 int vcollParamNcclAvg(void) {
-  const char* s = envOrNull("VCOLL_NCCL_AVG");
-  return s && strtoll(s, NULL, 0) != 0;
+  return parseFlag("VCOLL_NCCL_AVG", envOrNull("VCOLL_NCCL_AVG")); /* read per call (tests change it) */
 }

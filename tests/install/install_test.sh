@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # What a user gets from `meson install`: installs the build into a
-# temporary DESTDIR, builds tests/install/consumer.c with only the compiler
-# flags pkg-config gives for the installed vcoll_mpi (and vcoll), checks that
-# libvcoll exports nothing but vcoll* symbols, and runs the program under
-# mpirun with 2 ranks (host backend).
+# temporary DESTDIR, checks that pkg-config resolves the installed vcoll_mpi
+# (its requirements: vcoll and, when configure found it, the MPI's own
+# package), builds tests/install/consumer.c with the flags pkg-config gives
+# for vcoll and the MPI (plain C compiler; mpicc when vcoll_mpi names no MPI
+# package), checks that libvcoll exports nothing but vcoll* symbols, and
+# runs the program under mpirun with 2 ranks (host backend).
 #   install_test.sh BUILD_DIR CONSUMER_C MPICC MPIRUN CUDA_LIBDIR
 set -euo pipefail
 BUILD=$1 SRC=$2 MPICC=$3 MPIRUN=$4 CUDA_LIB=$5
@@ -12,7 +14,8 @@ trap 'rm -rf "$D"' EXIT
 meson install -C "$BUILD" --destdir "$D" --no-rebuild >"$D/install.log" 2>&1 || { cat "$D/install.log"; exit 1; }
 pc=$(find "$D" -name vcoll_mpi.pc | head -1)
 [ -n "$pc" ] || { echo "install_test: no vcoll_mpi.pc installed"; exit 1; }
-export PKG_CONFIG_PATH=$(dirname "$pc")
+export PKG_CONFIG_PATH=$(dirname "$pc")${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
+pkg-config --exists --print-errors vcoll_mpi || { echo "install_test: pkg-config cannot resolve vcoll_mpi"; exit 1; }
 prefix=$(pkg-config --variable=prefix vcoll_mpi)
 flags() { pkg-config --define-variable=prefix="$D$prefix" "$@" vcoll_mpi; }
 libdir=$(flags --variable=libdir)

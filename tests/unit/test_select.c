@@ -463,7 +463,7 @@ static struct {
 static int nSnaps;
 static vcollResult_t recMax(vcollComm_t comm, uint64_t* vals, int n, cudaStream_t stream) {
   (void)comm; (void)stream;
-  assert_true(n >= 1 && n <= kMaxVals);
+  assert_int_equal(n, 19); /* always the same length: 9 fields, each hash and complement, the failing rank */
   seenDigest = 1469598103934665603ull; /* FNV-1a over the words */
   for (int i = 0; i < n - 1; i++) seenDigest = (seenDigest ^ vals[i]) * 1099511628211ull;
   int known = 0;
