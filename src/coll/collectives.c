@@ -49,11 +49,13 @@ static vcollResult_t allGatherV(const char* op, const vcollTensor_t* tensors, in
   struct vcollAgvCall call;
   char inPlaceSmall[64];
   char* inPlace = inPlaceSmall;
+  vcollResult_t res = vcollSuccess;
   if (ntensors > (int)sizeof(inPlaceSmall)) {
     inPlace = malloc((size_t)ntensors);
-    if (inPlace == NULL) return vcollSetError(comm, vcollSystemError, "%s : out of host memory", op);
+    /* A local failure like any other: checked mode still agrees (no rank left waiting). */
+    if (inPlace == NULL) res = vcollSetError(comm, vcollSystemError, "%s : out of host memory", op);
   }
-  vcollResult_t res = vcollCheckAllGatherV(comm, tensors, ntensors, counts, stream, &call, inPlace);
+  if (res == vcollSuccess) res = vcollCheckAllGatherV(comm, tensors, ntensors, counts, stream, &call, inPlace);
   if (res == vcollSuccess && produce != NULL && ntensors > VCOLL_AGV_PRODUCE_MAX_TENSORS)
     res = vcollSetError(comm, vcollInternalError, "%s : %d tensors with a producer (at most %d)", op, ntensors,
                         VCOLL_AGV_PRODUCE_MAX_TENSORS);

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Setup warnings that must not pass unseen (VCOLL_NOTICE): with VCOLL_DEBUG
+# unset they reach stderr, not stdout; VCOLL_DEBUG=NONE silences them;
+# VCOLL_DEBUG=WARN sends them to the log (stdout). Runs the uneven_batches
+# example on one rank of the host backend with an unreadable VCOLL_BACKEND
+# and VCOLL_CHECK.
+#   notice_test.sh MPIRUN EXAMPLE
+set -uo pipefail
+MPIRUN=$1 EX=$2
+D=$(mktemp -d)
+trap 'rm -rf "$D"' EXIT
+run() { # VCOLL_DEBUG value ("" = unset); stdout to $D/out, stderr to $D/err
+  (unset VCOLL_DEBUG VCOLL_DEBUG_FILE; [ -n "$1" ] && export VCOLL_DEBUG=$1
+   VCOLL_BACKEND=bogus VCOLL_CHECK=maybe "$MPIRUN" -x VCOLL_BACKEND -x VCOLL_CHECK ${VCOLL_DEBUG:+-x VCOLL_DEBUG} \
+     -np 1 "$EX" --backend auto >"$D/out" 2>"$D/err") || { echo "notice_test: the example failed (VCOLL_DEBUG=$1)"; cat "$D/out" "$D/err"; exit 1; }
+}
+fail() { echo "notice_test: $*"; echo "--- stdout"; cat "$D/out"; echo "--- stderr"; cat "$D/err"; exit 1; }
+want='VCOLL_BACKEND=bogus is not nccl, host or auto'
+want2='VCOLL_CHECK=maybe is not a number'
+run ""
+grep -q "$want" "$D/err" && grep -q "$want2" "$D/err" || fail "VCOLL_DEBUG unset: the notices are not on stderr"
+grep -q "VCOLL WARN" "$D/out" && fail "VCOLL_DEBUG unset: a notice reached stdout"
+grep -q "check: OK" "$D/out" || fail "VCOLL_DEBUG unset: the example's output is missing"
+run NONE
+grep -q "VCOLL WARN" "$D/out" "$D/err" && fail "VCOLL_DEBUG=NONE: a notice was printed"
+run WARN
+grep -q "$want" "$D/out" || fail "VCOLL_DEBUG=WARN: the notice is not in the log (stdout)"
+echo "notice_test: OK"
