@@ -58,19 +58,29 @@ VCOLL_API const char* vcollCommLastAlgo(vcollComm_t comm, vcollCollective_t coll
   return comm->lastAlgo[coll];
 }
 
-/* A notice for every part of VCOLL_ALGO that names nothing, once per value
- * (the variable is read per call; tests change it). */
-static void checkEnvAlgo(const char* env) {
+/* Whether VCOLL_ALGO's value `env` is new (not the one checked last): its
+ * unknown parts get a notice once per value (the variable is read per
+ * call; tests change it). */
+static int freshEnvAlgo(const char* env) {
   static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
   static char checked[256];
   pthread_mutex_lock(&lock);
   const int fresh = strncmp(env, checked, sizeof(checked) - 1) != 0;
   if (fresh) snprintf(checked, sizeof(checked), "%s", env);
   pthread_mutex_unlock(&lock);
-  if (!fresh) return;
+  return fresh;
+}
+
+/* VCOLL_ALGO is "name" (for every collective that has it) or a list
+ * "allgatherv=name,reducescatterv=name" (':' for '=', ';' for ','); the
+ * first part that decides for `coll` wins. Returns coll's forced
+ * algorithm, -1 for none; with `notice`, a notice for every part that
+ * names nothing. */
+static int scanEnvAlgo(const char* env, vcollCollective_t coll, int notice) {
   char buf[256];
   snprintf(buf, sizeof(buf), "%s", env);
   char* save = NULL;
+  int found = -1, decided = 0;
   for (char* tok = strtok_r(buf, ",;", &save); tok; tok = strtok_r(NULL, ",;", &save)) {
     char* eq = strchr(tok, '=');
     if (eq == NULL) eq = strchr(tok, ':');
@@ -79,39 +89,29 @@ static void checkEnvAlgo(const char* env) {
       const char sep = *eq;
       *eq = '\0';
       for (int c = 0; c < 2; c++)
-        if (strcmp(tok, collNames[c]) == 0) known = strcmp(eq + 1, "auto") == 0 || vcollAlgoFind(c, eq + 1) >= 0;
+        if (strcmp(tok, collNames[c]) == 0) {
+          const int i = vcollAlgoFind((vcollCollective_t)c, eq + 1);
+          known = i >= 0 || strcmp(eq + 1, "auto") == 0;
+          if (c == (int)coll && !decided) found = i, decided = 1;
+        }
       *eq = sep;
     } else {
-      known = strcmp(tok, "auto") == 0 || vcollAlgoFind(vcollCollAllGatherV, tok) >= 0 ||
-              vcollAlgoFind(vcollCollReduceScatterV, tok) >= 0;
+      const int i = vcollAlgoFind(coll, tok);
+      known = i >= 0 || strcmp(tok, "auto") == 0 ||
+              vcollAlgoFind(coll == vcollCollAllGatherV ? vcollCollReduceScatterV : vcollCollAllGatherV, tok) >= 0;
+      if (i >= 0 && !decided) found = i, decided = 1;
     }
-    if (!known)
+    if (notice && !known)
       VCOLL_NOTICE("VCOLL_ALGO=%s: '%s' names no algorithm (allgatherv=NAME, reducescatterv=NAME or a NAME of "
                    "either; see vcollAlgoName); that part is ignored", env, tok);
   }
+  return found;
 }
 
-/* VCOLL_ALGO is "name" (for every collective that has it) or a list
- * "allgatherv=name,reducescatterv=name". */
 static int envAlgo(vcollCollective_t coll) {
   const char* env = vcollParamAlgo();
   if (env == NULL) return -1;
-  checkEnvAlgo(env);
-  char buf[256];
-  snprintf(buf, sizeof(buf), "%s", env);
-  char* save = NULL;
-  for (char* tok = strtok_r(buf, ",;", &save); tok; tok = strtok_r(NULL, ",;", &save)) {
-    char* eq = strchr(tok, '=');
-    if (eq == NULL) eq = strchr(tok, ':');
-    if (eq) {
-      *eq = '\0';
-      if (strcmp(tok, collNames[coll]) == 0) return vcollAlgoFind(coll, eq + 1);
-    } else {
-      int idx = vcollAlgoFind(coll, tok);
-      if (idx >= 0) return idx;
-    }
-  }
-  return -1;
+  return scanEnvAlgo(env, coll, freshEnvAlgo(env));
 }
 
 int vcollAlgoChoose(vcollComm_t comm, vcollCollective_t coll, const void* call, int autoIdx) {
