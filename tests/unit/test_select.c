@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "vcoll.h"
 #include "vcoll_internal.h"
@@ -621,8 +622,55 @@ static void test_produce_send(void** state) {
   assert_int_equal(vcollAgvProduceSend(&k), vcollInvalidArgument);
 }
 
+/* VCOLL_ALGO's parts that name nothing get a notice on stderr (VCOLL_DEBUG
+ * unset), once per value; parts that name something get none, and the
+ * forced algorithm is still found. stderr goes to a file meanwhile. */
+static void test_algo_env_notices(void** state) {
+  (void)state;
+  if (getenv("VCOLL_DEBUG")) skip(); /* the notices would go to the log */
+  vcollComm_t c = NULL;
+  assert_int_equal(vcollCommCreateCommon(0, 4, vcollBackendNccl, &recOps, &c), vcollSuccess);
+  c->ncclVersion = 22803;
+  assert_int_equal(vcollCommSetChecked(c, 1), vcollSuccess); /* the algorithm is chosen before the backend */
+  static char send[4 * 64], recv[16 * 64];
+  size_t counts[4] = {4, 4, 4, 4};
+  vcollTensor_t t = {send, recv, 16, vcollFloat32};
+  char path[] = "/tmp/vcoll_notice_XXXXXX";
+  const int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  fflush(stderr);
+  const int saved = dup(2);
+  assert_true(saved >= 0 && dup2(fd, 2) == 2);
+  setenv("VCOLL_ALGO", "bogus,allgatherv=nope;reducescatterv:reduce,allgatherv=bcast", 1);
+  for (int i = 0; i < 2; i++) assert_int_equal(vcollAllGatherV(&t, 1, counts, c, 0), vcollSuccess);
+  const int forced = seenAlgo;
+  setenv("VCOLL_ALGO", "allgatherv=bcast,p2p", 1);
+  assert_int_equal(vcollAllGatherV(&t, 1, counts, c, 0), vcollSuccess);
+  const int forced2 = seenAlgo;
+  unsetenv("VCOLL_ALGO");
+  fflush(stderr);
+  dup2(saved, 2);
+  close(saved);
+  char text[4096] = "";
+  const ssize_t got = pread(fd, text, sizeof(text) - 1, 0);
+  close(fd);
+  unlink(path);
+  assert_true(got >= 0);
+  text[got] = '\0';
+  /* allgatherv=nope decides for allgatherv (no forced algorithm: the choice is automatic, pad here). */
+  assert_true(forced >= 0 && isPad(vcollAlgoName(vcollCollAllGatherV, forced)));
+  assert_true(forced2 >= 0);
+  assert_string_equal(vcollAlgoName(vcollCollAllGatherV, forced2), "bcast");
+  int lines = 0;
+  for (const char* q = text; (q = strstr(q, "VCOLL WARN")); q++) lines++;
+  if (lines != 2 || !strstr(text, "'bogus' names no algorithm") || !strstr(text, "'allgatherv=nope' names no algorithm"))
+    fail_msg("want two notices, for 'bogus' and 'allgatherv=nope', once each; stderr was:\n%s", text);
+  vcollCommFreeCommon(c);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_algo_env_notices),
       cmocka_unit_test(test_rsv_avg_by_nccl_version),
       cmocka_unit_test(test_rsv_fixed_rules),
       cmocka_unit_test(test_agv_tables_by_nccl_version),
