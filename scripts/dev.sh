@@ -29,6 +29,7 @@ deps() {
   command -v pkg-config >/dev/null || need+=(pkg-config)
   pkg-config --exists cmocka 2>/dev/null || need+=(libcmocka-dev)
   command -v ninja >/dev/null || need+=(ninja-build)
+  command -v cmake >/dev/null || need+=(cmake) # the install test's CMake consumer
   python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv python3-pip)
   if [ ${#need[@]} -gt 0 ]; then
     echo "# installing with apt: ${need[*]}"

@@ -44,3 +44,36 @@ vflags() {
   ${mpipc:+$(pkg-config --cflags --libs "$mpipc")}
 LD_LIBRARY_PATH="$libdir:$CUDA_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
   "$MPIRUN" --oversubscribe -x LD_LIBRARY_PATH -np 2 "$D/consumer"
+
+# CMake (what serving runtimes build their extensions with), through the
+# installed vcoll.pc: pkg_check_modules' imported target, a program that
+# needs no GPU and no MPI. PKG_CONFIG_ARGN (CMake >= 3.22) moves the
+# prefix into DESTDIR, as flags() does above.
+if ! command -v cmake >/dev/null; then
+  echo "install_test: no cmake here, the CMake check did not run"
+  exit 0
+fi
+mkdir -p "$D/cmk"
+cat >"$D/cmk/CMakeLists.txt" <<'CMK'
+cmake_minimum_required(VERSION 3.22)
+project(vcoll_cmake_consumer C)
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(VCOLL REQUIRED IMPORTED_TARGET vcoll)
+add_executable(cmake_consumer main.c)
+target_link_libraries(cmake_consumer PRIVATE PkgConfig::VCOLL)
+CMK
+cat >"$D/cmk/main.c" <<'SRC'
+#include <stdio.h>
+#include <string.h>
+#include "vcoll.h"
+int main(void) {
+  int v = 0;
+  if (vcollGetVersion(&v) != vcollSuccess || v <= 0) return 1;
+  if (strstr(vcollGetErrorString(vcollArgumentMismatch), "checked mode") == NULL) return 1;
+  printf("cmake consumer: OK (vcoll %d)\n", v);
+  return 0;
+}
+SRC
+cmake -S "$D/cmk" -B "$D/cmk/b" -DPKG_CONFIG_ARGN="--define-variable=prefix=$D$prefix" >"$D/cmake.log" 2>&1 &&
+  cmake --build "$D/cmk/b" >>"$D/cmake.log" 2>&1 || { echo "install_test: the CMake consumer did not build"; cat "$D/cmake.log"; exit 1; }
+LD_LIBRARY_PATH="$libdir:$CUDA_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" "$D/cmk/b/cmake_consumer"
