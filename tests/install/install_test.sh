@@ -4,8 +4,10 @@
 # (its requirements: vcoll and, when configure found it, the MPI's own
 # package), builds tests/install/consumer.c with the flags pkg-config gives
 # for vcoll and the MPI (plain C compiler; mpicc when vcoll_mpi names no MPI
-# package), checks that libvcoll exports nothing but vcoll* symbols, and
-# runs the program under mpirun with 2 ranks (host backend).
+# package), checks that libvcoll exports nothing but vcoll* symbols, runs
+# the program under mpirun with 2 ranks (host backend), and builds and runs
+# a small program from CMake through vcoll.pc (where cmake is installed;
+# scripts/dev.sh installs it).
 #   install_test.sh BUILD_DIR CONSUMER_C MPICC MPIRUN CUDA_LIBDIR
 set -euo pipefail
 BUILD=$1 SRC=$2 MPICC=$3 MPIRUN=$4 CUDA_LIB=$5
