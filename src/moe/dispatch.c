@@ -12,6 +12,7 @@
 
 #include "../coll/coll.h"
 #include "../quant/nvfp4_internal.h"
+#include "../quant/nvfp4_ref.h"
 #include "dispatch.h"
 #include "vcoll/moe.h"
 #include "vcoll_hostfloat.h"
@@ -396,8 +397,7 @@ static vcollResult_t gatherAmax(vcollMoeWorkspace_t ws, const char* op, const vo
   if (ws->onDevice) return vcollSuccess;
   uint32_t m = 0;
   for (int r = 0; r < comm->nranks; r++) m = ws->amaxAll[r] > m ? ws->amaxAll[r] : m;
-  const float a = vcollBitsF32(m);
-  *gs = a > 0.0f ? fminf(2688.0f / a, FLT_MAX) : 1.0f;
+  *gs = vcollNvfp4GsRef(vcollBitsF32(m));
   return vcollSuccess;
 }
 

@@ -176,7 +176,7 @@ VCOLL_API vcollResult_t vcollNvfp4QuantizeRef(const void* x, vcollDataType_t dty
       const float a = fabsf(loadElem(x, dtype, i));
       if (isfinite(a) && a > amax) amax = a;
     }
-    gs = amax > 0.0f ? fminf(VCOLL_NVFP4_GS_NUM / amax, FLT_MAX) : 1.0f;
+    gs = vcollNvfp4GsRef(amax);
     *globalScale = gs;
   } else {
     gs = *globalScale;

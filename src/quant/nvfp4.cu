@@ -78,8 +78,12 @@ __device__ __forceinline__ float readGlobalScale(float* gs, int computed) {
   return __uint_as_float(g);
 }
 
+/* The global scale of a positive amax, fminf(2688 / amax, FLT_MAX): the
+ * amax kernel's candidates and the MoE dispatch's scale. */
+__device__ __forceinline__ float gsOfAmax(float amax) { return fminf(__fdiv_rn(2688.0f, amax), FLT_MAX); }
+
 /* The computed global scale of all ranks' tokens, gs(max of bits[n]) =
- * fminf(2688 / amax, FLT_MAX), 1.0 when the max is 0 (the MoE dispatch's;
+ * gsOfAmax(amax), 1.0 when the max is 0 (the MoE dispatch's;
  * the bits are those of finite non-negative floats, which order like
  * their bits). Every thread of the CTA must call it (one __syncthreads);
  * thread 0 of CTA 0 stores it to *out. */
@@ -94,7 +98,7 @@ __device__ __forceinline__ float scaleFromAmaxBits(const uint32_t* bits, int n, 
 #pragma unroll
   for (int w = 1; w < kThreads / 32; w++) m = max(m, warpMax[w]);
   const float amax = __uint_as_float(m);
-  const float gs = amax > 0.0f ? fminf(__fdiv_rn(2688.0f, amax), FLT_MAX) : 1.0f;
+  const float gs = amax > 0.0f ? gsOfAmax(amax) : 1.0f;
   if (blockIdx.x == 0 && threadIdx.x == 0) *out = gs;
   return gs;
 }
@@ -253,7 +257,7 @@ __global__ void __launch_bounds__(kThreads) amaxKernel(const void* x, size_t blo
 #pragma unroll
       for (int w = 1; w < kThreads / 32; w++) cmax = fmaxf(cmax, warpMax[w]);
       if (cmax > 0.0f) {
-        const uint32_t cand = __float_as_uint(fminf(__fdiv_rn(2688.0f, cmax), FLT_MAX));
+        const uint32_t cand = __float_as_uint(gsOfAmax(cmax));
         if (cand < *(volatile uint32_t*)gs) atomicMin((unsigned int*)gs, cand);
       }
     }

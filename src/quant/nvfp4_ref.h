@@ -1,9 +1,11 @@
 /* NVFP4 host helpers written from the format's definition (docs/nvfp4.md):
  * the CPU reference's element and scale conversions and the 128x4 scale
- * swizzle. Shared by nvfp4.c and the tests; the kernels do not use them. */
+ * swizzle. Shared by nvfp4.c, the MoE dispatch's host backend (the scale)
+ * and the tests; the kernels do not use them. */
 #ifndef VCOLL_NVFP4_REF_H_
 #define VCOLL_NVFP4_REF_H_
 
+#include <float.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -12,6 +14,12 @@
 
 #define VCOLL_NVFP4_BLOCK 16
 #define VCOLL_NVFP4_GS_NUM 2688.0f /* 448 * 6: the global scale is 2688 / amax */
+
+/* The computed global scale of tokens whose largest finite |x| is amax:
+ * min(2688 / amax, FLT_MAX), 1.0 when amax is 0 (no finite non-zero). */
+static inline float vcollNvfp4GsRef(float amax) {
+  return amax > 0.0f ? fminf(VCOLL_NVFP4_GS_NUM / amax, FLT_MAX) : 1.0f;
+}
 
 /* E2M1 code (sign bit 3; 0..7 = 0, 0.5, 1, 1.5, 2, 3, 4, 6) of v, rounded to
  * nearest with ties to even and saturated at +-6. The bounds below are the
