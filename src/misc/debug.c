@@ -82,15 +82,11 @@ static void logTo(int toStderr, vcollLogLevel_t level, const char* file, int lin
   pthread_mutex_unlock(&logLock);
 }
 
-static void logV(vcollLogLevel_t level, const char* file, int line, const char* fmt, va_list ap) {
-  logTo(0, level, file, line, fmt, ap);
-}
-
 void vcollLog(vcollLogLevel_t level, const char* file, int line, const char* fmt, ...) {
   if (vcollLogLevel() < (int)level) return;
   va_list ap;
   va_start(ap, fmt);
-  logV(level, file, line, fmt, ap);
+  logTo(0, level, file, line, fmt, ap);
   va_end(ap);
 }
 
