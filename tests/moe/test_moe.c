@@ -479,13 +479,14 @@ static int restoreCombine32(void** state) {
   return 0;
 }
 
-/* A workspace of `cfg` (top-1 routing) for one token per rank (counts[r] = 1). */
-static vcollMoeWorkspace_t oneTokenPerRank(vcollMoeConfig_t cfg, size_t* counts) {
+/* A workspace of `cfg` (top-1 routing) for `tokens` tokens per rank
+ * (counts[r] = tokens). */
+static vcollMoeWorkspace_t tokensPerRank(vcollMoeConfig_t cfg, size_t tokens, size_t* counts) {
   cfg.routing = vcollMoeRoutingTopk;
   cfg.topk = 1;
   vcollMoeWorkspace_t ws = NULL;
-  assert_int_equal(vcollMoeWorkspaceCreate(comm, &cfg, (size_t)nranks_, &ws), vcollSuccess);
-  for (int r = 0; r < nranks_; r++) counts[r] = 1;
+  assert_int_equal(vcollMoeWorkspaceCreate(comm, &cfg, tokens * (size_t)nranks_, &ws), vcollSuccess);
+  for (int r = 0; r < nranks_; r++) counts[r] = tokens;
   return ws;
 }
 
@@ -518,7 +519,7 @@ static void test_combine_fp32(void** state) {
   setCombine32(NULL);
   size_t counts[64];
   vcollMoeWorkspace_t ws =
-      oneTokenPerRank((vcollMoeConfig_t){.format = vcollMoeBf16, .hidden = 16, .accum = vcollMoeAccumFp32}, counts);
+      tokensPerRank((vcollMoeConfig_t){.format = vcollMoeBf16, .hidden = 16, .accum = vcollMoeAccumFp32}, 1, counts);
   setCombine32("fast");
   void* partials = bufAlloc((size_t)nranks_ * 32);
   void* out = bufAlloc(32);
@@ -579,7 +580,7 @@ static int combineFp32NanCase(void) {
   enum { H = 16 };
   size_t counts[64];
   vcollMoeWorkspace_t ws =
-      oneTokenPerRank((vcollMoeConfig_t){.format = vcollMoeBf16, .hidden = H, .accum = vcollMoeAccumFp32}, counts);
+      tokensPerRank((vcollMoeConfig_t){.format = vcollMoeBf16, .hidden = H, .accum = vcollMoeAccumFp32}, 1, counts);
   const size_t N = (size_t)nranks_;
   uint16_t* h = malloc(N * H * 2);
   for (size_t i = 0; i < N * H; i++) {
@@ -628,12 +629,10 @@ static int amaxSequence(size_t tokens, char* what, size_t whatSize) {
     size_t at;
     float big, rest, want;
   } calls[] = {{0, -448.0f, 1.0f, 6.0f}, {E / 2, 1.0f, -0.5f, 2688.0f}, {E - 1, 448.0f, 3.0f, 6.0f}, {0, 0.0f, 0.0f, 1.0f}};
-  vcollMoeConfig_t cfg = {.format = vcollMoeFp4, .hidden = H, .routing = vcollMoeRoutingTopk, .topk = 1,
-                          .scale = vcollMoeScaleComputed, .allocBuffers = 1};
   size_t counts[64];
-  for (int r = 0; r < nranks_; r++) counts[r] = tokens;
-  vcollMoeWorkspace_t ws = NULL;
-  assert_int_equal(vcollMoeWorkspaceCreate(comm, &cfg, tokens * (size_t)nranks_, &ws), vcollSuccess);
+  vcollMoeWorkspace_t ws = tokensPerRank(
+      (vcollMoeConfig_t){.format = vcollMoeFp4, .hidden = H, .scale = vcollMoeScaleComputed, .allocBuffers = 1},
+      tokens, counts);
   vcollMoeBuffers_t b;
   assert_int_equal(vcollMoeWorkspaceBuffers(ws, &b), vcollSuccess);
   uint16_t* h = malloc(E * 2);
