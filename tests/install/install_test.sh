@@ -38,11 +38,11 @@ echo "install_test: building the consumer with $cc${mpipc:+ (vcoll_mpi requires 
 # vcoll_mpi's own part (its Libs line names the library) by hand, vcoll's through its .pc.
 grep -q '^Libs: .*-lvcoll_mpi' "$pc" || { echo "install_test: vcoll_mpi.pc does not link -lvcoll_mpi"; exit 1; }
 vflags() {
+  if [ "$1" = --libs ]; then echo "-L$libdir -lvcoll_mpi"; fi # before -lvcoll, which it needs
   pkg-config --define-variable=prefix="$D$prefix" "$@" vcoll
-  if [ "$1" = --libs ]; then echo "-L$libdir -lvcoll_mpi"; fi
 }
 # shellcheck disable=SC2046
-"$cc" -std=c11 -Wall -Werror -o "$D/consumer" "$SRC" $(vflags --cflags) $(vflags --libs | tac) \
+"$cc" -std=c11 -Wall -Werror -o "$D/consumer" "$SRC" $(vflags --cflags) $(vflags --libs) \
   ${mpipc:+$(pkg-config --cflags --libs "$mpipc")}
 LD_LIBRARY_PATH="$libdir:$CUDA_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
   "$MPIRUN" --oversubscribe -x LD_LIBRARY_PATH -np 2 "$D/consumer"
