@@ -8,7 +8,8 @@
  * whether its buffers are registered, and on the NCCL backend the
  * algorithm, chosen here and handed to the backend in c->algo (registered buffers, VCOLL_ALGO,
  * vcollCommSetAlgo or VCOLL_NCCL_AVG on some ranks only would make ranks
- * pick different NCCL calls and hang). */
+ * pick different NCCL calls and hang); the algorithm follows from the
+ * other fields, so it is named only when they agree. */
 static const char* const kAlgoField =
     "algorithms (VCOLL_ALGO, vcollCommSetAlgo or VCOLL_NCCL_AVG differ between ranks)";
 static const char* const kRegField = "buffers (registered through vcollMemAlloc on some ranks only)";
@@ -22,10 +23,10 @@ static int agvFields(vcollComm_t comm, struct vcollAgvCall* c, int nranks, struc
     t = vcollHashBytes(t, &c->tensors[i].width, sizeof(size_t));
     t = vcollHashBytes(t, &c->tensors[i].datatype, sizeof(vcollDataType_t));
   }
-  f[0] = (struct vcollAgreeField){"counts", vcollHashBytes(0, c->counts, sizeof(size_t) * (size_t)nranks)};
-  f[1] = (struct vcollAgreeField){"tensor counts, widths or types", t};
-  f[2] = (struct vcollAgreeField){kRegField, vcollHashBytes(0, &reg, sizeof(reg))};
-  f[3] = (struct vcollAgreeField){kAlgoField, vcollHashBytes(0, &c->algo, sizeof(c->algo))};
+  f[0] = (struct vcollAgreeField){"counts", vcollHashBytes(0, c->counts, sizeof(size_t) * (size_t)nranks), 0};
+  f[1] = (struct vcollAgreeField){"tensor counts, widths or types", t, 0};
+  f[2] = (struct vcollAgreeField){kRegField, vcollHashBytes(0, &reg, sizeof(reg)), 0};
+  f[3] = (struct vcollAgreeField){kAlgoField, vcollHashBytes(0, &c->algo, sizeof(c->algo)), 1};
   return 4;
 }
 
@@ -35,11 +36,11 @@ static int rsvFields(vcollComm_t comm, struct vcollRsvCall* c, int nranks, struc
   const int reg = vcollRsvAllRegistered(comm, c);
   uint64_t t = vcollHashBytes(0, &c->width, sizeof(c->width));
   t = vcollHashBytes(t, &c->datatype, sizeof(c->datatype));
-  f[0] = (struct vcollAgreeField){"counts", vcollHashBytes(0, c->counts, sizeof(size_t) * (size_t)nranks)};
-  f[1] = (struct vcollAgreeField){"widths or types", t};
-  f[2] = (struct vcollAgreeField){"reduction ops", vcollHashBytes(0, &c->op, sizeof(c->op))};
-  f[3] = (struct vcollAgreeField){kRegField, vcollHashBytes(0, &reg, sizeof(reg))};
-  f[4] = (struct vcollAgreeField){kAlgoField, vcollHashBytes(0, &c->algo, sizeof(c->algo))};
+  f[0] = (struct vcollAgreeField){"counts", vcollHashBytes(0, c->counts, sizeof(size_t) * (size_t)nranks), 0};
+  f[1] = (struct vcollAgreeField){"widths or types", t, 0};
+  f[2] = (struct vcollAgreeField){"reduction ops", vcollHashBytes(0, &c->op, sizeof(c->op)), 0};
+  f[3] = (struct vcollAgreeField){kRegField, vcollHashBytes(0, &reg, sizeof(reg)), 0};
+  f[4] = (struct vcollAgreeField){kAlgoField, vcollHashBytes(0, &c->algo, sizeof(c->algo)), 1};
   return 5;
 }
 

@@ -165,6 +165,7 @@ vcollResult_t vcollCheckReduceScatterV(vcollComm_t comm, const void* sendbuff, v
 struct vcollAgreeField {
   const char* name;
   uint64_t hash;
+  int derived; /* follows from the other fields (the algorithm): named only when none of them differs */
 };
 #define VCOLL_AGREE_MAX_FIELDS 8
 /* Checked mode (VCOLL_CHECK=1): all ranks agree that they passed the same

@@ -168,8 +168,8 @@ vcollResult_t vcollCheckAgreement(vcollComm_t comm, const char* op, const struct
   struct vcollAgreeField f[kF];
   uint64_t vals[2 * kF + 1];
   const int ok = localRes == vcollSuccess;
-  f[0] = (struct vcollAgreeField){"functions (one rank called another one)", vcollHashBytes(0, op, strlen(op))};
-  for (int i = 1; i < kF; i++) f[i] = ok && i <= nf ? fields[i - 1] : (struct vcollAgreeField){NULL, 0};
+  f[0] = (struct vcollAgreeField){"functions (one rank called another one)", vcollHashBytes(0, op, strlen(op)), 0};
+  for (int i = 1; i < kF; i++) f[i] = ok && i <= nf ? fields[i - 1] : (struct vcollAgreeField){NULL, 0, 0};
   for (int i = 0; i < kF; i++) {
     vals[2 * i] = ok || i == 0 ? f[i].hash : 0;
     vals[2 * i + 1] = ok || i == 0 ? ~f[i].hash : 0;
@@ -186,12 +186,15 @@ vcollResult_t vcollCheckAgreement(vcollComm_t comm, const char* op, const struct
   size_t o = 0;
   int differ = 0;
   which[0] = '\0';
-  for (int i = 0; i < (sameFn ? kF : 1); i++)
-    if (f[i].name && (vals[2 * i] != f[i].hash || vals[2 * i + 1] != ~f[i].hash)) {
-      int w = snprintf(which + o, sizeof(which) - o, "%s%s", differ ? ", and different " : "", f[i].name);
-      o += w > 0 && (size_t)w < sizeof(which) - o ? (size_t)w : 0;
-      differ = 1;
-    }
+  /* Derived fields (the algorithm, chosen from the others) are named only
+   * when nothing they follow from differs. */
+  for (int pass = 0; pass < 2 && !differ; pass++)
+    for (int i = 0; i < (sameFn ? kF : 1); i++)
+      if (f[i].name && f[i].derived == pass && (vals[2 * i] != f[i].hash || vals[2 * i + 1] != ~f[i].hash)) {
+        int w = snprintf(which + o, sizeof(which) - o, "%s%s", differ ? ", and different " : "", f[i].name);
+        o += w > 0 && (size_t)w < sizeof(which) - o ? (size_t)w : 0;
+        differ = 1;
+      }
   if (differ)
     return vcollSetError(comm, vcollArgumentMismatch,
                          "%s : ranks passed different %s (checked mode, VCOLL_CHECK=1); nothing was communicated", op,

@@ -276,9 +276,9 @@ static vcollResult_t agree(vcollMoeWorkspace_t ws, const char* op, const size_t*
   const uint64_t shape[8] = {c->hidden, (uint64_t)c->format, (uint64_t)c->routing, routingWidth(c),
                              (uint64_t)c->scale, (uint64_t)c->swizzledScales, (uint64_t)c->accum, ws->maxTokens};
   const struct vcollAgreeField f[3] = {
-      {"counts", localRes == vcollSuccess ? vcollHashBytes(0, counts, sizeof(size_t) * (size_t)comm->nranks) : 0},
-      {"workspace configs or maxTokens", vcollHashBytes(0, shape, sizeof(shape))},
-      {"VCOLL_MOE_COMBINE32 values", vcollHashBytes(0, &mode, sizeof(mode))}};
+      {"counts", localRes == vcollSuccess ? vcollHashBytes(0, counts, sizeof(size_t) * (size_t)comm->nranks) : 0, 0},
+      {"workspace configs or maxTokens", vcollHashBytes(0, shape, sizeof(shape)), 0},
+      {"VCOLL_MOE_COMBINE32 values", vcollHashBytes(0, &mode, sizeof(mode)), 0}};
   return vcollCheckAgreement(comm, op, f, 3, localRes, stream);
 }
 
