@@ -19,50 +19,9 @@
 #include "vt.h"
 #include "vt_comm.h"
 
-static vcollBackend_t backend = vcollBackendHost;
 static vcollComm_t comm = NULL;
 static int rank_, nranks_;
 static int iters = 24;
-
-/* ---- buffers on either side --------------------------------------------- */
-
-static int onGpu(void) { return backend == vcollBackendNccl; }
-
-static void* bufAlloc(size_t n) {
-  void* p = NULL;
-  if (n == 0) n = 1;
-  if (onGpu()) assert_int_equal(cudaMalloc(&p, n), cudaSuccess);
-  else assert_non_null(p = malloc(n));
-  return p;
-}
-static void bufFree(void* p) {
-  if (onGpu()) cudaFree(p);
-  else free(p);
-}
-static void bufPut(void* dst, const void* src, size_t n) {
-  if (n == 0) return;
-  if (onGpu()) assert_int_equal(cudaMemcpy(dst, src, n, cudaMemcpyHostToDevice), cudaSuccess);
-  else memcpy(dst, src, n);
-}
-static void bufGet(void* dst, const void* src, size_t n) {
-  if (n == 0) return;
-  if (onGpu()) assert_int_equal(cudaMemcpy(dst, src, n, cudaMemcpyDeviceToHost), cudaSuccess);
-  else memcpy(dst, src, n);
-}
-static void bufPoison(void* p, size_t n) {
-  if (onGpu()) assert_int_equal(cudaMemset(p, 0xA5, n), cudaSuccess);
-  else vtPoison(p, n);
-}
-static int bufPoisoned(const void* p, size_t n) {
-  void* h = malloc(n ? n : 1);
-  bufGet(h, p, n);
-  int ok = vtIsPoisoned(h, n);
-  free(h);
-  return ok;
-}
-static void sync(void) {
-  if (onGpu()) assert_int_equal(cudaDeviceSynchronize(), cudaSuccess);
-}
 
 /* ---- element values ----------------------------------------------------- */
 
