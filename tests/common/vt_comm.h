@@ -74,19 +74,26 @@ static inline void vtParseCommArgs(int argc, char** argv, vcollBackend_t* backen
   }
 }
 
-/* Group setup: a communicator over MPI_COMM_WORLD on `backend`; none (and
- * success: the GPU tests then skip) for the NCCL backend without one GPU per
- * rank. Returns 0, or -1 with the error printed. */
-static inline int vtCommSetup(vcollBackend_t backend, vcollComm_t* comm) {
+/* The run's communicator, created and destroyed by the cmocka group
+ * fixtures: vtRunGroup(name, tests, n, vtGroupSetup, vtGroupTeardown). */
+static vcollComm_t comm = NULL;
+
+/* A communicator over MPI_COMM_WORLD on `backend`; none (and success: the
+ * GPU tests then skip) for the NCCL backend without one GPU per rank.
+ * Returns 0, or -1 with the error printed. */
+static inline int vtGroupSetup(void** state) {
+  (void)state;
   if (backend == vcollBackendNccl && !vtHaveGpu()) return 0;
-  vcollResult_t res = vcollCommInitMPI(MPI_COMM_WORLD, backend, comm);
+  vcollResult_t res = vcollCommInitMPI(MPI_COMM_WORLD, backend, &comm);
   if (res != vcollSuccess) fprintf(stderr, "vcollCommInitMPI: %s\n", vcollGetLastError(NULL));
   return res == vcollSuccess ? 0 : -1;
 }
 
-static inline void vtCommTeardown(vcollComm_t* comm) {
-  vcollCommDestroy(*comm);
-  *comm = NULL;
+static inline int vtGroupTeardown(void** state) {
+  (void)state;
+  vcollCommDestroy(comm);
+  comm = NULL;
+  return 0;
 }
 
 #endif /* VCOLL_TESTS_VT_COMM_H_ */

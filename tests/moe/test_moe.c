@@ -28,7 +28,6 @@
 #include "vt.h"
 #include "vt_comm.h"
 
-static vcollComm_t comm = NULL;
 static int rank_, nranks_;
 static int iters = 24;
 
@@ -936,17 +935,6 @@ static void test_graph_capture(void** state) {
   assert_int_equal(vcollMoeWorkspaceDestroy(ws), vcollSuccess);
 }
 
-static int setup(void** state) {
-  (void)state;
-  return vtCommSetup(backend, &comm);
-}
-
-static int teardown(void** state) {
-  (void)state;
-  vtCommTeardown(&comm);
-  return 0;
-}
-
 int main(int argc, char** argv) {
   vtMpiInit(&argc, &argv);
   vtParseCommArgs(argc, argv, &backend, &iters);
@@ -969,7 +957,7 @@ int main(int argc, char** argv) {
   };
   char name[64];
   snprintf(name, sizeof(name), "moe_%s_np%d", onGpu() ? "nccl" : "host", nranks_);
-  int failed = vtRunGroup(name, tests, sizeof(tests) / sizeof(tests[0]), setup, teardown);
+  int failed = vtRunGroup(name, tests, sizeof(tests) / sizeof(tests[0]), vtGroupSetup, vtGroupTeardown);
   int code = vtMpiFinalize(failed);
   /* Without a GPU the NCCL suite ran nothing: exit 77 so Meson reports SKIP. */
   if (code == 0 && onGpu() && !vtHaveGpu()) return 77;
