@@ -42,16 +42,18 @@ static inline double applyOp(vcollRedOp_t op, double a, double b) {
   }
 }
 
-#define INT_LOOP(T)                                                                   \
+/* Integers wrap (api.md): sums and products in the unsigned type of the
+ * same width, since signed overflow is undefined in C. */
+#define INT_LOOP(T, U)                                                                \
   do {                                                                                \
     const T* x = in;                                                                  \
     T* y = inout;                                                                     \
     for (size_t i = 0; i < n; i++) {                                                  \
       switch (tlsOp) {                                                                \
-        case vcollProd: y[i] = (T)(x[i] * y[i]); break;                               \
+        case vcollProd: y[i] = (T)((U)x[i] * (U)y[i]); break;                         \
         case vcollMax: y[i] = x[i] > y[i] ? x[i] : y[i]; break;                       \
         case vcollMin: y[i] = x[i] < y[i] ? x[i] : y[i]; break;                       \
-        default: y[i] = (T)(x[i] + y[i]); break;                                      \
+        default: y[i] = (T)((U)x[i] + (U)y[i]); break;                                \
       }                                                                               \
     }                                                                                 \
   } while (0)
@@ -61,12 +63,12 @@ static void hostReduceFn(void* in, void* inout, int* len, MPI_Datatype* dt) {
   (void)dt;
   size_t n = (size_t)*len * tlsElemsPerUnit;
   switch (tlsType) {
-    case vcollInt8: INT_LOOP(int8_t); break;
-    case vcollUint8: INT_LOOP(uint8_t); break;
-    case vcollInt32: INT_LOOP(int32_t); break;
-    case vcollUint32: INT_LOOP(uint32_t); break;
-    case vcollInt64: INT_LOOP(int64_t); break;
-    case vcollUint64: INT_LOOP(uint64_t); break;
+    case vcollInt8: INT_LOOP(int8_t, uint8_t); break;
+    case vcollUint8: INT_LOOP(uint8_t, uint8_t); break;
+    case vcollInt32: INT_LOOP(int32_t, uint32_t); break;
+    case vcollUint32: INT_LOOP(uint32_t, uint32_t); break;
+    case vcollInt64: INT_LOOP(int64_t, uint64_t); break;
+    case vcollUint64: INT_LOOP(uint64_t, uint64_t); break;
     case vcollFloat32: {
       const float* x = in;
       float* y = inout;

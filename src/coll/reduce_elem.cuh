@@ -64,13 +64,27 @@ struct Acc<__nv_fp8_e4m3> : AccFp8<__nv_fp8_e4m3, __NV_E4M3> {};
 template <>
 struct Acc<__nv_fp8_e5m2> : AccFp8<__nv_fp8_e5m2, __NV_E5M2> {};
 
+/* Sum and product in A; integers wrap: computed in the unsigned type of the
+ * same width, since signed overflow is undefined. */
+template <typename A, bool kInt = std::is_integral<A>::value>
+struct Arith {
+  static __host__ __device__ __forceinline__ A add(A a, A b) { return (A)(a + b); }
+  static __host__ __device__ __forceinline__ A mul(A a, A b) { return (A)(a * b); }
+};
+template <typename A>
+struct Arith<A, true> {
+  typedef typename std::make_unsigned<A>::type U;
+  static __host__ __device__ __forceinline__ A add(A a, A b) { return (A)((U)a + (U)b); }
+  static __host__ __device__ __forceinline__ A mul(A a, A b) { return (A)((U)a * (U)b); }
+};
+
 template <typename A>
 __host__ __device__ __forceinline__ A applyOp(int op, A a, A b) {
   switch (op) {
-    case vcollProd: return (A)(a * b);
+    case vcollProd: return Arith<A>::mul(a, b);
     case vcollMax: return a != a ? a : b != b ? b : a > b ? a : b; /* NaN wins, in any order */
     case vcollMin: return a != a ? a : b != b ? b : a < b ? a : b;
-    default: return (A)(a + b); /* sum; avg divides afterwards */
+    default: return Arith<A>::add(a, b); /* sum; avg divides afterwards */
   }
 }
 

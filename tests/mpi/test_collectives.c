@@ -501,6 +501,76 @@ static void test_reducescatterv_own_arithmetic(void** state) {
                 onGpu() ? "p2p" : "host");
 }
 
+/* Integer sums and products wrap (two's complement), also where a signed
+ * type overflows: every integer type, operands near the type's largest and
+ * smallest values, expected in uint64_t arithmetic narrowed to the type.
+ * The host backend's arithmetic and, on NCCL, the p2p algorithm's kernel;
+ * a UBSan build (-Db_sanitize=undefined) fails on signed overflow there. */
+static uint64_t wrapOperand(uint64_t seed, int r, size_t e, vcollDataType_t t, vcollRedOp_t op) {
+  vtRng g = vtRngMake(seed ^ ((uint64_t)r << 8) ^ ((uint64_t)t << 20) ^ ((uint64_t)op << 28), e);
+  const int bits = (int)vcollTypeSize(t) * 8;
+  const int isSigned = t == vcollInt8 || t == vcollInt32 || t == vcollInt64;
+  const uint64_t sign = (uint64_t)1 << (bits - 1), mask = bits == 64 ? ~(uint64_t)0 : ((uint64_t)1 << bits) - 1;
+  const uint64_t largest = isSigned ? sign - 1 : mask, smallest = isSigned ? sign : 0, small = vtNext(&g) >> 60;
+  const int64_t kind = vtRange(&g, 0, 2);
+  uint64_t v = (kind == 0 ? largest - small : kind == 1 ? smallest + small : vtNext(&g)) & mask;
+  if (isSigned && (v & sign)) v |= ~mask; /* sign-extended: the value the sum and product use */
+  return v;
+}
+
+static void test_reducescatterv_integer_wrap(void** state) {
+  (void)state;
+  if (onGpu()) VT_REQUIRE_GPU();
+  const uint64_t seed = vtSeed();
+  static const vcollDataType_t ints[] = {vcollInt8, vcollUint8, vcollInt32, vcollUint32, vcollInt64, vcollUint64};
+  if (onGpu()) assert_int_equal(vcollCommSetAlgo(comm, vcollCollReduceScatterV, "p2p"), vcollSuccess);
+  int ok = 1;
+  size_t counts[64] = {0}, total = 0, displ = 0;
+  for (int r = 0; r < nranks_; r++) total += counts[r] = (size_t)(r % 3 == 1 ? 0 : 2 * r + 5);
+  for (int r = 0; r < rank_; r++) displ += counts[r];
+  const size_t width = 3;
+  for (int ti = 0; ti < 6; ti++)
+    for (int oi = 0; oi < 2; oi++) {
+      const vcollDataType_t t = ints[ti];
+      const vcollRedOp_t op = oi ? vcollProd : vcollSum;
+      const size_t es = vcollTypeSize(t), mine = counts[rank_] * width * es;
+      unsigned char* h = malloc(total * width * es + 1);
+      for (size_t e = 0; e < total * width; e++) {
+        const uint64_t v = wrapOperand(seed, rank_, e, t, op);
+        memcpy(h + e * es, &v, es); /* the low bytes (little-endian) */
+      }
+      char* send = bufAlloc(total * width * es);
+      char* recv = bufAlloc(mine + 1);
+      bufPut(send, h, total * width * es);
+      bufPoison(recv, mine);
+      vcollResult_t res = vcollReduceScatterV(send, recv, counts, width, t, op, comm, 0);
+      sync();
+      bufGet(h, recv, mine);
+      size_t wrong = 0;
+      for (size_t k = 0; k < counts[rank_] * width; k++) {
+        uint64_t want = 0, got = 0;
+        for (int r = 0; r < nranks_; r++) {
+          const uint64_t v = wrapOperand(seed, r, displ * width + k, t, op);
+          want = r == 0 ? v : op == vcollProd ? want * v : want + v;
+        }
+        memcpy(&got, h + k * es, es);
+        if (es < 8) want &= ((uint64_t)1 << (es * 8)) - 1;
+        if (got != want) {
+          if (wrong < 3)
+            fprintf(stderr, "[rank %d] %s %s elem %zu: got 0x%llx want 0x%llx\n", rank_, vcollTypeName(t),
+                    vcollOpName(op), k, (unsigned long long)got, (unsigned long long)want);
+          wrong++;
+        }
+      }
+      ok &= res == vcollSuccess && wrong == 0;
+      free(h);
+      bufFree(send);
+      bufFree(recv);
+    }
+  if (onGpu()) vcollCommSetAlgo(comm, vcollCollReduceScatterV, NULL);
+  VT_ASSERT_ALL(ok, "integer sums and products (%s) do not wrap as two's complement", onGpu() ? "p2p" : "host");
+}
+
 /* ---- argument validation: every bad input is rejected, nothing written --- */
 
 static void expectArgErrorOn(vcollComm_t c, vcollResult_t got, vcollResult_t want, const char* needle) {
@@ -955,6 +1025,7 @@ int main(int argc, char** argv) {
       cmocka_unit_test(test_reducescatterv_random),
       cmocka_unit_test(test_reducescatterv_all_types_ops),
       cmocka_unit_test(test_reducescatterv_own_arithmetic),
+      cmocka_unit_test(test_reducescatterv_integer_wrap),
       cmocka_unit_test(test_checked_mode),
       cmocka_unit_test(test_host_limits),
       cmocka_unit_test(test_graph_capture),

@@ -258,6 +258,52 @@ static void test_nan_max_min(void** state) {
   nanValues = 0;
 }
 
+/* Sums and products that overflow the integer type wrap (two's
+ * complement), expected values in uint64_t arithmetic narrowed to the type;
+ * the signed types through unsigned ones, so a UBSan build
+ * (-Db_sanitize=undefined) also fails on signed overflow in the kernel's
+ * arithmetic. Operands near the type's extremes, fresh every run. */
+template <typename T>
+static void wrapCase(vcollRedOp_t op) {
+  enum { kSrc = 3, kN = 37 };
+  T in[kSrc][kN], out[kN];
+  const void* srcs[kSrc] = {in[0], in[1], in[2]};
+  uint64_t want[kN];
+  for (size_t i = 0; i < kN; i++) {
+    uint64_t acc = 0;
+    for (int k = 0; k < kSrc; k++) {
+      const uint64_t r = next64(), small = r >> 60, sign = (uint64_t)1 << (sizeof(T) * 8 - 1);
+      const bool isSigned = (T)~(T)0 < 0;
+      const uint64_t largest = isSigned ? sign - 1 : (uint64_t)(T)~(T)0, smallest = isSigned ? sign : 0;
+      /* near the largest, near the smallest, or any bits */
+      const T v = (T)(r % 3 == 0 ? largest - small : r % 3 == 1 ? smallest + small : r >> 8);
+      in[k][i] = v;
+      const uint64_t u = (uint64_t)(int64_t)v; /* sign-extended for signed T */
+      acc = k == 0 ? u : op == vcollProd ? acc * u : acc + u;
+    }
+    want[i] = acc;
+  }
+  memset(out, 0xA5, sizeof(out));
+  vcollReduce::reduceRange<T>(out, srcs, kSrc, kN, (int)op, kSrc, 0, 1);
+  for (size_t i = 0; i < kN; i++)
+    if (out[i] != (T)want[i])
+      fail_msg("%s of %d %zu-byte integers, element %zu: got %llu, want %llu", op == vcollProd ? "prod" : "sum",
+               kSrc, sizeof(T), i, (unsigned long long)(uint64_t)out[i], (unsigned long long)(T)want[i]);
+}
+
+static void test_integer_wrap(void** state) {
+  (void)state;
+  for (int rep = 0; rep < 16; rep++)
+    for (vcollRedOp_t op : {vcollSum, vcollProd}) {
+      wrapCase<int8_t>(op);
+      wrapCase<uint8_t>(op);
+      wrapCase<int32_t>(op);
+      wrapCase<uint32_t>(op);
+      wrapCase<int64_t>(op);
+      wrapCase<uint64_t>(op);
+    }
+}
+
 int main(void) {
   rngState = (uint64_t)time(NULL) ^ ((uint64_t)clock() << 20);
   printf("# test_reduce_elem seed %llu\n", (unsigned long long)rngState);
@@ -267,6 +313,7 @@ int main(void) {
       cmocka_unit_test(test_rounding_once),
       cmocka_unit_test(test_saturation),
       cmocka_unit_test(test_nan_max_min),
+      cmocka_unit_test(test_integer_wrap),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
