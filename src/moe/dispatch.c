@@ -4,6 +4,7 @@
  * dispatch.cu and vcollNvfp4*, the host backend the same steps in C with
  * the NVFP4 CPU reference. See docs/moe.md. */
 #include <limits.h>
+#include <stdint.h>
 #include <float.h>
 #include <math.h>
 #include <stdio.h>
@@ -133,10 +134,13 @@ VCOLL_API vcollResult_t vcollMoeWorkspaceCreate(vcollComm_t comm, const vcollMoe
                         config->hidden);
   /* MPI counts are ints: refuse here what the host backend's collectives
    * would refuse only after dispatch has quantized into its outputs. */
-  if (comm->backend == vcollBackendHost && (maxTokens > INT_MAX || config->hidden > INT_MAX / 4))
+  if (comm->backend == vcollBackendHost &&
+      (maxTokens > INT_MAX || config->hidden > INT_MAX / 4 || routingWidth(config) > INT_MAX / 4))
     return vcollSetError(comm, vcollNotSupported,
-                         "%s : the host backend moves at most %d tokens of at most %d elements (MPI counts); "
-                         "maxTokens %zu, hidden %zu", op, INT_MAX, INT_MAX / 4, maxTokens, config->hidden);
+                         "%s : the host backend moves at most %d tokens, rows of at most %d bytes (MPI counts): "
+                         "maxTokens %zu, hidden %zu and %s %zu (4 bytes each) are too many",
+                         op, INT_MAX, INT_MAX, maxTokens, config->hidden,
+                         config->routing == vcollMoeRoutingTopk ? "topk" : "numExperts", routingWidth(config));
 
   vcollResult_t res = vcollSuccess;
   struct vcollMoeWorkspace* w = calloc(1, sizeof(*w));
@@ -245,6 +249,9 @@ static vcollResult_t checkCounts(const char* op, vcollMoeWorkspace_t ws, const s
   size_t sum = 0;
   for (int r = 0; r < comm->nranks; r++) {
     if (r == comm->rank) *displ = sum;
+    if (counts[r] > (size_t)PTRDIFF_MAX)
+      return VCOLL_ARGERR(comm, op, "counts[%d] = %zu is above PTRDIFF_MAX (a negative count cast to size_t?)", r,
+                          counts[r]);
     if (!vcollAddOk(sum, counts[r], &sum))
       return VCOLL_ARGERR(comm, op, "counts[%d] = %zu makes the token total overflow", r, counts[r]);
   }

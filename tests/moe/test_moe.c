@@ -707,6 +707,11 @@ static void test_invalid_arguments(void** state) {
   if (!onGpu()) { /* MPI's int counts: refused at creation, not after a dispatch has written */
     expectErr(vcollMoeWorkspaceCreate(comm, &cfg, (size_t)INT_MAX + 1, &ws), vcollNotSupported, cr, "host backend");
     assert_null(ws);
+    bad = cfg; bad.topk = 1 << 29; /* routing rows of 2^31 bytes */
+    expectErr(vcollMoeWorkspaceCreate(comm, &bad, 1, &ws), vcollNotSupported, cr, "topk 536870912");
+    bad = cfg; bad.routing = vcollMoeRoutingLogits; bad.numExperts = 1 << 29;
+    expectErr(vcollMoeWorkspaceCreate(comm, &bad, 1, &ws), vcollNotSupported, cr, "numExperts 536870912");
+    assert_null(ws);
   }
 
   /* A valid workspace; every rank has 2 tokens so every rank fails alike. */
@@ -735,8 +740,14 @@ static void test_invalid_arguments(void** state) {
   memcpy(big, counts, sizeof(big));
   big[0] = 3; /* N = maxTokens + 1 */
   expectErr(vcollMoeDispatch(ws, big, &in, &b.tokens, 0), vcollInvalidArgument, d, "maxTokens");
-  big[0] = SIZE_MAX;
-  if (nranks_ > 1) expectErr(vcollMoeDispatch(ws, big, &in, &b.tokens, 0), vcollInvalidArgument, d, "overflow");
+  big[0] = SIZE_MAX; /* a negative count cast to size_t */
+  expectErr(vcollMoeDispatch(ws, big, &in, &b.tokens, 0), vcollInvalidArgument, d,
+            "counts[0] = 18446744073709551615 is above PTRDIFF_MAX");
+  expectErr(vcollMoeCombine(ws, big, b.partials, b.combined, 0), vcollInvalidArgument, "vcollMoeCombine",
+            "counts[0] = 18446744073709551615 is above PTRDIFF_MAX");
+  for (int r = 0; r < nranks_; r++) big[r] = PTRDIFF_MAX;
+  if (nranks_ > 2) expectErr(vcollMoeDispatch(ws, big, &in, &b.tokens, 0), vcollInvalidArgument, d,
+                             "counts[2] = 9223372036854775807 makes the token total overflow");
   vcollMoeLocal_t bi = in;
   bi.hidden = NULL;
   expectErr(vcollMoeDispatch(ws, counts, &bi, &b.tokens, 0), vcollInvalidArgument, d, "in->hidden is NULL");
@@ -778,6 +789,7 @@ static void test_invalid_arguments(void** state) {
   const char* c = "vcollMoeCombine";
   expectErr(vcollMoeCombine(NULL, counts, b.partials, b.combined, 0), vcollInvalidArgument, c, "ws");
   expectErr(vcollMoeCombine(ws, NULL, b.partials, b.combined, 0), vcollInvalidArgument, c, "counts");
+  memcpy(big, counts, sizeof(big));
   big[0] = 3;
   expectErr(vcollMoeCombine(ws, big, b.partials, b.combined, 0), vcollInvalidArgument, c, "maxTokens");
   expectErr(vcollMoeCombine(ws, counts, NULL, b.combined, 0), vcollInvalidArgument, c, "partials is NULL");
