@@ -3,7 +3,9 @@
 # is missing (apt, and Meson from PyPI into .deps/venv), builds, and runs.
 #
 #   scripts/dev.sh example   build, then the main job under mpirun -np 4
-#   scripts/dev.sh test      build, then every test suite (unit, mpi, gpu)
+#   scripts/dev.sh test      build, then every test suite (unit, mpi, gpu), then
+#                            the unit and mpi suites of an ASan+UBSan build
+#                            (BUILD_DIR-san; SANITIZE=0 skips it)
 #   scripts/dev.sh build     build only
 #   scripts/dev.sh deps      install dependencies only
 #
@@ -61,6 +63,18 @@ build() {
   ninja -C "$BUILD_DIR"
 }
 
+# One plain summary line from Meson's log, for humans and CI.
+summary() {
+  python3 - "$1/meson-logs/testlog.json" "$2" <<'PY'
+import json, sys
+res = [json.loads(l)["result"] for l in open(sys.argv[1]) if l.strip()]
+ok = sum(r in ("OK", "EXPECTEDFAIL") for r in res)
+skip = sum(r == "SKIP" for r in res)
+bad = len(res) - ok - skip
+print(f"{sys.argv[2]}: {ok} passed, {bad} failed, {skip} skipped")
+PY
+}
+
 case "${1:-test}" in
   deps) deps ;;
   build) build ;;
@@ -72,15 +86,21 @@ case "${1:-test}" in
     build
     status=0
     meson test -C "$BUILD_DIR" --print-errorlogs --suite unit --suite mpi --suite gpu || status=$?
-    # One plain summary line from Meson's log, for humans and CI.
-    python3 - "$BUILD_DIR/meson-logs/testlog.json" <<'PY'
-import json, sys
-res = [json.loads(l)["result"] for l in open(sys.argv[1]) if l.strip()]
-ok = sum(r in ("OK", "EXPECTEDFAIL") for r in res)
-skip = sum(r == "SKIP" for r in res)
-bad = len(res) - ok - skip
-print(f"vcoll tests: {ok} passed, {bad} failed, {skip} skipped")
-PY
+    summary "$BUILD_DIR" "vcoll tests"
+    if [ "${SANITIZE:-1}" = 1 ]; then
+      # The unit and host-backend suites again, built with ASan and UBSan
+      # (signed overflow, out-of-bounds, use after free abort the test).
+      # Leak checks off: MPI's own allocations at exit are not vcoll's.
+      SAN_DIR=${BUILD_DIR}-san
+      if [ ! -f "$SAN_DIR/build.ninja" ]; then
+        # shellcheck disable=SC2086
+        meson setup "$SAN_DIR" -Db_sanitize=address,undefined -Db_lundef=false ${MESON_ARGS:-} >/dev/null
+      fi
+      ninja -C "$SAN_DIR" >"$SAN_DIR/ninja.log" || { tail -30 "$SAN_DIR/ninja.log"; exit 1; }
+      ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+        meson test -C "$SAN_DIR" --print-errorlogs --suite unit --suite mpi || status=$?
+      summary "$SAN_DIR" "vcoll tests (ASan+UBSan build, unit and mpi suites)"
+    fi
     exit $status
     ;;
   *) echo "usage: $0 [deps|build|example|test]" >&2; exit 2 ;;
