@@ -20,6 +20,7 @@
 #include <mpi.h>
 
 #include "bench.h"
+#include "cli_args.h"
 #include "vcoll_mpi.h"
 
 #define MAX_ALGOS 16
@@ -75,17 +76,17 @@ static void die(const char* fmt, ...) {
 
 /* ---- flags --------------------------------------------------------------- */
 
-static size_t parseSize(const char* s) {
-  char* end;
-  double v = strtod(s, &end);
-  switch (*end) {
-    case 'K': case 'k': v *= 1024; break;
-    case 'M': case 'm': v *= 1024 * 1024; break;
-    case 'G': case 'g': v *= 1024.0 * 1024 * 1024; break;
-    default: break;
-  }
-  if (v < 1) die("bad size '%s'", s);
-  return (size_t)v;
+/* Flag values, strictly (cli_args.h): a bad one names the flag. */
+#define MAX_BYTES ((size_t)1 << 40) /* per rank */
+static size_t argBytes(int flag, const char* s) {
+  size_t v;
+  if (!cliBytes(s, 1, MAX_BYTES, &v)) die("-%c: bad size '%s' (bytes per rank, 1..1T, e.g. 4096, 64K, 1.5M, 1G)", flag, s);
+  return v;
+}
+static int argInt(int flag, const char* s, int lo, int hi) {
+  int v;
+  if (!cliInt(s, lo, hi, &v)) die("-%c: bad value '%s' (an integer in %d..%d)", flag, s, lo, hi);
+  return v;
 }
 
 static void usage(void) {
@@ -116,20 +117,26 @@ static void parseArgs(int argc, char** argv) {
   int c;
   while ((c = getopt_long(argc, argv, "b:e:f:n:w:B:c:d:o:G:R:p:k:t:a:s:S:J:xh", longOpts, NULL)) != -1) {
     switch (c) {
-      case 'b': O.minBytes = parseSize(optarg); break;
-      case 'e': O.maxBytes = parseSize(optarg); break;
-      case 'f': O.stepFactor = strtoull(optarg, NULL, 0); break;
-      case 'n': O.iters = atoi(optarg); break;
-      case 'w': O.warmup = atoi(optarg); break;
-      case 'B': O.budgetMs = atof(optarg); break;
-      case 'c': O.check = atoi(optarg); break;
-      case 'G': O.graph = atoi(optarg); break;
-      case 'R': O.registered = atoi(optarg); break;
-      case 'p': O.inplace = atoi(optarg); break;
-      case 'k': O.width = strtoull(optarg, NULL, 0); break;
-      case 't': O.ntensors = atoi(optarg); break;
+      case 'b': O.minBytes = argBytes(c, optarg); break;
+      case 'e': O.maxBytes = argBytes(c, optarg); break;
+      case 'f': O.stepFactor = (size_t)argInt(c, optarg, 2, 1 << 20); break;
+      case 'n': O.iters = argInt(c, optarg, 1, MAX_ITERS); break;
+      case 'w': O.warmup = argInt(c, optarg, 1, 1 << 20); break;
+      case 'B':
+        if (!cliDouble(optarg, 1e-3, 1e7, &O.budgetMs)) die("-B: bad value '%s' (milliseconds, 0.001..1e7)", optarg);
+        break;
+      case 'c': O.check = argInt(c, optarg, 0, 1); break;
+      case 'G': O.graph = argInt(c, optarg, 0, 1 << 20); break;
+      case 'R': O.registered = argInt(c, optarg, 0, 1); break;
+      case 'p': O.inplace = argInt(c, optarg, 0, 1); break;
+      case 'k':
+        if (!cliSize(optarg, 0, MAX_BYTES, &O.width)) die("-k: bad value '%s' (elements per row, 0..2^40)", optarg);
+        break;
+      case 't': O.ntensors = argInt(c, optarg, 1, C->ntensorsMax); break;
       case 'a': O.algos = optarg; break;
-      case 'S': O.seed = strtoull(optarg, NULL, 0); break;
+      case 'S':
+        if (!cliU64(optarg, 0, ~0ull, &O.seed)) die("-S: bad seed '%s' (an unsigned integer)", optarg);
+        break;
       case 'J': O.json = optarg; break;
       case 'x': O.selection = 1; break;
       case 'd': {
@@ -169,11 +176,9 @@ static void parseArgs(int argc, char** argv) {
       default: usage(); MPI_Abort(MPI_COMM_WORLD, 2);
     }
   }
-  if (O.stepFactor < 2) O.stepFactor = 2;
-  if (O.iters < 1) O.iters = 1;
-  if (O.iters > MAX_ITERS) O.iters = MAX_ITERS;
-  if (O.warmup < 1) O.warmup = 1;
-  if (O.ntensors < 1 || O.ntensors > C->ntensorsMax) die("-t must be in 1..%d", C->ntensorsMax);
+  if (optind < argc) die("unexpected argument '%s' (options only; -h lists them)", argv[optind]);
+  if (O.minBytes > O.maxBytes) die("-b %zu is above -e %zu", O.minBytes, O.maxBytes);
+  if (O.nshapes == 0) die("-s names no shape");
   if (!C->reduces) O.op = vcollSum;
 }
 
@@ -416,6 +421,19 @@ int benchMain(int argc, char** argv, const struct benchColl* coll) {
     O.registered = 0;
   }
 
+  /* -a names algorithms of this collective only. */
+  if (O.algos) {
+    char buf[256];
+    if (snprintf(buf, sizeof(buf), "%s", O.algos) >= (int)sizeof(buf)) die("-a: list too long");
+    int n = 0;
+    for (char *save, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save), n++) {
+      int a = 0;
+      while (vcollAlgoName(C->coll, a) && strcmp(vcollAlgoName(C->coll, a), tok)) a++;
+      if (!vcollAlgoName(C->coll, a)) die("-a: unknown algorithm '%s' for %s", tok, C->name);
+    }
+    if (n == 0) die("-a names no algorithm");
+  }
+
   /* Algorithms timed one by one (the host backend has only its own). */
   const char* algos[MAX_ALGOS];
   int nalgos = 0;
@@ -447,6 +465,7 @@ int benchMain(int argc, char** argv, const struct benchColl* coll) {
     printf("# time: median over iterations per rank, max over ranks; busbw = size/time x (n-1)/n, size = all rows\n");
   }
   FILE* json = NULL;
+  int jsonFailed = 0;
   if (rank_ == 0 && O.json) {
     json = fopen(O.json, "w");
     if (!json) die("cannot open %s: %s", O.json, strerror(errno));
@@ -540,11 +559,11 @@ int benchMain(int argc, char** argv, const struct benchColl* coll) {
 
       if (rank_ == 0) {
         if (O.selection) {
-          printf("  %-7s %12zu %10zu %6.2f | %-9s %10.1f | %-9s %10.1f %8.3f\n", shapeNames[shape], size,
+          printf("  %-7s %12zu %10zu %6.2f | %-9s %10.1f | %-9s %10.1f %8.3f\n", shapeNames[shape], totalBytes / (size_t)nranks_,
                  totalBytes, imbal, bestAlgo, best, out.algo, out.us, best > 0 ? out.us / best : 0);
         } else {
           printf("  %-7s %12zu %12zu %12zu %9s %6s %5d %6.2f | %-9s %9.1f %7.2f %7.2f %6lld | ", shapeNames[shape],
-                 totalBytes, size, p.totalRows * width * O.ntensors / nranks_, vcollTypeName(O.type),
+                 totalBytes, totalBytes / (size_t)nranks_, p.totalRows * width * O.ntensors / nranks_, vcollTypeName(O.type),
                  C->reduces ? vcollOpName(O.op) : "none", -1, imbal, out.algo, out.us,
                  (double)totalBytes / (out.us * 1e3), busbw(totalBytes, out.us), out.wrong);
           if (O.inplace)
@@ -607,9 +626,14 @@ int benchMain(int argc, char** argv, const struct benchColl* coll) {
     }
     if (json) {
       fprintf(json, "\n]}\n");
-      fclose(json);
+      const int bad = ferror(json);
+      if (fclose(json) != 0 || bad) {
+        fprintf(stderr, "error: writing %s failed: %s\n", O.json, strerror(errno));
+        jsonFailed = 1;
+      }
     }
   }
+  MPI_Bcast(&jsonFailed, 1, MPI_INT, 0, MPI_COMM_WORLD);
   free(counts);
   free(displs);
   VCHECK(vcollCommDestroy(comm));
@@ -618,5 +642,5 @@ int benchMain(int argc, char** argv, const struct benchColl* coll) {
     cudaStreamDestroy(stream);
   }
   MPI_Finalize();
-  return totalWrong ? 1 : 0;
+  return totalWrong || jsonFailed ? 1 : 0;
 }

@@ -45,6 +45,7 @@
 #include "vcoll/moe.h"
 #include "vcoll/nvfp4.h"
 #include "vcoll_mpi.h"
+#include "cli_args.h"
 
 int benchMoeFill(void* dst, size_t n, uint64_t seed, int partial, cudaStream_t s);
 int benchMoeFillWords(void* dst, size_t n, uint64_t seed, uint32_t mod, cudaStream_t s);
@@ -274,29 +275,52 @@ int main(int argc, char** argv) {
   MPI_Comm_size(MPI_COMM_WORLD, &nranks);
   size_t tMin = 1, tMax = 16384, factor = 2;
   char shapes[128] = "equal,skew,moe";
-  for (int i = 1; i + 1 < argc; i += 2) {
+  /* Every flag takes a value, read strictly (cli_args.h); a bad one is named. */
+  for (int i = 1; i < argc; i += 2) {
     const char* a = argv[i];
-    const char* v = argv[i + 1];
-    if (!strcmp(a, "-b")) tMin = strtoull(v, NULL, 0);
-    else if (!strcmp(a, "-e")) tMax = strtoull(v, NULL, 0);
-    else if (!strcmp(a, "-f")) factor = strtoull(v, NULL, 0);
-    else if (!strcmp(a, "-H")) H = strtoull(v, NULL, 0);
-    else if (!strcmp(a, "-k")) topk = atoi(v);
-    else if (!strcmp(a, "-E")) nExperts = atoi(v);
-    else if (!strcmp(a, "-s")) snprintf(shapes, sizeof(shapes), "%s", v);
-    else if (!strcmp(a, "-n")) iters = atoi(v);
-    else if (!strcmp(a, "-w")) warmup = atoi(v);
-    else if (!strcmp(a, "-c")) check = atoi(v);
-    else if (!strcmp(a, "-G")) graphCalls = atoi(v);
+    const char* v = i + 1 < argc ? argv[i + 1] : NULL;
+    int ok = 1;
+    if (v == NULL) {
+      if (rank == 0) fprintf(stderr, "%s: no value (every option takes one)\n", a);
+      MPI_Abort(MPI_COMM_WORLD, 2);
+    } else if (!strcmp(a, "-b")) ok = cliSize(v, 1, (size_t)1 << 24, &tMin);
+    else if (!strcmp(a, "-e")) ok = cliSize(v, 1, (size_t)1 << 24, &tMax);
+    else if (!strcmp(a, "-f")) ok = cliSize(v, 2, 1024, &factor);
+    else if (!strcmp(a, "-H")) ok = cliSize(v, 16, (size_t)1 << 20, &H) && H % 16 == 0;
+    else if (!strcmp(a, "-k")) ok = cliInt(v, 1, 1024, &topk);
+    else if (!strcmp(a, "-E")) ok = cliInt(v, 1, 1 << 20, &nExperts);
+    else if (!strcmp(a, "-s")) ok = snprintf(shapes, sizeof(shapes), "%s", v) < (int)sizeof(shapes);
+    else if (!strcmp(a, "-n")) ok = cliInt(v, 1, 1 << 20, &iters);
+    else if (!strcmp(a, "-w")) ok = cliInt(v, 0, 1 << 20, &warmup);
+    else if (!strcmp(a, "-c")) ok = cliInt(v, 0, 1, &check);
+    else if (!strcmp(a, "-G")) ok = cliInt(v, 0, 1 << 16, &graphCalls);
     else {
-      if (rank == 0) fprintf(stderr, "unknown option %s\n", a);
+      if (rank == 0) fprintf(stderr, "unknown option %s (see the comment at the top of moe_dispatch_perf.c)\n", a);
+      MPI_Abort(MPI_COMM_WORLD, 2);
+    }
+    if (!ok) {
+      if (rank == 0)
+        fprintf(stderr, "%s: bad value '%s' (-b/-e 1..2^24 tokens per rank, -f 2..1024, -H a multiple of 16, "
+                        "-k 1..1024, -E >= 1, -n >= 1, -w >= 0, -c 0|1, -G >= 0)\n", a, v ? v : "(none)");
       MPI_Abort(MPI_COMM_WORLD, 2);
     }
   }
-  if (tMin < 1 || factor < 2 || H % 16 || H == 0 || topk < 1 || nExperts < 1 || iters < 1 || warmup < 0 ||
-      graphCalls < 0 || (graphCalls > 0 && warmup < 1) ||
-      nranks > 64) {
-    if (rank == 0) fprintf(stderr, "bad options (need -b >= 1, -f >= 2, -H a multiple of 16, at most 64 ranks, -w >= 1 with -G)\n");
+  {
+    char list[128];
+    int n = 0;
+    snprintf(list, sizeof(list), "%s", shapes);
+    for (char* sh = strtok(list, ","); sh; sh = strtok(NULL, ","), n++)
+      if (strcmp(sh, "equal") && strcmp(sh, "skew") && strcmp(sh, "moe")) {
+        if (rank == 0) fprintf(stderr, "-s: unknown shape '%s' (equal, skew, moe)\n", sh);
+        MPI_Abort(MPI_COMM_WORLD, 2);
+      }
+    if (n == 0) {
+      if (rank == 0) fprintf(stderr, "-s names no shape\n");
+      MPI_Abort(MPI_COMM_WORLD, 2);
+    }
+  }
+  if (tMin > tMax || topk > nExperts || (graphCalls > 0 && warmup < 1) || nranks > 64) {
+    if (rank == 0) fprintf(stderr, "bad options (need -b <= -e, -k <= -E, -w >= 1 with -G, at most 64 ranks)\n");
     MPI_Abort(MPI_COMM_WORLD, 2);
   }
   vcollComm_t comm;

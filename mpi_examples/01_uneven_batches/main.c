@@ -16,6 +16,7 @@
 
 #include "vcoll.h"
 #include "vcoll_mpi.h"
+#include "cli_args.h" /* bench/common: strict numbers from the command line */
 
 #define VCHECK(call)                                                                     \
   do {                                                                                   \
@@ -28,10 +29,20 @@
   } while (0)
 
 static int gpu;
+static void outOfMemory(size_t n, const char* where) {
+  fprintf(stderr, "uneven_batches: cannot allocate %zu bytes of %s memory\n", n, where);
+  MPI_Abort(MPI_COMM_WORLD, 2);
+}
+static void* hostAlloc(size_t n) {
+  void* p = malloc(n ? n : 1);
+  if (p == NULL) outOfMemory(n, "host");
+  return p;
+}
+/* Device memory on the NCCL backend, host memory on the host backend. */
 static void* alloc(size_t n) {
   void* p = NULL;
-  if (gpu) { if (cudaMalloc(&p, n ? n : 1) != cudaSuccess) MPI_Abort(MPI_COMM_WORLD, 2); }
-  else if (!(p = malloc(n ? n : 1))) MPI_Abort(MPI_COMM_WORLD, 2);
+  if (!gpu) return hostAlloc(n);
+  if (cudaMalloc(&p, n ? n : 1) != cudaSuccess) outOfMemory(n, "device");
   return p;
 }
 static void put(void* d, const void* s, size_t n) { if (gpu) cudaMemcpy(d, s, n, cudaMemcpyHostToDevice); else memcpy(d, s, n); }
@@ -52,13 +63,13 @@ int main(int argc, char** argv) {
   vcollBackend_t backend = vcollBackendAuto;
   for (int i = 1; i < argc; i += 2) {
     const char* v = i + 1 < argc ? argv[i + 1] : NULL;
-    if (v && !strcmp(argv[i], "--tokens")) maxTokens = strtoull(v, NULL, 0);
-    else if (v && !strcmp(argv[i], "--hidden")) hidden = strtoull(v, NULL, 0);
+    if (v && !strcmp(argv[i], "--tokens") && cliSize(v, 0, (size_t)1 << 20, &maxTokens)) continue;
+    else if (v && !strcmp(argv[i], "--hidden") && cliSize(v, 1, (size_t)1 << 16, &hidden)) continue;
     else if (v && !strcmp(argv[i], "--backend") && (!strcmp(v, "nccl") || !strcmp(v, "host") || !strcmp(v, "auto")))
       backend = !strcmp(v, "nccl") ? vcollBackendNccl : !strcmp(v, "host") ? vcollBackendHost : vcollBackendAuto;
     else {
       if (rank == 0)
-        fprintf(stderr, "%s %s: usage: uneven_batches [--tokens N] [--hidden H] [--backend nccl|host|auto]\n",
+        fprintf(stderr, "%s %s: usage: uneven_batches [--tokens 0..2^20] [--hidden 1..65536] [--backend nccl|host|auto]\n",
                 argv[i], v ? v : "(no value)");
       MPI_Abort(MPI_COMM_WORLD, 2);
     }
@@ -70,7 +81,7 @@ int main(int argc, char** argv) {
   gpu = be == vcollBackendNccl;
 
   /* Uneven token counts: rank 1 has none, the last rank the most. */
-  size_t* counts = malloc(sizeof(size_t) * nranks);
+  size_t* counts = hostAlloc(sizeof(size_t) * nranks);
   size_t total = 0, displ = 0;
   for (int r = 0; r < nranks; r++) {
     counts[r] = (r == 1) ? 0 : (maxTokens * (size_t)(r + 1)) / (size_t)nranks + (size_t)r * 3;
@@ -81,8 +92,8 @@ int main(int argc, char** argv) {
   const int topk = 8;
 
   /* Local inputs. */
-  uint16_t* hHidden = malloc(mine * hidden * 2 + 2);
-  int32_t* hIds = malloc(mine * topk * 4 + 4);
+  uint16_t* hHidden = hostAlloc(mine * hidden * 2 + 2);
+  int32_t* hIds = hostAlloc(mine * topk * 4 + 4);
   for (size_t t = 0; t < mine; t++) {
     for (size_t j = 0; j < hidden; j++) hHidden[t * hidden + j] = hiddenVal(rank, t, j);
     for (int k = 0; k < topk; k++) hIds[t * topk + k] = idVal(rank, t, k);
@@ -103,7 +114,7 @@ int main(int argc, char** argv) {
 
   /* 2. reducescatterv: every rank contributes partial outputs for all
    * tokens; each receives the sum over ranks for its own tokens. */
-  float* hPartial = malloc(total * hidden * 4 + 4);
+  float* hPartial = hostAlloc(total * hidden * 4 + 4);
   for (size_t t = 0; t < total; t++)
     for (size_t j = 0; j < hidden; j++) hPartial[t * hidden + j] = partialVal(rank, t, j);
   void* dPartial = alloc(total * hidden * 4);
@@ -114,9 +125,9 @@ int main(int argc, char** argv) {
 
   /* Check every element against what each rank must have sent. */
   size_t wrong = 0;
-  uint16_t* gh = malloc(total * hidden * 2 + 2);
-  int32_t* gi = malloc(total * topk * 4 + 4);
-  float* out = malloc(mine * hidden * 4 + 4);
+  uint16_t* gh = hostAlloc(total * hidden * 2 + 2);
+  int32_t* gi = hostAlloc(total * topk * 4 + 4);
+  float* out = hostAlloc(mine * hidden * 4 + 4);
   get(gh, gHidden, total * hidden * 2);
   get(gi, gIds, total * topk * 4);
   get(out, dOut, mine * hidden * 4);

@@ -37,6 +37,7 @@
 #include "vcoll/moe.h"
 #include "vcoll/nvfp4.h"
 #include "vcoll_mpi.h"
+#include "cli_args.h" /* bench/common: strict numbers from the command line */
 
 int moeExpertsGpu(const float* x, const int32_t* ids, const float* w, size_t N, int H, int F, int topk,
                   int firstExpert, int numLocal, const float* W1, const float* W2, void* partials,
@@ -61,15 +62,19 @@ int moeExpertsGpu(const float* x, const int32_t* ids, const float* w, size_t N, 
   } while (0)
 
 static int gpu;
-static void* alloc(size_t n) {
-  void* p = NULL;
-  if (gpu) CUCHECK(cudaMalloc(&p, n ? n : 1));
-  else if (!(p = malloc(n ? n : 1))) MPI_Abort(MPI_COMM_WORLD, 2);
-  return p;
-}
 static void* hostAlloc(size_t n) {
   void* p = malloc(n ? n : 1);
-  if (!p) MPI_Abort(MPI_COMM_WORLD, 2);
+  if (!p) {
+    fprintf(stderr, "moe_layer: cannot allocate %zu bytes of host memory\n", n);
+    MPI_Abort(MPI_COMM_WORLD, 2);
+  }
+  return p;
+}
+/* Device memory on the NCCL backend, host memory on the host backend. */
+static void* alloc(size_t n) {
+  void* p = NULL;
+  if (!gpu) return hostAlloc(n);
+  CUCHECK(cudaMalloc(&p, n ? n : 1));
   return p;
 }
 static void put(void* d, const void* s, size_t n) {
@@ -181,13 +186,23 @@ int main(int argc, char** argv) {
     if (i + 1 >= argc) {
       if (rank == 0) fprintf(stderr, "option %s has no value\n", a);
       MPI_Abort(MPI_COMM_WORLD, 2);
-    } else if (!strcmp(a, "--tokens")) tokens = strtoull(v, NULL, 0);
-    else if (!strcmp(a, "--hidden")) L.H = atoi(v);
-    else if (!strcmp(a, "--ffn")) L.F = atoi(v);
-    else if (!strcmp(a, "--experts")) L.E = atoi(v);
-    else if (!strcmp(a, "--topk")) L.K = atoi(v);
-    else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 0);
-    else if (!strcmp(a, "--backend") && (!strcmp(v, "nccl") || !strcmp(v, "host") || !strcmp(v, "auto")))
+    } else if (!strcmp(a, "--tokens") || !strcmp(a, "--hidden") || !strcmp(a, "--ffn") ||
+               !strcmp(a, "--experts") || !strcmp(a, "--topk") || !strcmp(a, "--seed")) {
+      unsigned long long u = 0;
+      int ok = !strcmp(a, "--tokens")    ? cliSize(v, 2, (size_t)1 << 20, &tokens)
+               : !strcmp(a, "--hidden")  ? cliInt(v, 16, 1 << 16, &L.H)
+               : !strcmp(a, "--ffn")     ? cliInt(v, 1, 1 << 16, &L.F)
+               : !strcmp(a, "--experts") ? cliInt(v, 1, 256, &L.E)
+               : !strcmp(a, "--topk")    ? cliInt(v, 1, 256, &L.K)
+                                         : cliU64(v, 0, ~0ull, &u);
+      if (!strcmp(a, "--seed")) seed = u;
+      if (!ok) {
+        if (rank == 0)
+          fprintf(stderr, "%s: bad value '%s' (--tokens 2..2^20, --hidden 16..65536 a multiple of 16, --ffn 1..65536, "
+                          "--experts 1..256, --topk 1..experts, --seed an unsigned integer)\n", a, v);
+        MPI_Abort(MPI_COMM_WORLD, 2);
+      }
+    } else if (!strcmp(a, "--backend") && (!strcmp(v, "nccl") || !strcmp(v, "host") || !strcmp(v, "auto")))
       backend = !strcmp(v, "nccl") ? vcollBackendNccl : !strcmp(v, "host") ? vcollBackendHost : vcollBackendAuto;
     else {
       if (rank == 0)

@@ -1,4 +1,5 @@
 #define _GNU_SOURCE
+#include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -13,6 +14,8 @@
 static int logLevel = -1;
 static int logSet = 0; /* VCOLL_DEBUG names a level (NONE included) */
 static const char* logBadValue = NULL;
+static const char* logFileError = NULL; /* VCOLL_DEBUG_FILE could not be used */
+static char logFileErrorBuf[4200];
 static FILE* logFile = NULL;
 static pthread_once_t logOnce = PTHREAD_ONCE_INIT;
 static pthread_mutex_t logLock = PTHREAD_MUTEX_INITIALIZER;
@@ -41,18 +44,25 @@ static void logInit(void) {
   if (path && level > VCOLL_LOG_NONE) {
     char name[4096];
     size_t o = 0;
-    for (const char* p = path; *p && o < sizeof(name) - 1; p++) {
+    int tooLong = 0;
+    for (const char* p = path; *p && !tooLong; p++) {
       int w = 1;
       if (p[0] == '%' && p[1] == 'h') { w = snprintf(name + o, sizeof(name) - o, "%s", hostName); p++; }
       else if (p[0] == '%' && p[1] == 'p') { w = snprintf(name + o, sizeof(name) - o, "%d", (int)getpid()); p++; }
-      else name[o] = *p;
-      o += (size_t)w < sizeof(name) - 1 - o ? (size_t)w : sizeof(name) - 1 - o; /* a long name is cut */
+      else if (o < sizeof(name) - 1) name[o] = *p;
+      if (w < 0 || (size_t)w >= sizeof(name) - o) tooLong = 1;
+      else o += (size_t)w;
     }
-    name[o] = '\0';
-    FILE* f = fopen(name, "w");
+    name[tooLong ? 0 : o] = '\0';
+    FILE* f = tooLong ? NULL : fopen(name, "w");
     if (f) { setvbuf(f, NULL, _IOLBF, 0); logFile = f; }
+    else if (tooLong) logFileError = "its file name is longer than 4095 bytes";
+    else snprintf(logFileErrorBuf, sizeof(logFileErrorBuf), "cannot open %s: %s", name, strerror(errno)),
+         logFileError = logFileErrorBuf;
   }
   logLevel = level;
+  if (logFileError)
+    logAt(VCOLL_LOG_WARN, __FILE__, __LINE__, "VCOLL_DEBUG_FILE: %s; the log goes to stdout", logFileError);
   if (logBadValue)
     logAt(VCOLL_LOG_WARN, __FILE__, __LINE__, "VCOLL_DEBUG=%s is not NONE, VERSION, WARN, INFO or TRACE; ignored",
           logBadValue);

@@ -3,7 +3,7 @@
 # unset they reach stderr, not stdout; VCOLL_DEBUG=NONE silences them;
 # VCOLL_DEBUG=WARN sends them to the log (stdout). Runs the uneven_batches
 # example on one rank of the host backend with an unreadable VCOLL_BACKEND
-# and VCOLL_CHECK.
+# and VCOLL_CHECK, and with a VCOLL_DEBUG_FILE that cannot be opened.
 #   notice_test.sh MPIRUN EXAMPLE
 set -uo pipefail
 MPIRUN=$1 EX=$2
@@ -25,4 +25,10 @@ run NONE
 grep -q "VCOLL WARN" "$D/out" "$D/err" && fail "VCOLL_DEBUG=NONE: a notice was printed"
 run WARN
 grep -q "$want" "$D/out" || fail "VCOLL_DEBUG=WARN: the notice is not in the log (stdout)"
+# A VCOLL_DEBUG_FILE that cannot be opened: said on stderr, the log on stdout.
+(unset VCOLL_BACKEND VCOLL_CHECK; VCOLL_DEBUG=INFO VCOLL_DEBUG_FILE="$D/no/such/dir/log" \
+   "$MPIRUN" -x VCOLL_DEBUG -x VCOLL_DEBUG_FILE -np 1 "$EX" --backend host >"$D/out" 2>"$D/err") ||
+  fail "VCOLL_DEBUG_FILE unopenable: the example failed"
+grep -q "VCOLL_DEBUG_FILE: cannot open $D/no/such/dir/log" "$D/err" || fail "VCOLL_DEBUG_FILE unopenable: no notice on stderr"
+grep -q "VCOLL INFO" "$D/out" || fail "VCOLL_DEBUG_FILE unopenable: the log is not on stdout"
 echo "notice_test: OK"
