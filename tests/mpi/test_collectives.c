@@ -413,6 +413,22 @@ static double roundToType(vcollDataType_t t, double x) {
   return best;
 }
 
+/* One reducescatterv of the sendBytes in h (this rank's input) into a
+ * poisoned output; its recvBytes come back into h. */
+static vcollResult_t rsvThrough(unsigned char* h, size_t sendBytes, size_t recvBytes, const size_t* counts,
+                                size_t width, vcollDataType_t t, vcollRedOp_t op) {
+  char* send = bufAlloc(sendBytes);
+  char* recv = bufAlloc(recvBytes + 1);
+  bufPut(send, h, sendBytes);
+  bufPoison(recv, recvBytes);
+  vcollResult_t res = vcollReduceScatterV(send, recv, counts, width, t, op, comm, 0);
+  sync();
+  bufGet(h, recv, recvBytes);
+  bufFree(send);
+  bufFree(recv);
+  return res;
+}
+
 /* Inputs of the narrow types whose sums leave the exactly representable
  * range (and, for fp8, pass the largest value before the average brings
  * them back), or NaN among max/min inputs. */
@@ -463,13 +479,7 @@ static void test_reducescatterv_own_arithmetic(void** state) {
     const size_t es = vcollTypeSize(t), mine = counts[rank_] * width * es;
     unsigned char* h = malloc(total * width * es + 1);
     for (size_t e = 0; e < total * width; e++) encode(t, h + e * es, ownArithValue(seed, rank_, e, t, op));
-    char* send = bufAlloc(total * width * es);
-    char* recv = bufAlloc(mine + 1);
-    bufPut(send, h, total * width * es);
-    bufPoison(recv, mine);
-    vcollResult_t res = vcollReduceScatterV(send, recv, counts, width, t, op, comm, 0);
-    sync();
-    bufGet(h, recv, mine);
+    vcollResult_t res = rsvThrough(h, total * width * es, mine, counts, width, t, op);
     size_t wrong = 0;
     for (size_t k = 0; k < counts[rank_] * width; k++) {
       double want = 0;
@@ -493,8 +503,6 @@ static void test_reducescatterv_own_arithmetic(void** state) {
     }
     ok &= res == vcollSuccess && wrong == 0;
     free(h);
-    bufFree(send);
-    bufFree(recv);
   }
   if (onGpu()) vcollCommSetAlgo(comm, vcollCollReduceScatterV, NULL);
   VT_ASSERT_ALL(ok, "reduction arithmetic (%s) differs from fp32 with one rounding / NaN-propagating max and min",
@@ -539,13 +547,7 @@ static void test_reducescatterv_integer_wrap(void** state) {
         const uint64_t v = wrapOperand(seed, rank_, e, t, op);
         memcpy(h + e * es, &v, es); /* the low bytes (little-endian) */
       }
-      char* send = bufAlloc(total * width * es);
-      char* recv = bufAlloc(mine + 1);
-      bufPut(send, h, total * width * es);
-      bufPoison(recv, mine);
-      vcollResult_t res = vcollReduceScatterV(send, recv, counts, width, t, op, comm, 0);
-      sync();
-      bufGet(h, recv, mine);
+      vcollResult_t res = rsvThrough(h, total * width * es, mine, counts, width, t, op);
       size_t wrong = 0;
       for (size_t k = 0; k < counts[rank_] * width; k++) {
         uint64_t want = 0, got = 0;
@@ -564,8 +566,6 @@ static void test_reducescatterv_integer_wrap(void** state) {
       }
       ok &= res == vcollSuccess && wrong == 0;
       free(h);
-      bufFree(send);
-      bufFree(recv);
     }
   if (onGpu()) vcollCommSetAlgo(comm, vcollCollReduceScatterV, NULL);
   VT_ASSERT_ALL(ok, "integer sums and products (%s) do not wrap as two's complement", onGpu() ? "p2p" : "host");
