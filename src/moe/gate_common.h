@@ -72,8 +72,8 @@ VG_FN float vgRcpNormal(float d) {
 #endif
 }
 
-/* sigmoid(x) = 1 / (1 + exp(-x)) in fp32, within 2 ulp of the exact value
- * for x >= -80 (it saturates at sigmoid(-80) ~ 1.8e-35 below, and is 1 from
+/* sigmoid(x) = 1 / (1 + exp(-x)) in fp32, within 2 ulp of the correctly
+ * rounded value (up to about 2.5 ulp of the exact one) for x >= -80 (it saturates at sigmoid(-80) ~ 1.8e-35 below, and is 1 from
  * x = 20 on, where the exact value rounds to 1 anyway). exp(y) = 2^k e^r with
  * k = rint(y / ln 2), r = y - k ln 2 (two-constant Cody-Waite reduction) and
  * e^r from Cephes' expf polynomial. NaN gives NaN. */
