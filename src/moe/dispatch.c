@@ -137,8 +137,8 @@ VCOLL_API vcollResult_t vcollMoeWorkspaceCreate(vcollComm_t comm, const vcollMoe
   if (comm->backend == vcollBackendHost &&
       (maxTokens > INT_MAX || config->hidden > INT_MAX / 4 || routingWidth(config) > INT_MAX / 4))
     return vcollSetError(comm, vcollNotSupported,
-                         "%s : the host backend moves at most %d tokens, rows of at most %d bytes (MPI counts): "
-                         "maxTokens %zu, hidden %zu and %s %zu (4 bytes each) are too many",
+                         "%s : the host backend moves at most %d tokens and rows of at most %d bytes (MPI counts); "
+                         "here maxTokens %zu, hidden %zu (up to 4 bytes per element), %s %zu (4 bytes each)",
                          op, INT_MAX, INT_MAX, maxTokens, config->hidden,
                          config->routing == vcollMoeRoutingTopk ? "topk" : "numExperts", routingWidth(config));
 
