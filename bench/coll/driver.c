@@ -421,7 +421,9 @@ int benchMain(int argc, char** argv, const struct benchColl* coll) {
     O.registered = 0;
   }
 
-  /* -a names algorithms of this collective only. */
+  /* -a picks algorithms of this collective (selected[index]); without it, all. */
+  int selected[MAX_ALGOS];
+  for (int a = 0; a < MAX_ALGOS; a++) selected[a] = O.algos == NULL;
   if (O.algos) {
     char buf[256];
     if (snprintf(buf, sizeof(buf), "%s", O.algos) >= (int)sizeof(buf)) die("-a: list too long");
@@ -429,7 +431,8 @@ int benchMain(int argc, char** argv, const struct benchColl* coll) {
     for (char *save, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save), n++) {
       int a = 0;
       while (vcollAlgoName(C->coll, a) && strcmp(vcollAlgoName(C->coll, a), tok)) a++;
-      if (!vcollAlgoName(C->coll, a)) die("-a: unknown algorithm '%s' for %s", tok, C->name);
+      if (!vcollAlgoName(C->coll, a) || a >= MAX_ALGOS) die("-a: unknown algorithm '%s' for %s", tok, C->name);
+      selected[a] = 1;
     }
     if (n == 0) die("-a names no algorithm");
   }
@@ -437,18 +440,8 @@ int benchMain(int argc, char** argv, const struct benchColl* coll) {
   /* Algorithms timed one by one (the host backend has only its own). */
   const char* algos[MAX_ALGOS];
   int nalgos = 0;
-  for (int a = 0; onDev && vcollAlgoName(C->coll, a) && nalgos < MAX_ALGOS; a++) {
-    const char* name = vcollAlgoName(C->coll, a);
-    if (O.algos) {
-      char buf[256];
-      int keep = 0;
-      snprintf(buf, sizeof(buf), "%s", O.algos);
-      for (char *save, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save))
-        keep |= strcmp(tok, name) == 0;
-      if (!keep) continue;
-    }
-    algos[nalgos++] = name;
-  }
+  for (int a = 0; onDev && a < MAX_ALGOS && vcollAlgoName(C->coll, a); a++)
+    if (selected[a]) algos[nalgos++] = vcollAlgoName(C->coll, a);
 
   int ncclVer = 0;
   if (onDev) ncclGetVersion(&ncclVer);
