@@ -97,7 +97,7 @@ static void usage(void) {
            "  -c 0|1 check results (1)   -d TYPE (bfloat16)   -o OP (sum; reducescatterv)\n"
            "  -G N  time CUDA graphs of N calls (0: eager)   -R 0|1 buffers from vcollMemAlloc (0)\n"
            "  -p 0|1 also time in place (1)   -k WIDTH elements per row (0: from the size)\n"
-           "  -t NTENSORS tensors per call (allgatherv, 1)   -a ALGOS comma list (all)\n"
+           "  -t NTENSORS tensors per call (allgatherv, 1)   -a ALGOS comma list|all (all)\n"
            "  -s SHAPES equal,skew,one,random,moe|all (equal)   -S SEED (1)\n"
            "  -J FILE JSON output   -x  selection mode (fastest algorithm per shape and size)\n"
            "  --backend nccl|host|auto (auto)\n",
@@ -429,9 +429,18 @@ int benchMain(int argc, char** argv, const struct benchColl* coll) {
     if (snprintf(buf, sizeof(buf), "%s", O.algos) >= (int)sizeof(buf)) die("-a: list too long");
     int n = 0;
     for (char *save, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save), n++) {
+      if (!strcmp(tok, "all")) { /* as -s all */
+        for (int a = 0; a < MAX_ALGOS; a++) selected[a] = 1;
+        continue;
+      }
       int a = 0;
       while (vcollAlgoName(C->coll, a) && strcmp(vcollAlgoName(C->coll, a), tok)) a++;
-      if (!vcollAlgoName(C->coll, a) || a >= MAX_ALGOS) die("-a: unknown algorithm '%s' for %s", tok, C->name);
+      if (!vcollAlgoName(C->coll, a) || a >= MAX_ALGOS) {
+        char names[256] = "";
+        for (int b = 0; vcollAlgoName(C->coll, b) && b < MAX_ALGOS; b++)
+          snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s", b ? "," : "", vcollAlgoName(C->coll, b));
+        die("-a: unknown algorithm '%s' for %s (known: %s, or all)", tok, C->name, names);
+      }
       selected[a] = 1;
     }
     if (n == 0) die("-a names no algorithm");

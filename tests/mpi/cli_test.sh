@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Command lines that must fail with a message naming the bad flag or value,
-# never run on with a silent default, crash or hang: the collective
+# never run on with a silent default, crash or hang (and a few that must
+# run): the collective
 # benchmark, moe_dispatch_perf (its flags are read before it needs a GPU)
 # and the two examples, on one rank of the host backend.
 #   cli_test.sh MPIRUN ALLGATHERV_PERF MOE_DISPATCH_PERF UNEVEN_BATCHES MOE_LAYER
@@ -19,6 +20,15 @@ expect_fail() { # needle program args...
     bad=1
   fi
 }
+expect_ok() { # program args...
+  timeout 60 "$MPIRUN" -np 1 "$@" >"$D/out" 2>&1
+  local rc=$?
+  if [ "$rc" != 0 ]; then
+    echo "cli_test: '${*:2}' of $(basename "$1"): exit $rc, want 0"
+    tail -5 "$D/out"
+    bad=1
+  fi
+}
 H=(--backend host)
 expect_fail "-b: bad size 'inf'" "$AGV" "${H[@]}" -b inf
 expect_fail "-b: bad size '1T'" "$AGV" "${H[@]}" -b 1T -e 1T
@@ -29,7 +39,9 @@ expect_fail "-c: bad value 'abc'" "$AGV" "${H[@]}" -c abc
 expect_fail "-f: bad value '1'" "$AGV" "${H[@]}" -f 1
 expect_fail "-n: bad value '0'" "$AGV" "${H[@]}" -n 0
 expect_fail "-B: bad value 'nan'" "$AGV" "${H[@]}" -B nan
-expect_fail "-a: unknown algorithm 'bogus'" "$AGV" "${H[@]}" -a bogus
+expect_fail "-a: unknown algorithm 'bogus' for allgatherv (known: bcast," "$AGV" "${H[@]}" -a bogus
+expect_ok "$AGV" "${H[@]}" -b 1K -e 1K -n 1 -a all
+expect_ok "$AGV" "${H[@]}" -b 1K -e 1K -n 1 -a bcast,p2p
 expect_fail "-S: bad seed '-1'" "$AGV" "${H[@]}" -S -1
 expect_fail "unexpected argument 'extra'" "$AGV" "${H[@]}" extra
 if [ -w /dev/full ]; then expect_fail "writing /dev/full failed" "$AGV" "${H[@]}" -b 1K -e 1K -n 1 -J /dev/full; fi
