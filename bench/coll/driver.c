@@ -429,6 +429,10 @@ int benchMain(int argc, char** argv, const struct benchColl* coll) {
     if (snprintf(buf, sizeof(buf), "%s", O.algos) >= (int)sizeof(buf)) die("-a: list too long");
     int n = 0;
     for (char *save, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save), n++) {
+      if (strspn(tok, "0123456789") == strlen(tok))
+        die("-a %s: -a names algorithms here; nccl-tests' -a (how the ranks' times combine) has no flag: the time is "
+            "the maximum over ranks of each rank's median",
+            tok);
       if (!strcmp(tok, "all")) { /* as -s all */
         for (int a = 0; a < MAX_ALGOS; a++) selected[a] = 1;
         continue;

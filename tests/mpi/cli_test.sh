@@ -40,6 +40,7 @@ expect_fail "-f: bad value '1'" "$AGV" "${H[@]}" -f 1
 expect_fail "-n: bad value '0'" "$AGV" "${H[@]}" -n 0
 expect_fail "-B: bad value 'nan'" "$AGV" "${H[@]}" -B nan
 expect_fail "-a: unknown algorithm 'bogus' for allgatherv (known: bcast," "$AGV" "${H[@]}" -a bogus
+expect_fail "-a 3: -a names algorithms here; nccl-tests' -a" "$AGV" "${H[@]}" -a 3
 expect_ok "$AGV" "${H[@]}" -b 1K -e 1K -n 1 -a all
 expect_ok "$AGV" "${H[@]}" -b 1K -e 1K -n 1 -a bcast,p2p
 expect_fail "-S: bad seed '-1'" "$AGV" "${H[@]}" -S -1
