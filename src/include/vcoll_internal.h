@@ -195,7 +195,7 @@ VCOLL_INTERNAL_API const char* vcollParamBackend(void);  /* VCOLL_BACKEND */
  * (README: Environment); vcollCommInitMPI then puts local rank i on GPU
  * i % count instead of refusing. */
 VCOLL_INTERNAL_API int vcollParamShareGpu(void);
-const char* vcollParamGateKernel(void); /* VCOLL_GATE_KERNEL (read at every call: tests switch it) */
+VCOLL_INTERNAL_API int vcollParamGateKernel(void); /* VCOLL_GATE_KERNEL: 0 auto, 1 warp, 2 seg (read at every call: tests switch it) */
 /* VCOLL_NCCL_AVG=1: trust ncclReduceScatter's avg on NCCL >= 2.31 (docs/
  * algorithms.md, "NCCL releases"); read at every avg call on those releases. */
 int vcollParamNcclAvg(void);

@@ -44,7 +44,20 @@ int vcollParamShareGpu(void) {
 
 const char* vcollParamAlgo(void) { return envOrNull("VCOLL_ALGO"); }
 const char* vcollParamBackend(void) { return envOrNull("VCOLL_BACKEND"); }
-const char* vcollParamGateKernel(void) { return envOrNull("VCOLL_GATE_KERNEL"); }
+/* 0: auto (unset or "auto"), 1: warp, 2: seg; another value is auto, with
+ * one notice (read at every call: tests switch it). */
+int vcollParamGateKernel(void) {
+  static int warned = 0;
+  const char* s = envOrNull("VCOLL_GATE_KERNEL");
+  if (s == NULL || !strcasecmp(s, "auto")) return 0;
+  if (!strcasecmp(s, "warp")) return 1;
+  if (!strcasecmp(s, "seg")) return 2;
+  if (!warned) {
+    warned = 1;
+    VCOLL_NOTICE("VCOLL_GATE_KERNEL=%s is not warp, seg or auto; taken as auto", s);
+  }
+  return 0;
+}
 const char* vcollParamMoeCombine32(void) { return envOrNull("VCOLL_MOE_COMBINE32"); }
 
 int vcollParamNcclAvg(void) {

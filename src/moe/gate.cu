@@ -854,12 +854,13 @@ vcollResult_t launchSegBlocks(const GateArgs& a, cudaStream_t stream) {
 }
 
 /* The segment kernel for its shapes from kSegMinTokens tokens on;
- * VCOLL_GATE_KERNEL=warp or =seg forces one kernel (seg: where the shape allows). */
+ * VCOLL_GATE_KERNEL=warp or =seg forces one kernel (seg: where the shape allows),
+ * =auto (or another value, with a notice) chooses. */
 bool segShape(const GateArgs& a) {
   if (a.E != kSegExperts || a.G != kSegGroups || a.topk > kSegGroups || ((uintptr_t)a.logits & 15u) != 0)
     return false;
-  const char* forced = vcollParamGateKernel();
-  if (forced != nullptr) return strcmp(forced, "seg") == 0;
+  const int forced = vcollParamGateKernel();
+  if (forced != 0) return forced == 2;
   return a.T >= kSegMinTokens;
 }
 

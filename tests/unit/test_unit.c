@@ -1,12 +1,17 @@
 /* Unit tests that need no communication: error strings, types, version,
- * NULL handling of the communicator API, and the host float conversions
- * the host backend and the CPU references rely on. */
+ * NULL handling of the communicator API, the parsing of VCOLL_GATE_KERNEL,
+ * and the host float conversions the host backend and the CPU references
+ * rely on. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <stdio.h>
+#include <unistd.h>
+
 #include "vcoll.h"
 #include "vcoll_hostfloat.h"
+#include "vcoll_internal.h"
 #include "vt.h"
 
 static void test_error_strings(void** state) {
@@ -67,6 +72,40 @@ static void test_algorithm_names(void** state) {
         assert_string_not_equal(vcollAlgoName((vcollCollective_t)c, i), vcollAlgoName((vcollCollective_t)c, j));
   assert_null(vcollAlgoName(vcollCollAllGatherV, -1));
   assert_null(vcollAlgoName((vcollCollective_t)7, 0));
+}
+
+/* VCOLL_GATE_KERNEL: warp, seg, auto (any case); another value is auto
+ * with one notice on stderr that names the variable and the value. */
+static void test_env_gate_kernel(void** state) {
+  (void)state;
+  static const struct { const char* value; int want; } cases[] = {
+      {"warp", 1}, {"seg", 2}, {"SEG", 2}, {"auto", 0}, {"", 0}, {"segment", 0}, {"warp", 1}, {"bogus", 0},
+  };
+  FILE* err = tmpfile();
+  assert_non_null(err);
+  fflush(stderr);
+  const int saved = dup(2);
+  assert_true(saved >= 0 && dup2(fileno(err), 2) == 2);
+  unsetenv("VCOLL_GATE_KERNEL");
+  const int unset = vcollParamGateKernel();
+  int got[sizeof(cases) / sizeof(cases[0])];
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    setenv("VCOLL_GATE_KERNEL", cases[i].value, 1);
+    got[i] = vcollParamGateKernel();
+  }
+  unsetenv("VCOLL_GATE_KERNEL");
+  fflush(stderr);
+  dup2(saved, 2);
+  close(saved);
+  char text[1024] = "";
+  rewind(err);
+  const size_t n = fread(text, 1, sizeof(text) - 1, err);
+  text[n] = '\0';
+  fclose(err);
+  assert_int_equal(unset, 0);
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) assert_int_equal(got[i], cases[i].want);
+  assert_non_null(strstr(text, "VCOLL_GATE_KERNEL=segment is not warp, seg or auto; taken as auto"));
+  assert_null(strstr(text, "bogus")); /* one notice, not one per call */
 }
 
 /* fp16: compare with the compiler's _Float16 (an independent conversion). */
@@ -155,7 +194,7 @@ int main(void) {
       cmocka_unit_test(test_error_strings),     cmocka_unit_test(test_types_and_version),
       cmocka_unit_test(test_comm_api_null),     cmocka_unit_test(test_algorithm_names),
       cmocka_unit_test(test_hostfloat_f16),     cmocka_unit_test(test_hostfloat_bf16),
-      cmocka_unit_test(test_hostfloat_e4m3),
+      cmocka_unit_test(test_hostfloat_e4m3),    cmocka_unit_test(test_env_gate_kernel),
   };
   return cmocka_run_group_tests_name("unit", tests, NULL, NULL);
 }
