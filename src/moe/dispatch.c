@@ -44,34 +44,34 @@ static size_t routingWidth(const vcollMoeConfig_t* c) {
   return c->routing == vcollMoeRoutingTopk ? (size_t)c->topk : (size_t)c->numExperts;
 }
 
-static vcollResult_t checkConfig(const char* op, const vcollMoeConfig_t* c) {
-  if (c == NULL) return VCOLL_ARGERR(NULL, op, "config argument is NULL");
+static vcollResult_t checkConfig(vcollComm_t comm, const char* op, const vcollMoeConfig_t* c) {
+  if (c == NULL) return VCOLL_ARGERR(comm, op, "config argument is NULL");
   if (c->format != vcollMoeFp4 && c->format != vcollMoeBf16)
-    return VCOLL_ARGERR(NULL, op, "invalid config->format %d (must be vcollMoeFp4 or vcollMoeBf16)", (int)c->format);
+    return VCOLL_ARGERR(comm, op, "invalid config->format %d (must be vcollMoeFp4 or vcollMoeBf16)", (int)c->format);
   if (c->hidden == 0 || (c->format == vcollMoeFp4 && c->hidden % 16 != 0))
-    return VCOLL_ARGERR(NULL, op, "invalid config->hidden %zu (must be %s)", c->hidden,
+    return VCOLL_ARGERR(comm, op, "invalid config->hidden %zu (must be %s)", c->hidden,
                         c->format == vcollMoeFp4 ? "a positive multiple of 16 for vcollMoeFp4" : ">= 1");
   if (c->routing == vcollMoeRoutingTopk) {
-    if (c->topk < 1) return VCOLL_ARGERR(NULL, op, "invalid config->topk %d (must be >= 1)", c->topk);
+    if (c->topk < 1) return VCOLL_ARGERR(comm, op, "invalid config->topk %d (must be >= 1)", c->topk);
   } else if (c->routing == vcollMoeRoutingLogits) {
     if (c->numExperts < 1)
-      return VCOLL_ARGERR(NULL, op, "invalid config->numExperts %d (must be >= 1)", c->numExperts);
+      return VCOLL_ARGERR(comm, op, "invalid config->numExperts %d (must be >= 1)", c->numExperts);
   } else {
-    return VCOLL_ARGERR(NULL, op, "invalid config->routing %d (must be vcollMoeRoutingTopk or vcollMoeRoutingLogits)",
+    return VCOLL_ARGERR(comm, op, "invalid config->routing %d (must be vcollMoeRoutingTopk or vcollMoeRoutingLogits)",
                         (int)c->routing);
   }
   if (c->format == vcollMoeFp4 && c->scale != vcollMoeScaleGiven && c->scale != vcollMoeScaleComputed)
-    return VCOLL_ARGERR(NULL, op, "invalid config->scale %d (must be vcollMoeScaleGiven or vcollMoeScaleComputed)",
+    return VCOLL_ARGERR(comm, op, "invalid config->scale %d (must be vcollMoeScaleGiven or vcollMoeScaleComputed)",
                         (int)c->scale);
   if (c->swizzledScales != 0 && c->swizzledScales != 1)
-    return VCOLL_ARGERR(NULL, op, "invalid config->swizzledScales %d (must be 0 or 1)", c->swizzledScales);
+    return VCOLL_ARGERR(comm, op, "invalid config->swizzledScales %d (must be 0 or 1)", c->swizzledScales);
   if (c->swizzledScales && c->format != vcollMoeFp4)
-    return VCOLL_ARGERR(NULL, op, "config->swizzledScales needs config->format vcollMoeFp4");
+    return VCOLL_ARGERR(comm, op, "config->swizzledScales needs config->format vcollMoeFp4");
   if (c->accum != vcollMoeAccumBf16 && c->accum != vcollMoeAccumFp32)
-    return VCOLL_ARGERR(NULL, op, "invalid config->accum %d (must be vcollMoeAccumBf16 or vcollMoeAccumFp32)",
+    return VCOLL_ARGERR(comm, op, "invalid config->accum %d (must be vcollMoeAccumBf16 or vcollMoeAccumFp32)",
                         (int)c->accum);
   if (c->allocBuffers != 0 && c->allocBuffers != 1)
-    return VCOLL_ARGERR(NULL, op, "invalid config->allocBuffers %d (must be 0 or 1)", c->allocBuffers);
+    return VCOLL_ARGERR(comm, op, "invalid config->allocBuffers %d (must be 0 or 1)", c->allocBuffers);
   return vcollSuccess;
 }
 
@@ -126,7 +126,7 @@ VCOLL_API vcollResult_t vcollMoeWorkspaceCreate(vcollComm_t comm, const vcollMoe
   static const char* op = "vcollMoeWorkspaceCreate";
   VCOLL_CHECK_RES(vcollCheckComm(comm, op));
   if (ws == NULL) return VCOLL_ARGERR(comm, op, "ws argument is NULL");
-  VCOLL_CHECK_RES(checkConfig(op, config));
+  VCOLL_CHECK_RES(checkConfig(comm, op, config));
   if (maxTokens == 0) return VCOLL_ARGERR(comm, op, "maxTokens is 0 (must be >= 1)");
   struct layout L;
   if (!makeLayout(config, maxTokens, comm->nranks, &L))

@@ -657,10 +657,19 @@ static void test_gather_counts(void** state) {
 
 /* ---- argument validation: clear errors, nothing written ------------------- */
 
-static void expectErr(vcollResult_t got, vcollResult_t want, const char* op, const char* needle) {
+/* The thread's last error names op and needle; expectErr: the
+ * communicator's too (calls given comm, or a workspace of it). */
+static void expectErrThread(vcollResult_t got, vcollResult_t want, const char* op, const char* needle) {
   const char* msg = vcollGetLastError(NULL);
   if (got != want || strstr(msg, op) == NULL || strstr(msg, needle) == NULL)
     fail_msg("got %d (%s), want %d with '%s' and '%s' in the message", got, msg, want, op, needle);
+}
+
+static void expectErr(vcollResult_t got, vcollResult_t want, const char* op, const char* needle) {
+  expectErrThread(got, want, op, needle);
+  const char* msg = vcollGetLastError(comm);
+  if (strstr(msg, op) == NULL || strstr(msg, needle) == NULL)
+    fail_msg("vcollGetLastError(comm) is '%s', want '%s' and '%s' in it", msg, op, needle);
 }
 
 static void test_invalid_arguments(void** state) {
@@ -678,7 +687,7 @@ static void test_invalid_arguments(void** state) {
   cfg.allocBuffers = 1;
   vcollMoeWorkspace_t ws = NULL;
   vcollMoeConfig_t bad = cfg;
-  expectErr(vcollMoeWorkspaceCreate(NULL, &cfg, 8, &ws), vcollInvalidArgument, cr, "comm");
+  expectErrThread(vcollMoeWorkspaceCreate(NULL, &cfg, 8, &ws), vcollInvalidArgument, cr, "comm");
   expectErr(vcollMoeWorkspaceCreate(comm, NULL, 8, &ws), vcollInvalidArgument, cr, "config");
   expectErr(vcollMoeWorkspaceCreate(comm, &cfg, 8, NULL), vcollInvalidArgument, cr, "ws");
   expectErr(vcollMoeWorkspaceCreate(comm, &cfg, 0, &ws), vcollInvalidArgument, cr, "maxTokens");
@@ -732,7 +741,7 @@ static void test_invalid_arguments(void** state) {
   vcollMoeLocal_t in = {inBuf, (const int32_t*)(inBuf + 512), (const float*)(inBuf + 1024), NULL,
                         (const float*)(inBuf + 4000)};
   const char* d = "vcollMoeDispatch";
-  expectErr(vcollMoeDispatch(NULL, counts, &in, &b.tokens, 0), vcollInvalidArgument, d, "ws");
+  expectErrThread(vcollMoeDispatch(NULL, counts, &in, &b.tokens, 0), vcollInvalidArgument, d, "ws");
   expectErr(vcollMoeDispatch(ws, NULL, &in, &b.tokens, 0), vcollInvalidArgument, d, "counts");
   expectErr(vcollMoeDispatch(ws, counts, NULL, &b.tokens, 0), vcollInvalidArgument, d, "in argument");
   expectErr(vcollMoeDispatch(ws, counts, &in, NULL, 0), vcollInvalidArgument, d, "out argument");
@@ -787,7 +796,7 @@ static void test_invalid_arguments(void** state) {
   expectErr(vcollMoeDispatch(ws, counts, &in, &bo, 0), vcollInvalidArgument, d, "out->globalScale");
 
   const char* c = "vcollMoeCombine";
-  expectErr(vcollMoeCombine(NULL, counts, b.partials, b.combined, 0), vcollInvalidArgument, c, "ws");
+  expectErrThread(vcollMoeCombine(NULL, counts, b.partials, b.combined, 0), vcollInvalidArgument, c, "ws");
   expectErr(vcollMoeCombine(ws, NULL, b.partials, b.combined, 0), vcollInvalidArgument, c, "counts");
   memcpy(big, counts, sizeof(big));
   big[0] = 3;
