@@ -61,6 +61,10 @@ vcollResult_t vcollCommWrapNccl(ncclComm_t nccl, int owns, vcollComm_t* comm) {
     res = vcollSetError(NULL, vcollUnhandledCudaError, "%s : could not allocate 512 bytes of scratch", op);
     goto fail;
   }
+  if (rank == 0) /* VCOLL_DEBUG=VERSION, as NCCL_DEBUG=VERSION: once per communicator, by rank 0 */
+    vcollLog(VCOLL_LOG_VERSION, __FILE__, __LINE__, "vcoll version %d.%d.%d, backend nccl, NCCL %d.%d.%d, %d ranks",
+             VCOLL_MAJOR, VCOLL_MINOR, VCOLL_PATCH, c->ncclVersion / 10000, c->ncclVersion / 100 % 100,
+             c->ncclVersion % 100, nranks);
   VCOLL_INFO("comm %p rank %d nranks %d cudaDev %d NCCL version %d backend nccl (%s)", (void*)c, rank,
              nranks, dev, c->ncclVersion, owns ? "owned" : "wrapped, not owned");
   *comm = c;

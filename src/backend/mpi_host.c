@@ -306,6 +306,9 @@ static vcollResult_t initHost(MPI_Comm mpiComm, vcollComm_t* out) {
     return res;
   }
   c->backendState = st;
+  if (rank == 0)
+    vcollLog(VCOLL_LOG_VERSION, __FILE__, __LINE__, "vcoll version %d.%d.%d, backend host (MPI), %d ranks", VCOLL_MAJOR,
+             VCOLL_MINOR, VCOLL_PATCH, size);
   VCOLL_INFO("comm %p rank %d nranks %d backend host (MPI)", (void*)c, rank, size);
   *out = c;
   return vcollSuccess;

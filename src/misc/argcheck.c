@@ -197,7 +197,7 @@ vcollResult_t vcollCheckAgreement(vcollComm_t comm, const char* op, const struct
       }
   if (differ)
     return vcollSetError(comm, vcollArgumentMismatch,
-                         "%s : ranks passed different %s (checked mode, VCOLL_CHECK=1); nothing was communicated", op,
+                         "%s : ranks passed different %s (checked mode); nothing was communicated", op,
                          which);
   return vcollSuccess;
 }

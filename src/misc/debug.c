@@ -82,7 +82,7 @@ static void logTo(int toStderr, vcollLogLevel_t level, const char* file, int lin
   const char* base = strrchr(file, '/');
   base = base ? base + 1 : file;
   pthread_mutex_lock(&logLock);
-  if (level == VCOLL_LOG_WARN)
+  if (level == VCOLL_LOG_WARN && line > 0) /* a warning of its own names its place; a recorded error does not */
     fprintf(out, "%s:%d:%ld [%s:%d] VCOLL WARN %s\n", hostName, (int)getpid(),
             (long)syscall(SYS_gettid), base, line, msg);
   else
@@ -122,7 +122,7 @@ void vcollNotice(const char* file, int line, const char* fmt, ...) {
 static vcollResult_t recordError(vcollComm_t comm, vcollResult_t res, const char* fmt, va_list ap) {
   vsnprintf(threadLastError, sizeof(threadLastError), fmt, ap);
   if (comm) snprintf(comm->lastError, sizeof(comm->lastError), "%s", threadLastError);
-  vcollLog(VCOLL_LOG_WARN, "vcoll", 0, "%s", threadLastError);
+  vcollLog(VCOLL_LOG_WARN, "", 0, "%s", threadLastError);
   return res;
 }
 
@@ -155,7 +155,7 @@ VCOLL_API const char* vcollGetErrorString(vcollResult_t result) {
     case vcollInternalError: return "internal error - please report this issue to the vcoll developers";
     case vcollInvalidArgument: return "invalid argument (see vcollGetLastError or run with VCOLL_DEBUG=WARN)";
     case vcollInvalidUsage: return "invalid usage (see vcollGetLastError or run with VCOLL_DEBUG=WARN)";
-    case vcollArgumentMismatch: return "ranks passed different arguments (checked mode, VCOLL_CHECK=1)";
+    case vcollArgumentMismatch: return "ranks passed different arguments (checked mode)";
     case vcollNcclError: return "NCCL error (see vcollGetLastError)";
     case vcollMpiError: return "MPI error (see vcollGetLastError)";
     case vcollNotSupported: return "not supported by this build or backend";

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Setup warnings that must not pass unseen (VCOLL_NOTICE): with VCOLL_DEBUG
 # unset they reach stderr, not stdout; VCOLL_DEBUG=NONE silences them;
+# VCOLL_DEBUG=VERSION too, and logs the version line;
 # VCOLL_DEBUG=WARN sends them to the log (stdout). Runs the uneven_batches
 # example on one rank of the host backend with an unreadable VCOLL_BACKEND
 # and VCOLL_CHECK, and with a VCOLL_DEBUG_FILE that cannot be opened.
@@ -23,6 +24,10 @@ grep -q "VCOLL WARN" "$D/out" && fail "VCOLL_DEBUG unset: a notice reached stdou
 grep -q "check: OK" "$D/out" || fail "VCOLL_DEBUG unset: the example's output is missing"
 run NONE
 grep -q "VCOLL WARN" "$D/out" "$D/err" && fail "VCOLL_DEBUG=NONE: a notice was printed"
+run VERSION
+grep -q "VCOLL WARN" "$D/out" "$D/err" && fail "VCOLL_DEBUG=VERSION: a notice was printed"
+grep -q "VCOLL VERSION vcoll version [0-9]*\.[0-9]*\.[0-9]*, backend host (MPI), 1 ranks" "$D/out" ||
+  fail "VCOLL_DEBUG=VERSION: no version line in the log"
 run WARN
 grep -q "$want" "$D/out" || fail "VCOLL_DEBUG=WARN: the notice is not in the log (stdout)"
 # A VCOLL_DEBUG_FILE that cannot be opened: said on stderr, the log on stdout.
