@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <cuda_runtime_api.h>
 #include <mpi.h>
@@ -222,8 +223,15 @@ int main(int argc, char** argv) {
   MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &local);
   MPI_Comm_size(local, &localSize);
   MPI_Comm_free(&local);
-  const char* share = getenv("VCOLL_SHARE_GPU"); /* tests only: ranks share GPUs (README: Environment) */
-  int noGpu = ndev < localSize && !(ndev > 0 && share && atoi(share) != 0), someNoGpu;
+  /* VCOLL_SHARE_GPU, tests only: ranks share GPUs (README: Environment; read as the library does) */
+  const char* share = getenv("VCOLL_SHARE_GPU");
+  char* end = NULL;
+  const long long shareNum = share ? strtoll(share, &end, 0) : 0;
+  const int shared = share && *share &&
+                     ((end != share && *end == '\0') ? shareNum != 0
+                                                      : (!strcasecmp(share, "yes") || !strcasecmp(share, "true") ||
+                                                         !strcasecmp(share, "on")));
+  int noGpu = ndev < localSize && !(ndev > 0 && shared), someNoGpu;
   MPI_Allreduce(&noGpu, &someNoGpu, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
   if (backend == vcollBackendNccl && someNoGpu) {
     if (rank == 0) printf("moe layer: --backend nccl needs one GPU per rank (%d visible here): skipped\n", ndev);
