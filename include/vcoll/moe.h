@@ -90,7 +90,9 @@ typedef struct {
 
 typedef struct vcollMoeWorkspace* vcollMoeWorkspace_t;
 
-/* Collective over `comm`: every rank passes the same config and maxTokens
+/* Called alike on every rank of `comm` (it communicates nothing: a rank's
+ * different config or maxTokens shows at the first dispatch or combine, as
+ * vcollArgumentMismatch in checked mode): the same config and maxTokens
  * (the largest N = sum(counts) any later call may use). Allocates, once,
  * all the intermediate buffers dispatch and combine need (and, with
  * allocBuffers, a vcollMoeBuffers_t set): on the device for the NCCL
