@@ -19,6 +19,7 @@ vcollResult_t vcollCommCreateCommon(int rank, int nranks, vcollBackend_t backend
   comm->cudaDev = -1;
   comm->forcedAlgo[0] = comm->forcedAlgo[1] = -1;
   comm->checked = (int)vcollParamCheck();
+  vcollAlgoEnvCheck();
   *out = comm;
   return vcollSuccess;
 }

@@ -349,9 +349,9 @@ static vcollResult_t initNccl(MPI_Comm mpiComm, vcollComm_t* out) {
   if (!ok) {
     if (ndev < localSize)
       return vcollSetError(NULL, vcollInvalidUsage,
-                           "vcollCommInitMPI : backend nccl needs one GPU per rank, but %d ranks share this node and "
-                           "%d GPU(s) are visible",
-                           localSize, ndev);
+                           "vcollCommInitMPI : backend nccl needs one GPU per rank, but this node has %d rank%s and "
+                           "%d visible GPU%s",
+                           localSize, localSize == 1 ? "" : "s", ndev, ndev == 1 ? "" : "s");
     return vcollSetError(NULL, vcollInvalidUsage,
                          "vcollCommInitMPI : backend nccl needs one GPU per rank, and another node has too few");
   }

@@ -114,6 +114,11 @@ static int envAlgo(vcollCollective_t coll) {
   return scanEnvAlgo(env, coll, freshEnvAlgo(env));
 }
 
+void vcollAlgoEnvCheck(void) {
+  const char* env = vcollParamAlgo();
+  if (env != NULL && freshEnvAlgo(env)) scanEnvAlgo(env, vcollCollAllGatherV, 1); /* its parts of either */
+}
+
 int vcollAlgoChoose(vcollComm_t comm, vcollCollective_t coll, const void* call, int autoIdx) {
   int n;
   const struct vcollAlgo* t = table(coll, &n);

@@ -233,6 +233,10 @@ VCOLL_INTERNAL_API int vcollRsvRule(int ncclVersion, int i, size_t* maxBytesPerR
                                     int* symmOpOnly, const char** algo);
 /* The algorithm to run: the forced one (comm, then VCOLL_ALGO) when it
  * supports the call, else autoIdx. Records it as the last algorithm. */
+/* A notice for every part of VCOLL_ALGO that names nothing, once per value,
+ * at communicator creation on every backend (the host backend has no
+ * algorithms to choose, but a typo must not pass unseen there either). */
+void vcollAlgoEnvCheck(void);
 VCOLL_INTERNAL_API int vcollAlgoChoose(vcollComm_t comm, vcollCollective_t coll, const void* call, int autoIdx);
 
 /* backend/nccl.c */

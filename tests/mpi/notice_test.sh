@@ -3,8 +3,9 @@
 # unset they reach stderr, not stdout; VCOLL_DEBUG=NONE silences them;
 # VCOLL_DEBUG=VERSION too, and logs the version line;
 # VCOLL_DEBUG=WARN sends them to the log (stdout). Runs the uneven_batches
-# example on one rank of the host backend with an unreadable VCOLL_BACKEND
-# and VCOLL_CHECK, and with a VCOLL_DEBUG_FILE that cannot be opened.
+# example on one rank of the host backend with an unreadable VCOLL_BACKEND,
+# VCOLL_CHECK and VCOLL_ALGO, and with a VCOLL_DEBUG_FILE that cannot be
+# opened.
 #   notice_test.sh MPIRUN EXAMPLE
 set -uo pipefail
 MPIRUN=$1 EX=$2
@@ -12,14 +13,17 @@ D=$(mktemp -d)
 trap 'rm -rf "$D"' EXIT
 run() { # VCOLL_DEBUG value ("" = unset); stdout to $D/out, stderr to $D/err
   (unset VCOLL_DEBUG VCOLL_DEBUG_FILE; [ -n "$1" ] && export VCOLL_DEBUG=$1
-   VCOLL_BACKEND=bogus VCOLL_CHECK=maybe "$MPIRUN" -x VCOLL_BACKEND -x VCOLL_CHECK ${VCOLL_DEBUG:+-x VCOLL_DEBUG} \
+   VCOLL_BACKEND=bogus VCOLL_CHECK=maybe VCOLL_ALGO=allgatherv=pda "$MPIRUN" -x VCOLL_BACKEND -x VCOLL_CHECK -x VCOLL_ALGO \
+     ${VCOLL_DEBUG:+-x VCOLL_DEBUG} \
      -np 1 "$EX" --backend auto >"$D/out" 2>"$D/err") || { echo "notice_test: the example failed (VCOLL_DEBUG=$1)"; cat "$D/out" "$D/err"; exit 1; }
 }
 fail() { echo "notice_test: $*"; echo "--- stdout"; cat "$D/out"; echo "--- stderr"; cat "$D/err"; exit 1; }
 want='VCOLL_BACKEND=bogus is not nccl, host or auto'
 want2='VCOLL_CHECK=maybe is not a number'
+want3="VCOLL_ALGO=allgatherv=pda: 'allgatherv=pda' names no algorithm" # the host backend has none, but a typo shows
 run ""
-grep -q "$want" "$D/err" && grep -q "$want2" "$D/err" || fail "VCOLL_DEBUG unset: the notices are not on stderr"
+grep -q "$want" "$D/err" && grep -q "$want2" "$D/err" && grep -q "$want3" "$D/err" ||
+  fail "VCOLL_DEBUG unset: the notices are not on stderr"
 grep -q "VCOLL WARN" "$D/out" && fail "VCOLL_DEBUG unset: a notice reached stdout"
 grep -q "check: OK" "$D/out" || fail "VCOLL_DEBUG unset: the example's output is missing"
 run NONE
