@@ -34,7 +34,8 @@ constexpr int kThreads = 256;
 constexpr int kAmaxUnroll = 4; /* blocks per thread in the amax kernel */
 /* Resident blocks per SM the quantize kernel is compiled for: at most 48
  * registers (51 rounded down to the allocation unit), which its loop with
- * one block's loads in flight needs without spilling (measured against 3
+ * one block's loads in flight needs without spilling for bf16/fp16 input
+ * (fp32 input spills 16 bytes; nvcc 13.0, sm_90) (measured against 3
  * and 4 blocks with a two-deep pipeline, and 8 blocks with spills:
  * docs/perf/2026-12-02_nvfp4_1xH200_*). */
 constexpr int kQuantMinBlocks = 5;
