@@ -1,3 +1,4 @@
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -31,6 +32,18 @@ void vcollCommFreeCommon(vcollComm_t comm) {
   free(comm);
 }
 
+ncclResult_t vcollNcclWait(ncclComm_t nccl, ncclResult_t r) {
+  if (r != ncclInProgress) return r;
+  if (nccl == NULL) return ncclSuccess; /* nothing to ask */
+  for (;;) {
+    ncclResult_t state = ncclSuccess;
+    const ncclResult_t q = ncclCommGetAsyncError(nccl, &state);
+    if (q != ncclSuccess) return q;
+    if (state != ncclInProgress) return state;
+    sched_yield();
+  }
+}
+
 VCOLL_API vcollResult_t vcollCommInitNccl(ncclComm_t nccl, vcollComm_t* comm) {
   return vcollCommWrapNccl(nccl, 0, comm);
 }
@@ -41,6 +54,11 @@ vcollResult_t vcollCommWrapNccl(ncclComm_t nccl, int owns, vcollComm_t* comm) {
   *comm = NULL;
   if (nccl == NULL) return VCOLL_ARGERR(NULL, op, "nccl argument is NULL");
   int rank, nranks, dev;
+  /* A non-blocking communicator may still be initializing (or have failed). */
+  const ncclResult_t state = vcollNcclWait(nccl, ncclInProgress);
+  if (state != ncclSuccess)
+    return vcollSetError(NULL, vcollNcclError, "%s : the NCCL communicator reports %s (ncclCommGetAsyncError)", op,
+                         ncclGetErrorString(state));
   VCOLL_NCCLCHECK(NULL, ncclCommUserRank(nccl, &rank));
   VCOLL_NCCLCHECK(NULL, ncclCommCount(nccl, &nranks));
   VCOLL_NCCLCHECK(NULL, ncclCommCuDevice(nccl, &dev));

@@ -81,14 +81,27 @@ static vcollResult_t winAlloc(vcollComm_t comm, size_t size, int symmetric, stru
                                                 op, size);
   }
   w->fromNccl = 1;
-  nr = ncclCommWindowRegister(comm->nccl, w->ptr, size, &w->win, NCCL_WIN_COLL_SYMMETRIC);
-  if (nr != ncclSuccess && nr != ncclInProgress) {
+  nr = vcollNcclWait(comm->nccl, ncclCommWindowRegister(comm->nccl, w->ptr, size, &w->win, NCCL_WIN_COLL_SYMMETRIC));
+  if (nr != ncclSuccess) w->win = NULL;
+  /* Every rank uses the window, or none: one rank's failed registration
+   * would otherwise send it down another algorithm than the others. */
+  ares = agreeAllocated(comm, nr == ncclSuccess, stream, &allOk);
+  if (!allOk) {
+    if (w->win) {
+      const ncclResult_t dr = vcollNcclWait(comm->nccl, ncclCommWindowDeregister(comm->nccl, w->win));
+      if (dr != ncclSuccess) VCOLL_WARN("ncclCommWindowDeregister(%p) failed: %s", w->ptr, ncclGetErrorString(dr));
+    }
     ncclMemFree(w->ptr);
     w->ptr = NULL;
     w->win = NULL;
     w->fromNccl = 0;
-    return vcollSetError(comm, vcollNcclError, "%s : ncclCommWindowRegister of %zu bytes failed: %s", op, size,
-                         ncclGetErrorString(nr));
+    if (nr != ncclSuccess)
+      return vcollSetError(comm, vcollNcclError, "%s : ncclCommWindowRegister of %zu bytes failed: %s", op, size,
+                           ncclGetErrorString(nr));
+    return ares != vcollSuccess ? ares
+                                : vcollSetError(comm, vcollNcclError,
+                                                "%s : ncclCommWindowRegister of %zu bytes failed on another rank", op,
+                                                size);
   }
   w->size = size;
   return vcollSuccess;
@@ -104,7 +117,7 @@ static void winRelease(vcollComm_t comm, struct vcollWindow* w) {
 #if NCCL_VERSION_CODE >= 22700
   if (w->fromNccl) {
     /* NCCL may register nothing (no symmetric support) and leave win NULL. */
-    ncclResult_t nr = w->win ? ncclCommWindowDeregister(comm->nccl, w->win) : ncclSuccess;
+    ncclResult_t nr = w->win ? vcollNcclWait(comm->nccl, ncclCommWindowDeregister(comm->nccl, w->win)) : ncclSuccess;
     if (nr != ncclSuccess) VCOLL_WARN("ncclCommWindowDeregister(%p) failed: %s", w->ptr, ncclGetErrorString(nr));
     nr = ncclMemFree(w->ptr);
     if (nr != ncclSuccess) VCOLL_WARN("ncclMemFree(%p) failed: %s", w->ptr, ncclGetErrorString(nr));

@@ -276,10 +276,19 @@ void vcollCollStateFree(vcollComm_t comm);
     }                                                                                    \
   } while (0)
 
+static inline ncclComm_t vcollNcclOf(vcollComm_t comm) { return comm ? comm->nccl : NULL; }
+
+/* A non-blocking NCCL communicator (config.blocking = 0) answers
+ * ncclInProgress while a call goes on in the background, and takes no other
+ * call until ncclCommGetAsyncError says it is done. vcoll waits there, so
+ * every vcoll call returns with the communicator ready, as with a blocking
+ * one. Returns the call's final result (r itself for a blocking one). */
+VCOLL_INTERNAL_API ncclResult_t vcollNcclWait(ncclComm_t nccl, ncclResult_t r);
+
 #define VCOLL_NCCLCHECK(comm, call)                                                      \
   do {                                                                                   \
-    ncclResult_t nres_ = (call);                                                         \
-    if (nres_ != ncclSuccess && nres_ != ncclInProgress) {                               \
+    ncclResult_t nres_ = vcollNcclWait(vcollNcclOf(comm), (call));                       \
+    if (nres_ != ncclSuccess) {                                                          \
       vcollSetError((comm), vcollNcclError, "%s:%d: %s failed: %s", __FILE__, __LINE__,  \
                     #call, ncclGetErrorString(nres_));                                   \
       return vcollNcclError;                                                             \
@@ -288,8 +297,8 @@ void vcollCollStateFree(vcollComm_t comm);
 
 #define VCOLL_NCCLCHECKGOTO(comm, call, res, label)                                      \
   do {                                                                                   \
-    ncclResult_t nres_ = (call);                                                         \
-    if (nres_ != ncclSuccess && nres_ != ncclInProgress) {                               \
+    ncclResult_t nres_ = vcollNcclWait(vcollNcclOf(comm), (call));                       \
+    if (nres_ != ncclSuccess) {                                                          \
       vcollSetError((comm), vcollNcclError, "%s:%d: %s failed: %s", __FILE__, __LINE__,  \
                     #call, ncclGetErrorString(nres_));                                   \
       (res) = vcollNcclError;                                                            \

@@ -13,6 +13,7 @@
 
 #include <cuda_runtime_api.h>
 #include <mpi.h>
+#include <nccl.h>
 
 #include "vcoll.h"
 #include "vcoll_mpi.h"
@@ -1012,6 +1013,62 @@ static void test_graph_capture(void** state) {
   bufFree(aSend); bufFree(aRecv); bufFree(rSend); bufFree(rRecv);
 }
 
+/* A non-blocking NCCL communicator (config.blocking = 0), created here and
+ * wrapped at once (still initializing: vcollCommInitNccl waits), takes the
+ * place of the suite's communicator for the random cases of every
+ * algorithm and the registered buffers: NCCL answers ncclInProgress there,
+ * which vcoll must wait out before its next NCCL call. */
+static ncclComm_t nbNccl = NULL;
+static vcollComm_t savedComm = NULL;
+
+static int nonblockingSetup(void** state) {
+  (void)state;
+  if (!onGpu() || !vtHaveGpu()) return 0;
+  ncclUniqueId id;
+  int ok = rank_ != 0 || ncclGetUniqueId(&id) == ncclSuccess;
+  MPI_Bcast(&id, sizeof(id), MPI_BYTE, 0, MPI_COMM_WORLD);
+  ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
+  cfg.blocking = 0;
+  ncclResult_t r = ncclCommInitRankConfig(&nbNccl, nranks_, id, rank_, &cfg);
+  ok &= r == ncclSuccess || r == ncclInProgress;
+  vcollComm_t wrapped = NULL;
+  if (ok && vcollCommInitNccl(nbNccl, &wrapped) != vcollSuccess) {
+    fprintf(stderr, "[rank %d] vcollCommInitNccl on a non-blocking communicator: %s\n", rank_, vcollGetLastError(NULL));
+    ok = 0;
+  }
+  if (!vtAllTrue(ok)) return -1;
+  savedComm = comm;
+  comm = wrapped;
+  return 0;
+}
+
+static int nonblockingTeardown(void** state) {
+  (void)state;
+  if (savedComm == NULL) return 0;
+  vcollCommDestroy(comm);
+  comm = savedComm;
+  savedComm = NULL;
+  ncclResult_t r = ncclCommFinalize(nbNccl), st = r;
+  while (st == ncclInProgress && ncclCommGetAsyncError(nbNccl, &st) == ncclSuccess) {}
+  ncclCommDestroy(nbNccl);
+  nbNccl = NULL;
+  return st == ncclSuccess ? 0 : -1;
+}
+
+static void test_nonblocking_comm(void** state) {
+  if (!onGpu()) skip(); /* NCCL only */
+  VT_REQUIRE_GPU();
+  ncclComm_t n = NULL;
+  assert_int_equal(vcollCommGetNccl(comm, &n), vcollSuccess);
+  assert_ptr_equal(n, nbNccl);
+  const int saved = iters;
+  iters = iters < 3 ? iters : 3;
+  forEachAlgo(vcollCollAllGatherV, runAgvCase);
+  forEachAlgo(vcollCollReduceScatterV, runRsvCase);
+  iters = saved;
+  test_registered_buffers(state);
+}
+
 int main(int argc, char** argv) {
   vtMpiInit(&argc, &argv);
   vtParseCommArgs(argc, argv, &backend, &iters);
@@ -1031,6 +1088,7 @@ int main(int argc, char** argv) {
       cmocka_unit_test(test_graph_capture),
       cmocka_unit_test(test_registered_buffers),
       cmocka_unit_test(test_graph_staging_growth),
+      cmocka_unit_test_setup_teardown(test_nonblocking_comm, nonblockingSetup, nonblockingTeardown),
   };
   char name[64];
   snprintf(name, sizeof(name), "collectives_%s_np%d", onGpu() ? "nccl" : "host", nranks_);
