@@ -85,8 +85,11 @@ int vcollStreamCapturing(vcollComm_t comm, cudaStream_t stream) {
   if (comm->backend != vcollBackendNccl) return 0;
   enum cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
   if (cudaStreamIsCapturing(stream, &st) != cudaSuccess) {
+    /* e.g. the legacy stream while another thread captures in global
+     * mode (cudaErrorStreamCaptureImplicit): allocating or synchronizing
+     * now would break that capture, so count it as capturing. */
     cudaGetLastError();
-    return 0;
+    return 1;
   }
   return st != cudaStreamCaptureStatusNone;
 }

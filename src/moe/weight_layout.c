@@ -631,6 +631,38 @@ static void layerExperts(const void* in, const void* inScales, void* out, void* 
   }
 }
 
+/* While `stream` captures a CUDA graph: the cached device indices of both
+ * permutations with a reference each, or vcollInvalidUsage without
+ * touching the cache (a miss would compute, upload with cudaMalloc and a
+ * synchronization, and may evict and cudaFree another entry: calls that
+ * break a capture or free what it records). */
+static vcollResult_t capturedPerms(const char* op, const struct layerShape* ls, int tile, vcollWeightPerm_t* p13,
+                                   const int32_t** i13, vcollWeightPerm_t* p2, const int32_t** i2) {
+  int d = 0;
+  VCOLL_CUDACHECK(NULL, cudaGetDevice(&d));
+  pthread_mutex_lock(&cacheLock);
+  struct vcollWeightPerm* e[2] = {findLocked(vcollWeightW13, ls->w13.M, tile), findLocked(vcollWeightW2, ls->w2.M, tile)};
+  for (int w = 0; w < 2; w++)
+    if (e[w] == NULL || e[w]->dev == NULL || d >= e[w]->ndev || e[w]->dev[d] == NULL) {
+      pthread_mutex_unlock(&cacheLock);
+      return vcollSetError(NULL, vcollInvalidUsage,
+                           "%s : the stream is capturing a CUDA graph and the %s permutation (M %zu, tile %d) is not "
+                           "cached on device %d%s: make one call per shape and device before capturing "
+                           "(docs/weight_layout.md, Semantics)",
+                           op, w ? "w2" : "w13", w ? ls->w2.M : ls->w13.M, tile, d,
+                           e[w] == NULL ? " (never prepared, or evicted: see vcollWeightCacheSetCapacity)" : "");
+    }
+  e[0]->refs++;
+  e[1]->refs++;
+  cacheHits += 2;
+  pthread_mutex_unlock(&cacheLock);
+  *p13 = e[0];
+  *p2 = e[1];
+  *i13 = e[0]->dev[d];
+  *i2 = e[1]->dev[d];
+  return vcollSuccess;
+}
+
 static vcollResult_t prepareLayer(const char* op, const vcollWeightLayer_t* L, int gpu, cudaStream_t stream) {
   struct layerShape ls;
   VCOLL_CHECK_RES(checkLayer(op, L, &ls));
@@ -640,14 +672,25 @@ static vcollResult_t prepareLayer(const char* op, const vcollWeightLayer_t* L, i
   const int32_t *i13, *i2;
   vcollWeightExpert_t* x = malloc((size_t)L->numExperts * sizeof(*x));
   if (x == NULL) return vcollSetError(NULL, vcollSystemError, "%s: out of host memory", op);
-  if ((res = vcollWeightPermGet(vcollWeightW13, ls.w13.M, L->tile, &p13)) != vcollSuccess) goto exit;
-  if ((res = vcollWeightPermGet(vcollWeightW2, ls.w2.M, L->tile, &p2)) != vcollSuccess) goto exit;
-  if (gpu) {
-    if ((res = vcollWeightPermDevice(p13, &i13)) != vcollSuccess) goto exit;
-    if ((res = vcollWeightPermDevice(p2, &i2)) != vcollSuccess) goto exit;
+  enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+  int capturing = 0;
+  if (gpu && cudaStreamIsCapturing(stream, &cs) != cudaSuccess) {
+    cudaGetLastError(); /* e.g. the legacy stream during another thread's global capture */
+    capturing = 1;
+  }
+  capturing |= cs != cudaStreamCaptureStatusNone;
+  if (capturing) {
+    if ((res = capturedPerms(op, &ls, L->tile, &p13, &i13, &p2, &i2)) != vcollSuccess) goto exit;
   } else {
-    i13 = p13->host;
-    i2 = p2->host;
+    if ((res = vcollWeightPermGet(vcollWeightW13, ls.w13.M, L->tile, &p13)) != vcollSuccess) goto exit;
+    if ((res = vcollWeightPermGet(vcollWeightW2, ls.w2.M, L->tile, &p2)) != vcollSuccess) goto exit;
+    if (gpu) {
+      if ((res = vcollWeightPermDevice(p13, &i13)) != vcollSuccess) goto exit;
+      if ((res = vcollWeightPermDevice(p2, &i2)) != vcollSuccess) goto exit;
+    } else {
+      i13 = p13->host;
+      i2 = p2->host;
+    }
   }
   layerExperts(L->w13, L->w13Scales, L->w13Out, L->w13ScalesOut, &ls.w13, L->numExperts, x);
   res = gpu ? applyChecked(i13, &ls.w13, L->scaleLayout, x, L->numExperts, stream)

@@ -357,6 +357,52 @@ static void test_graph_capture(void** state) {
   const LayerCase c[2] = {{vcollWeightNvfp4, vcollScaleSwizzled128x4, 128, 5, 1024, 512},
                           {vcollWeightMxfp4, vcollScaleLinear, 64, 3, 512, 256}};
   for (int i = 0; i < 2; i++) runLayer(&c[i], &r, stream, 1);
+  /* A cache of one entry: the eager call leaves only w2's permutation, so
+   * the captured call finds w13's missing. It must say so and leave the
+   * capture intact (no upload, eviction or cudaFree inside it), and write
+   * nothing when the graph runs. */
+  const LayerCase k = {vcollWeightNvfp4, vcollScaleLinear, 128, 2, 256, 128};
+  const size_t E = 2, inW13 = 2 * k.I * k.H / 2, sW13 = 2 * k.I * (k.H / 16), inW2 = k.H * k.I / 2,
+               sW2 = k.H * (k.I / 16);
+  const size_t bytes[4] = {inW13 * E, sW13 * E, inW2 * E, sW2 * E};
+  uint8_t *d[4], *dOut[4];
+  for (int i = 0; i < 4; i++) {
+    CUDA_OK(cudaMalloc((void**)&d[i], bytes[i]));
+    CUDA_OK(cudaMalloc((void**)&dOut[i], bytes[i]));
+    CUDA_OK(cudaMemset(d[i], 0x11, bytes[i]));
+  }
+  vcollWeightLayer_t L = {k.fmt, k.lay, k.tile, k.E, k.H, k.I, d[0], d[1], d[2], d[3], dOut[0], dOut[1], dOut[2], dOut[3]};
+  VCOLL_OK(vcollWeightCacheClear());
+  VCOLL_OK(vcollWeightCacheSetCapacity(1));
+  VCOLL_OK(vcollWeightPrepareLayer(&L, stream));
+  CUDA_OK(cudaStreamSynchronize(stream));
+  for (int i = 0; i < 4; i++) CUDA_OK(cudaMemset(dOut[i], 0xA5, bytes[i]));
+  CUDA_OK(cudaDeviceSynchronize());
+  vcollWeightCacheStats_t before, after;
+  VCOLL_OK(vcollWeightCacheGetStats(&before));
+  cudaGraph_t g;
+  cudaGraphExec_t ge;
+  CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  const vcollResult_t res = vcollWeightPrepareLayer(&L, stream);
+  CUDA_OK(cudaStreamEndCapture(stream, &g)); /* fails if the call broke the capture */
+  VCOLL_OK(vcollWeightCacheGetStats(&after));
+  assert_int_equal(res, vcollInvalidUsage);
+  assert_non_null(strstr(vcollGetLastError(NULL), "w13 permutation (M 256, tile 128) is not cached on device"));
+  assert_true(after.misses == before.misses && after.uploads == before.uploads && after.evictions == before.evictions);
+  CUDA_OK(cudaGraphInstantiate(&ge, g, 0));
+  CUDA_OK(cudaGraphLaunch(ge, stream));
+  CUDA_OK(cudaStreamSynchronize(stream));
+  for (int i = 0; i < 4; i++) {
+    uint8_t* got = xmalloc(bytes[i]);
+    CUDA_OK(cudaMemcpy(got, dOut[i], bytes[i], cudaMemcpyDeviceToHost));
+    assert_true(vtIsPoisoned(got, bytes[i])); /* nothing written */
+    free(got);
+    CUDA_OK(cudaFree(d[i]));
+    CUDA_OK(cudaFree(dOut[i]));
+  }
+  CUDA_OK(cudaGraphExecDestroy(ge));
+  CUDA_OK(cudaGraphDestroy(g));
+  VCOLL_OK(vcollWeightCacheSetCapacity(VCOLL_WEIGHT_CACHE_DEFAULT_CAPACITY));
   CUDA_OK(cudaStreamDestroy(stream));
 }
 
