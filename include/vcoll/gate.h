@@ -36,7 +36,7 @@ typedef struct {
   int numExpertGroup;          /* G >= 1, divides E, E/G >= 2 */
   int topkGroup;               /* 1 .. G */
   int topk;                    /* routed experts per token: 1 .. topkGroup * E/G */
-  int numFusedSharedExperts;   /* >= 0 extra slots per token */
+  int numFusedSharedExperts;   /* 0..1024 extra slots per token */
   int renormalize;             /* 0 or 1 */
   int applyScalingInKernel;    /* 0 or 1 */
   float routedScalingFactor;   /* finite, > 0 */

@@ -84,12 +84,13 @@ static void ncclDestroy(vcollComm_t comm) {
 int vcollStreamCapturing(vcollComm_t comm, cudaStream_t stream) {
   if (comm->backend != vcollBackendNccl) return 0;
   enum cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
-  if (cudaStreamIsCapturing(stream, &st) != cudaSuccess) {
-    /* e.g. the legacy stream while another thread captures in global
-     * mode (cudaErrorStreamCaptureImplicit): allocating or synchronizing
-     * now would break that capture, so count it as capturing. */
+  const cudaError_t err = cudaStreamIsCapturing(stream, &st);
+  if (err != cudaSuccess) {
+    /* The legacy stream while another thread captures in global mode:
+     * allocating or synchronizing now would break that capture, so count
+     * it as capturing. Other errors (no device) are not capture. */
     cudaGetLastError();
-    return 1;
+    return err == cudaErrorStreamCaptureImplicit;
   }
   return st != cudaStreamCaptureStatusNone;
 }

@@ -17,6 +17,8 @@
 #include "vcoll_hostfloat.h"
 #include "vcoll_internal.h"
 
+enum { kGateMaxFusedShared = 1024 }; /* shared experts fused into one call (ids E .. E+1023) */
+
 vcollResult_t vcollMoeGateCheckArgs(const char* op, const void* logits, vcollDataType_t logitsType,
                                     const float* bias, size_t T, const vcollMoeGateParams_t* p,
                                     const int32_t* ids, const float* weights) {
@@ -39,9 +41,11 @@ vcollResult_t vcollMoeGateCheckArgs(const char* op, const void* logits, vcollDat
   if (p->topk < 1 || p->topk > candidates)
     return VCOLL_ARGERR(NULL, op, "invalid params->topk %d (must be in 1..%d, the experts in %d kept group(s))",
                         p->topk, candidates, p->topkGroup);
-  if (p->numFusedSharedExperts < 0 || p->numFusedSharedExperts > INT32_MAX - E)
+  /* Bounded far below INT32_MAX - E (ids past INT32_MAX) so that the
+   * kernels' int loops over K = topk + numFusedSharedExperts stay exact. */
+  if (p->numFusedSharedExperts < 0 || p->numFusedSharedExperts > kGateMaxFusedShared)
     return VCOLL_ARGERR(NULL, op, "invalid params->numFusedSharedExperts %d (must be in 0..%d)",
-                        p->numFusedSharedExperts, INT32_MAX - E);
+                        p->numFusedSharedExperts, kGateMaxFusedShared);
   if (p->renormalize != 0 && p->renormalize != 1)
     return VCOLL_ARGERR(NULL, op, "invalid params->renormalize %d (must be 0 or 1)", p->renormalize);
   if (p->applyScalingInKernel != 0 && p->applyScalingInKernel != 1)

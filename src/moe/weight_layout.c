@@ -674,11 +674,12 @@ static vcollResult_t prepareLayer(const char* op, const vcollWeightLayer_t* L, i
   if (x == NULL) return vcollSetError(NULL, vcollSystemError, "%s: out of host memory", op);
   enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
   int capturing = 0;
-  if (gpu && cudaStreamIsCapturing(stream, &cs) != cudaSuccess) {
-    cudaGetLastError(); /* e.g. the legacy stream during another thread's global capture */
-    capturing = 1;
+  if (gpu) {
+    const cudaError_t err = cudaStreamIsCapturing(stream, &cs);
+    if (err != cudaSuccess) cudaGetLastError();
+    /* ...Implicit: the legacy stream during another thread's global capture */
+    capturing = err == cudaErrorStreamCaptureImplicit || (err == cudaSuccess && cs != cudaStreamCaptureStatusNone);
   }
-  capturing |= cs != cudaStreamCaptureStatusNone;
   if (capturing) {
     if ((res = capturedPerms(op, &ls, L->tile, &p13, &i13, &p2, &i2)) != vcollSuccess) goto exit;
   } else {

@@ -304,7 +304,7 @@ __global__ void __launch_bounds__(kThreads) dequantizeKernel(const DequantArgs a
       si = swizzle(m, blk - m * a.kc, a.kTiles);
     }
     const float s = __half2float(__half(__nv_cvt_fp8_to_halfraw(__ldg(a.scales + si), __NV_E4M3)));
-    T o[16];
+    alignas(16) T o[16]; /* read as uint4 below: aligned should it ever live in local memory */
 #pragma unroll
     for (int j = 0; j < 8; j++) {
       const float2 e = __half22float2(__half2(__nv_cvt_fp4x2_to_halfraw2(q[j], __NV_E2M1)));

@@ -341,6 +341,7 @@ static void test_invalid_arguments(void** state) {
     BAD(topk, 0, "topk");
     BAD(topk, 9, "topk"); /* 2 kept groups of 4 */
     BAD(numFusedSharedExperts, -1, "numFusedSharedExperts");
+    BAD(numFusedSharedExperts, 1025, "numFusedSharedExperts 1025 (must be in 0..1024)");
     BAD(renormalize, 2, "renormalize");
     BAD(applyScalingInKernel, -1, "applyScalingInKernel");
     BAD(routedScalingFactor, 0.0f, "routedScalingFactor");
