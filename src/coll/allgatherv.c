@@ -109,20 +109,9 @@ static size_t agvStagingBytes(vcollComm_t comm, const struct vcollAgvCall* c) {
   return total;
 }
 
-static vcollResult_t agvPadRunKind(vcollComm_t comm, const struct vcollAgvCall* c, int kind) {
-  if (c->totalRows == 0) return vcollAgvProduceSend(c);
+/* pad's work on an acquired staging buffer: pack, ncclAllGather, unpack. */
+static vcollResult_t agvPadStaged(vcollComm_t comm, const struct vcollAgvCall* c, char* stage, size_t seg) {
   const int n = comm->nranks, me = comm->rank;
-  size_t seg = agvSegBytes(c), total = agvStagingBytes(comm, c);
-  if (total == 0) return vcollSetError(comm, vcollInvalidArgument, "vcollAllGatherV : padded staging size overflows");
-  char* stage;
-  vcollResult_t res = vcollStagingAcquire(comm, kind, total, c->stream, "vcollAllGatherV", (void**)&stage);
-  if (res != vcollSuccess && kind == vcollStagingSymm && res != vcollInvalidUsage) {
-    VCOLL_WARN("vcollAllGatherV: no symmetric staging buffer (%s); using the plain one from now on",
-               vcollGetLastError(comm));
-    kind = vcollStagingPlain;
-    res = vcollStagingAcquire(comm, kind, total, c->stream, "vcollAllGatherV", (void**)&stage);
-  }
-  VCOLL_CHECK_RES(res);
   struct vcollCopyDesc* d;
   if ((size_t)n * (size_t)c->ntensors > (size_t)INT_MAX)
     return vcollSetError(comm, vcollInvalidArgument, "vcollAllGatherV : %d ranks x %d tensors is too many for pad",
@@ -164,7 +153,28 @@ static vcollResult_t agvPadRunKind(vcollComm_t comm, const struct vcollAgvCall* 
     }
   }
   VCOLL_CHECK_RES(vcollBatchCopy(comm, d, nd, vcollNumSms(comm), c->stream));
-  return vcollStagingRelease(comm, c->stream);
+  return vcollSuccess;
+}
+
+static vcollResult_t agvPadRunKind(vcollComm_t comm, const struct vcollAgvCall* c, int kind) {
+  if (c->totalRows == 0) return vcollAgvProduceSend(c);
+  size_t seg = agvSegBytes(c), total = agvStagingBytes(comm, c);
+  if (total == 0) return vcollSetError(comm, vcollInvalidArgument, "vcollAllGatherV : padded staging size overflows");
+  char* stage;
+  vcollResult_t res = vcollStagingAcquire(comm, kind, total, c->stream, "vcollAllGatherV", (void**)&stage);
+  if (res != vcollSuccess && kind == vcollStagingSymm && res != vcollInvalidUsage) {
+    VCOLL_WARN("vcollAllGatherV: no symmetric staging buffer (%s); using the plain one from now on",
+               vcollGetLastError(comm));
+    kind = vcollStagingPlain;
+    res = vcollStagingAcquire(comm, kind, total, c->stream, "vcollAllGatherV", (void**)&stage);
+  }
+  VCOLL_CHECK_RES(res);
+  /* The staging buffer's last use is recorded on every return from here,
+   * so that the next call on another stream waits for what this one
+   * enqueued even after a failure. */
+  res = agvPadStaged(comm, c, stage, seg);
+  const vcollResult_t rel = vcollStagingRelease(comm, c->stream);
+  return res != vcollSuccess ? res : rel;
 }
 
 static vcollResult_t agvPadRun(vcollComm_t comm, const void* vcall) {

@@ -79,20 +79,10 @@ static size_t rsvStagingBytes(vcollComm_t comm, const struct vcollRsvCall* c) {
   return total;
 }
 
-static vcollResult_t rsvPadRunKind(vcollComm_t comm, const struct vcollRsvCall* c, int kind) {
-  if (c->totalRows == 0) return vcollSuccess;
+/* pad's work on an acquired staging buffer: copy in, ncclReduceScatter, copy out. */
+static vcollResult_t rsvPadStaged(vcollComm_t comm, const struct vcollRsvCall* c, char* stage) {
   const int n = comm->nranks, me = comm->rank;
-  const size_t slotRows = rsvSlotRows(c), slot = slotRows * c->rowBytes, total = rsvStagingBytes(comm, c);
-  if (total == 0) return vcollSetError(comm, vcollInvalidArgument, "vcollReduceScatterV : padded staging size overflows");
-  char* stage;
-  vcollResult_t res = vcollStagingAcquire(comm, kind, total, c->stream, "vcollReduceScatterV", (void**)&stage);
-  if (res != vcollSuccess && kind == vcollStagingSymm && res != vcollInvalidUsage) {
-    VCOLL_WARN("vcollReduceScatterV: no symmetric staging buffer (%s); using the plain one from now on",
-               vcollGetLastError(comm));
-    kind = vcollStagingPlain;
-    res = vcollStagingAcquire(comm, kind, total, c->stream, "vcollReduceScatterV", (void**)&stage);
-  }
-  VCOLL_CHECK_RES(res);
+  const size_t slotRows = rsvSlotRows(c), slot = slotRows * c->rowBytes;
   struct vcollCopyDesc* d;
   VCOLL_CHECK_RES(vcollCopyDescs(comm, n, &d));
   for (int r = 0; r < n; r++) {
@@ -110,7 +100,25 @@ static vcollResult_t rsvPadRunKind(vcollComm_t comm, const struct vcollRsvCall* 
   d[0].dst = c->recvbuff;
   d[0].bytes = c->counts[me] * c->rowBytes;
   VCOLL_CHECK_RES(vcollBatchCopy(comm, d, 1, vcollNumSms(comm), c->stream));
-  return vcollStagingRelease(comm, c->stream);
+  return vcollSuccess;
+}
+
+static vcollResult_t rsvPadRunKind(vcollComm_t comm, const struct vcollRsvCall* c, int kind) {
+  if (c->totalRows == 0) return vcollSuccess;
+  const size_t total = rsvStagingBytes(comm, c);
+  if (total == 0) return vcollSetError(comm, vcollInvalidArgument, "vcollReduceScatterV : padded staging size overflows");
+  char* stage;
+  vcollResult_t res = vcollStagingAcquire(comm, kind, total, c->stream, "vcollReduceScatterV", (void**)&stage);
+  if (res != vcollSuccess && kind == vcollStagingSymm && res != vcollInvalidUsage) {
+    VCOLL_WARN("vcollReduceScatterV: no symmetric staging buffer (%s); using the plain one from now on",
+               vcollGetLastError(comm));
+    kind = vcollStagingPlain;
+    res = vcollStagingAcquire(comm, kind, total, c->stream, "vcollReduceScatterV", (void**)&stage);
+  }
+  VCOLL_CHECK_RES(res);
+  res = rsvPadStaged(comm, c, stage); /* the last use recorded after a failure too (as allgatherv's pad) */
+  const vcollResult_t rel = vcollStagingRelease(comm, c->stream);
+  return res != vcollSuccess ? res : rel;
 }
 
 static vcollResult_t rsvPadRun(vcollComm_t comm, const void* vcall) {
@@ -145,24 +153,11 @@ static char* rsvP2pSlot(char* stage, int r, int me, size_t stride) {
   return stage + (size_t)(r < me ? r : r - 1) * stride;
 }
 
-static vcollResult_t rsvP2pRun(vcollComm_t comm, const void* vcall) {
-  const struct vcollRsvCall* c = vcall;
-  if (c->totalRows == 0) return vcollSuccess;
+/* p2p's sends, receives and reduction, on the staging buffer `stage`
+ * (slots `mine` bytes apart; NULL where this rank receives nothing). */
+static vcollResult_t rsvP2pStaged(vcollComm_t comm, const struct vcollRsvCall* c, char* stage, size_t mine) {
   const int n = comm->nranks, me = comm->rank;
   const size_t mineElems = c->counts[me] * c->width;
-  /* The size asked for is the same on every rank, as growing the staging
-   * buffer is collective (vcollRsvP2pStagingBytes); slots of this rank's
-   * counts[me] rows are used, each starting on 16 bytes so that the
-   * reduction kernel can load 16-byte vectors (when recvbuff and this
-   * rank's rows of sendbuff are aligned too). */
-  size_t total = 0;
-  if (!vcollRsvP2pStagingBytes(n, c->maxRows, c->rowBytes, &total))
-    return vcollSetError(comm, vcollInvalidArgument, "vcollReduceScatterV : p2p staging size overflows");
-  const size_t mine = vcollAlign16(c->counts[me] * c->rowBytes); /* slot stride */
-  char* stage = NULL;
-  if (total > 0)
-    VCOLL_CHECK_RES(vcollStagingAcquire(comm, vcollStagingPlain, total, c->stream, "vcollReduceScatterV",
-                                        (void**)&stage));
   const ncclDataType_t dt = vcollToNcclType(c->datatype);
   const char* send = c->sendbuff;
   vcollResult_t res = vcollSuccess;
@@ -187,7 +182,28 @@ end:
     VCOLL_CHECK_RES(vcollBatchReduce(comm, c->recvbuff, srcs, n, mineElems, c->datatype, c->op, n,
                                      vcollNumSms(comm), c->stream));
   }
-  return total > 0 ? vcollStagingRelease(comm, c->stream) : vcollSuccess;
+  return vcollSuccess;
+}
+
+static vcollResult_t rsvP2pRun(vcollComm_t comm, const void* vcall) {
+  const struct vcollRsvCall* c = vcall;
+  if (c->totalRows == 0) return vcollSuccess;
+  /* The size asked for is the same on every rank, as growing the staging
+   * buffer is collective (vcollRsvP2pStagingBytes); slots of this rank's
+   * counts[me] rows are used, each starting on 16 bytes so that the
+   * reduction kernel can load 16-byte vectors (when recvbuff and this
+   * rank's rows of sendbuff are aligned too). */
+  size_t total = 0;
+  if (!vcollRsvP2pStagingBytes(comm->nranks, c->maxRows, c->rowBytes, &total))
+    return vcollSetError(comm, vcollInvalidArgument, "vcollReduceScatterV : p2p staging size overflows");
+  const size_t mine = vcollAlign16(c->counts[comm->rank] * c->rowBytes); /* slot stride */
+  char* stage = NULL;
+  if (total == 0) return rsvP2pStaged(comm, c, NULL, mine);
+  VCOLL_CHECK_RES(vcollStagingAcquire(comm, vcollStagingPlain, total, c->stream, "vcollReduceScatterV",
+                                      (void**)&stage));
+  const vcollResult_t res = rsvP2pStaged(comm, c, stage, mine); /* the last use recorded after a failure too */
+  const vcollResult_t rel = vcollStagingRelease(comm, c->stream);
+  return res != vcollSuccess ? res : rel;
 }
 
 const struct vcollAlgo vcollRsvAlgos[] = {
