@@ -81,14 +81,18 @@ static vcollResult_t winAlloc(vcollComm_t comm, size_t size, int symmetric, stru
                                                 op, size);
   }
   w->fromNccl = 1;
-  nr = vcollNcclWait(comm->nccl, ncclCommWindowRegister(comm->nccl, w->ptr, size, &w->win, NCCL_WIN_COLL_SYMMETRIC));
+  nr = ncclCommWindowRegister(comm->nccl, w->ptr, size, &w->win, NCCL_WIN_COLL_SYMMETRIC);
+  /* A non-blocking communicator can be left busy by a registration that
+   * returned ncclSuccess (NCCL 2.28.3): wait until it is ready. */
+  if (nr == ncclSuccess || nr == ncclInProgress) nr = vcollNcclWait(comm->nccl, ncclInProgress);
   if (nr != ncclSuccess) w->win = NULL;
   /* Every rank uses the window, or none: one rank's failed registration
    * would otherwise send it down another algorithm than the others. */
   ares = agreeAllocated(comm, nr == ncclSuccess, stream, &allOk);
   if (!allOk) {
     if (w->win) {
-      const ncclResult_t dr = vcollNcclWait(comm->nccl, ncclCommWindowDeregister(comm->nccl, w->win));
+      ncclResult_t dr = ncclCommWindowDeregister(comm->nccl, w->win);
+      if (dr == ncclSuccess || dr == ncclInProgress) dr = vcollNcclWait(comm->nccl, ncclInProgress);
       if (dr != ncclSuccess) VCOLL_WARN("ncclCommWindowDeregister(%p) failed: %s", w->ptr, ncclGetErrorString(dr));
     }
     ncclMemFree(w->ptr);
@@ -117,7 +121,8 @@ static void winRelease(vcollComm_t comm, struct vcollWindow* w) {
 #if NCCL_VERSION_CODE >= 22700
   if (w->fromNccl) {
     /* NCCL may register nothing (no symmetric support) and leave win NULL. */
-    ncclResult_t nr = w->win ? vcollNcclWait(comm->nccl, ncclCommWindowDeregister(comm->nccl, w->win)) : ncclSuccess;
+    ncclResult_t nr = w->win ? ncclCommWindowDeregister(comm->nccl, w->win) : ncclSuccess;
+    if (w->win && (nr == ncclSuccess || nr == ncclInProgress)) nr = vcollNcclWait(comm->nccl, ncclInProgress);
     if (nr != ncclSuccess) VCOLL_WARN("ncclCommWindowDeregister(%p) failed: %s", w->ptr, ncclGetErrorString(nr));
     nr = ncclMemFree(w->ptr);
     if (nr != ncclSuccess) VCOLL_WARN("ncclMemFree(%p) failed: %s", w->ptr, ncclGetErrorString(nr));
