@@ -75,9 +75,12 @@ vcollResult_t vcollCommWrapNccl(ncclComm_t nccl, int owns, vcollComm_t* comm) {
     res = VCOLL_ARGERR(NULL, op, "the current CUDA device is %d but the NCCL communicator is on device %d", cur, dev);
     goto fail;
   }
-  if (cudaMalloc(&c->devScratch, 64 * sizeof(uint64_t)) != cudaSuccess ||
-      cudaMallocHost(&c->hostScratch, 64 * sizeof(uint64_t)) != cudaSuccess) {
-    res = vcollSetError(NULL, vcollUnhandledCudaError, "%s : could not allocate 512 bytes of scratch", op);
+  c->scratchWords = nranks + 1 > 64 ? nranks + 1 : 64;
+  const size_t scratchBytes = sizeof(uint64_t) * (size_t)c->scratchWords;
+  if (cudaMalloc(&c->devScratch, scratchBytes) != cudaSuccess ||
+      cudaMallocHost(&c->hostScratch, scratchBytes) != cudaSuccess) {
+    res = vcollSetError(NULL, vcollUnhandledCudaError, "%s : could not allocate %zu bytes of scratch", op,
+                        scratchBytes);
     goto fail;
   }
   if (rank == 0) /* VCOLL_DEBUG=VERSION, as NCCL_DEBUG=VERSION: once per communicator, by rank 0 */

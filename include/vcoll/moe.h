@@ -136,10 +136,9 @@ VCOLL_API vcollResult_t vcollMoeDispatch(vcollMoeWorkspace_t ws, const size_t* c
 VCOLL_API vcollResult_t vcollMoeCombine(vcollMoeWorkspace_t ws, const size_t* counts, const void* partials,
                                         void* out, cudaStream_t stream);
 
-/* Gathers every rank's localCount into counts[nranks] (host array), with a
- * tiny ncclAllGather on the NCCL backend (it synchronizes `stream`) or MPI
- * on the host backend. Blocking: not for use during CUDA graph capture
- * (vcollInvalidUsage), where the counts are fixed anyway. */
+/* vcollGatherCounts (vcoll.h) under the MoE module's name: every rank's
+ * localCount into counts[nranks] (host array). Blocking: not for use
+ * during CUDA graph capture (vcollInvalidUsage). */
 VCOLL_API vcollResult_t vcollMoeGatherCounts(vcollComm_t comm, size_t localCount, size_t* counts,
                                              cudaStream_t stream);
 

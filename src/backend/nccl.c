@@ -43,7 +43,8 @@ static vcollResult_t ncclRsv(vcollComm_t comm, const struct vcollRsvCall* call) 
 }
 
 static vcollResult_t ncclAllreduceMaxU64(vcollComm_t comm, uint64_t* vals, int n, cudaStream_t stream) {
-  if (n > 64) return vcollSetError(comm, vcollInternalError, "allreduceMaxU64: n %d > 64", n);
+  if (n > comm->scratchWords)
+    return vcollSetError(comm, vcollInternalError, "allreduceMaxU64: n %d > %d", n, comm->scratchWords);
   uint64_t* host = comm->hostScratch;
   memcpy(host, vals, sizeof(uint64_t) * (size_t)n);
   VCOLL_CUDACHECK(comm, cudaMemcpyAsync(comm->devScratch, host, sizeof(uint64_t) * (size_t)n,
@@ -58,8 +59,7 @@ static vcollResult_t ncclAllreduceMaxU64(vcollComm_t comm, uint64_t* vals, int n
 }
 
 static vcollResult_t ncclAllgatherU64(vcollComm_t comm, uint64_t val, uint64_t* out, cudaStream_t stream) {
-  /* devScratch holds 64 values: use the host-visible path in chunks. */
-  if (comm->nranks > 63) return vcollSetError(comm, vcollNotSupported, "allgatherU64: more than 63 ranks");
+  /* devScratch: this rank's value, then every rank's (nranks + 1 words). */
   uint64_t* host = comm->hostScratch;
   host[0] = val;
   uint64_t* dev = comm->devScratch;

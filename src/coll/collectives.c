@@ -126,3 +126,23 @@ VCOLL_INTERNAL_API vcollResult_t vcollReduceScatterVAlgo(const void* sendbuff, v
                                       cudaStream_t stream, const char* algo) {
   return reduceScatterV(sendbuff, recvbuff, counts, width, datatype, redop, comm, stream, algo);
 }
+
+vcollResult_t vcollGatherCountsAs(const char* op, vcollComm_t comm, size_t localCount, size_t* counts,
+                                  cudaStream_t stream) {
+  VCOLL_CHECK_RES(vcollCheckComm(comm, op));
+  if (counts == NULL) return VCOLL_ARGERR(comm, op, "counts argument is NULL");
+  if (vcollStreamCapturing(comm, stream))
+    return vcollSetError(comm, vcollInvalidUsage,
+                         "%s : blocking, cannot run while the stream is captured (use fixed counts in graphs)", op);
+  uint64_t* all = malloc(sizeof(uint64_t) * (size_t)comm->nranks);
+  if (all == NULL) return vcollSetError(comm, vcollSystemError, "%s : out of host memory", op);
+  vcollResult_t res = comm->ops->allgatherU64(comm, (uint64_t)localCount, all, stream);
+  if (res == vcollSuccess)
+    for (int r = 0; r < comm->nranks; r++) counts[r] = (size_t)all[r];
+  free(all);
+  return res;
+}
+
+VCOLL_API vcollResult_t vcollGatherCounts(vcollComm_t comm, size_t localCount, size_t* counts, cudaStream_t stream) {
+  return vcollGatherCountsAs("vcollGatherCounts", comm, localCount, counts, stream);
+}

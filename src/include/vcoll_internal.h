@@ -110,8 +110,9 @@ struct vcollComm {
   size_t* displs;
 
   /* NCCL backend helpers for checked mode and count gathering. */
-  void* devScratch;   /* device, 64 uint64 */
-  void* hostScratch;  /* pinned host, 64 uint64 */
+  void* devScratch;   /* device, scratchWords uint64 */
+  void* hostScratch;  /* pinned host, scratchWords uint64 */
+  int scratchWords;   /* max(64, nranks + 1): an allgather of one word per rank fits */
 
   /* Algorithm forced on this communicator (-1: automatic). */
   int forcedAlgo[2];
@@ -155,6 +156,9 @@ VCOLL_INTERNAL_API vcollResult_t vcollReduceScatterVAlgo(const void* sendbuff, v
                                       vcollDataType_t datatype, vcollRedOp_t redop, vcollComm_t comm,
                                       cudaStream_t stream, const char* algo);
 /* Runs the call's producer, if any, into the tensors' sendbuffs. */
+/* vcollGatherCounts, its messages naming `op` (vcollMoeGatherCounts too). */
+vcollResult_t vcollGatherCountsAs(const char* op, vcollComm_t comm, size_t localCount, size_t* counts,
+                                  cudaStream_t stream);
 VCOLL_INTERNAL_API vcollResult_t vcollAgvProduceSend(const struct vcollAgvCall* call);
 vcollResult_t vcollCheckReduceScatterV(vcollComm_t comm, const void* sendbuff, void* recvbuff,
                                        const size_t* counts, size_t width,

@@ -600,17 +600,5 @@ VCOLL_API vcollResult_t vcollMoeCombine(vcollMoeWorkspace_t ws, const size_t* co
 
 VCOLL_API vcollResult_t vcollMoeGatherCounts(vcollComm_t comm, size_t localCount, size_t* counts,
                                              cudaStream_t stream) {
-  static const char* op = "vcollMoeGatherCounts";
-  VCOLL_CHECK_RES(vcollCheckComm(comm, op));
-  if (counts == NULL) return VCOLL_ARGERR(comm, op, "counts argument is NULL");
-  if (vcollStreamCapturing(comm, stream))
-    return vcollSetError(comm, vcollInvalidUsage,
-                         "%s : blocking, cannot run while the stream is captured (use fixed counts in graphs)", op);
-  uint64_t* all = malloc(sizeof(uint64_t) * (size_t)comm->nranks);
-  if (all == NULL) return vcollSetError(comm, vcollSystemError, "%s : out of host memory", op);
-  vcollResult_t res = comm->ops->allgatherU64(comm, (uint64_t)localCount, all, stream);
-  if (res == vcollSuccess)
-    for (int r = 0; r < comm->nranks; r++) counts[r] = (size_t)all[r];
-  free(all);
-  return res;
+  return vcollGatherCountsAs("vcollMoeGatherCounts", comm, localCount, counts, stream);
 }

@@ -1013,6 +1013,31 @@ static void test_graph_capture(void** state) {
   bufFree(aSend); bufFree(aRecv); bufFree(rSend); bufFree(rRecv);
 }
 
+/* vcollGatherCounts: every rank's own count, on every rank, full 64-bit
+ * values and zeros included; counts poisoned first, NULL refused. */
+static void test_gather_counts(void** state) {
+  (void)state;
+  if (onGpu()) VT_REQUIRE_GPU();
+  const uint64_t seed = vtSeed();
+  size_t counts[64];
+  int ok = 1;
+  for (int round = 0; round < 3; round++) {
+    size_t want[64];
+    for (int r = 0; r < nranks_; r++) {
+      vtRng g = vtRngMake(seed, 9000 + 64 * (uint64_t)round + (uint64_t)r);
+      want[r] = round == 0 ? (size_t)vtRange(&g, 0, 5000)
+                           : round == 1 ? ((size_t)1 << 40) + (size_t)r : (r % 2 ? 0 : (size_t)vtRange(&g, 1, 9));
+    }
+    memset(counts, 0xA5, sizeof(counts));
+    const vcollResult_t res = vcollGatherCounts(comm, want[rank_], counts, 0);
+    if (res != vcollSuccess) fprintf(stderr, "[rank %d] vcollGatherCounts: %s\n", rank_, vcollGetLastError(comm));
+    ok &= res == vcollSuccess && memcmp(counts, want, sizeof(size_t) * (size_t)nranks_) == 0;
+  }
+  VT_ASSERT_ALL(ok, "vcollGatherCounts gave wrong counts");
+  expectArgError(vcollGatherCounts(comm, 1, NULL, 0), vcollInvalidArgument, "vcollGatherCounts : counts");
+  expectArgErrorOn(NULL, vcollGatherCounts(NULL, 1, counts, 0), vcollInvalidArgument, "vcollGatherCounts : comm");
+}
+
 /* A non-blocking NCCL communicator (config.blocking = 0), created here and
  * wrapped at once (still initializing: vcollCommInitNccl waits), takes the
  * place of the suite's communicator for the random cases of every
@@ -1088,6 +1113,7 @@ int main(int argc, char** argv) {
       cmocka_unit_test(test_graph_capture),
       cmocka_unit_test(test_registered_buffers),
       cmocka_unit_test(test_graph_staging_growth),
+      cmocka_unit_test(test_gather_counts),
       cmocka_unit_test_setup_teardown(test_nonblocking_comm, nonblockingSetup, nonblockingTeardown),
   };
   char name[64];
