@@ -1,4 +1,5 @@
 #include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -34,7 +35,7 @@ void vcollCommFreeCommon(vcollComm_t comm) {
 
 ncclResult_t vcollNcclWait(ncclComm_t nccl, ncclResult_t r) {
   if (r != ncclInProgress) return r;
-  if (nccl == NULL) return ncclSuccess; /* nothing to ask */
+  if (nccl == NULL) return r; /* nothing to ask: the caller sees ncclInProgress */
   for (;;) {
     ncclResult_t state = ncclSuccess;
     const ncclResult_t q = ncclCommGetAsyncError(nccl, &state);
@@ -42,6 +43,16 @@ ncclResult_t vcollNcclWait(ncclComm_t nccl, ncclResult_t r) {
     if (state != ncclInProgress) return state;
     sched_yield();
   }
+}
+
+void vcollLogVersion(vcollComm_t comm) {
+  if (comm->rank != 0 || vcollLogLevel() < VCOLL_LOG_VERSION) return;
+  const int v = comm->ncclVersion;
+  char nccl[48] = "";
+  if (comm->backend == vcollBackendNccl) snprintf(nccl, sizeof(nccl), ", NCCL %d.%d.%d", v / 10000, v / 100 % 100, v % 100);
+  vcollLog(VCOLL_LOG_VERSION, __FILE__, __LINE__, "vcoll version %d.%d.%d, backend %s%s, %d rank%s", VCOLL_MAJOR,
+           VCOLL_MINOR, VCOLL_PATCH, comm->backend == vcollBackendNccl ? "nccl" : "host (MPI)", nccl, comm->nranks,
+           comm->nranks == 1 ? "" : "s");
 }
 
 VCOLL_API vcollResult_t vcollCommInitNccl(ncclComm_t nccl, vcollComm_t* comm) {
@@ -83,10 +94,7 @@ vcollResult_t vcollCommWrapNccl(ncclComm_t nccl, int owns, vcollComm_t* comm) {
                         scratchBytes);
     goto fail;
   }
-  if (rank == 0) /* VCOLL_DEBUG=VERSION, as NCCL_DEBUG=VERSION: once per communicator, by rank 0 */
-    vcollLog(VCOLL_LOG_VERSION, __FILE__, __LINE__, "vcoll version %d.%d.%d, backend nccl, NCCL %d.%d.%d, %d ranks",
-             VCOLL_MAJOR, VCOLL_MINOR, VCOLL_PATCH, c->ncclVersion / 10000, c->ncclVersion / 100 % 100,
-             c->ncclVersion % 100, nranks);
+  vcollLogVersion(c);
   VCOLL_INFO("comm %p rank %d nranks %d cudaDev %d NCCL version %d backend nccl (%s)", (void*)c, rank,
              nranks, dev, c->ncclVersion, owns ? "owned" : "wrapped, not owned");
   *comm = c;

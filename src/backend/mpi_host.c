@@ -306,9 +306,7 @@ static vcollResult_t initHost(MPI_Comm mpiComm, vcollComm_t* out) {
     return res;
   }
   c->backendState = st;
-  if (rank == 0)
-    vcollLog(VCOLL_LOG_VERSION, __FILE__, __LINE__, "vcoll version %d.%d.%d, backend host (MPI), %d ranks", VCOLL_MAJOR,
-             VCOLL_MINOR, VCOLL_PATCH, size);
+  vcollLogVersion(c);
   VCOLL_INFO("comm %p rank %d nranks %d backend host (MPI)", (void*)c, rank, size);
   *out = c;
   return vcollSuccess;
@@ -376,11 +374,15 @@ static vcollResult_t initNccl(MPI_Comm mpiComm, vcollComm_t* out) {
   if (rank == 0) uid.ok = ncclGetUniqueId(&uid.id) == ncclSuccess;
   MPICHECK(NULL, MPI_Bcast(&uid, sizeof(uid), MPI_BYTE, 0, mpiComm));
   if (!uid.ok) return vcollSetError(NULL, vcollNcclError, "vcollCommInitMPI : ncclGetUniqueId failed on rank 0");
-  ncclComm_t nccl;
+  ncclComm_t nccl = NULL;
   ncclResult_t nr = ncclCommInitRank(&nccl, size, uid.id, rank);
-  if (nr != ncclSuccess)
+  /* ncclInProgress: NCCL_COMM_BLOCKING=0 made it non-blocking; the wrap
+   * waits for its initialization. */
+  if (nr != ncclSuccess && nr != ncclInProgress) {
+    if (nccl != NULL) ncclCommDestroy(nccl);
     return vcollSetError(NULL, vcollNcclError, "vcollCommInitMPI : ncclCommInitRank failed: %s",
                          ncclGetErrorString(nr));
+  }
   vcollResult_t res = vcollCommWrapNccl(nccl, 1, out);
   if (res != vcollSuccess) ncclCommDestroy(nccl);
   return res;

@@ -82,7 +82,10 @@ static void ncclDestroy(vcollComm_t comm) {
 }
 
 int vcollStreamCapturing(vcollComm_t comm, cudaStream_t stream) {
-  if (comm->backend != vcollBackendNccl) return 0;
+  return comm->backend == vcollBackendNccl && vcollStreamIsCapturing(stream);
+}
+
+int vcollStreamIsCapturing(cudaStream_t stream) {
   enum cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
   const cudaError_t err = cudaStreamIsCapturing(stream, &st);
   if (err != cudaSuccess) {

@@ -161,20 +161,11 @@ static vcollResult_t agvPadRunKind(vcollComm_t comm, const struct vcollAgvCall* 
   size_t seg = agvSegBytes(c), total = agvStagingBytes(comm, c);
   if (total == 0) return vcollSetError(comm, vcollInvalidArgument, "vcollAllGatherV : padded staging size overflows");
   char* stage;
-  vcollResult_t res = vcollStagingAcquire(comm, kind, total, c->stream, "vcollAllGatherV", (void**)&stage);
-  if (res != vcollSuccess && kind == vcollStagingSymm && res != vcollInvalidUsage) {
-    VCOLL_WARN("vcollAllGatherV: no symmetric staging buffer (%s); using the plain one from now on",
-               vcollGetLastError(comm));
-    kind = vcollStagingPlain;
-    res = vcollStagingAcquire(comm, kind, total, c->stream, "vcollAllGatherV", (void**)&stage);
-  }
-  VCOLL_CHECK_RES(res);
+  VCOLL_CHECK_RES(vcollStagingAcquirePad(comm, &kind, total, c->stream, "vcollAllGatherV", (void**)&stage));
   /* The staging buffer's last use is recorded on every return from here,
    * so that the next call on another stream waits for what this one
    * enqueued even after a failure. */
-  res = agvPadStaged(comm, c, stage, seg);
-  const vcollResult_t rel = vcollStagingRelease(comm, c->stream);
-  return res != vcollSuccess ? res : rel;
+  return vcollStagingRelease(comm, c->stream, agvPadStaged(comm, c, stage, seg));
 }
 
 static vcollResult_t agvPadRun(vcollComm_t comm, const void* vcall) {

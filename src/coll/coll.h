@@ -51,8 +51,15 @@ vcollResult_t vcollCopyDescs(vcollComm_t comm, int n, struct vcollCopyDesc** des
  * while `stream` is being captured. */
 vcollResult_t vcollStagingAcquire(vcollComm_t comm, int kind, size_t bytes, cudaStream_t stream,
                                   const char* opName, void** ptr);
-/* Marks the end of this call's use of the staging buffers on `stream`. */
-vcollResult_t vcollStagingRelease(vcollComm_t comm, cudaStream_t stream);
+/* pad's staging: vcollStagingAcquire of `kind`, falling back (with a
+ * warning) to the plain kind when the symmetric one cannot be had outside
+ * capture; *kind tells which it got. */
+vcollResult_t vcollStagingAcquirePad(vcollComm_t comm, int* kind, size_t bytes, cudaStream_t stream,
+                                     const char* opName, void** ptr);
+/* Marks the end of this call's use of the staging buffers on `stream`,
+ * after its work returned `res` (enqueued work is ordered after a failure
+ * too); returns res, or the marking's own error after a success. */
+vcollResult_t vcollStagingRelease(vcollComm_t comm, cudaStream_t stream, vcollResult_t res);
 /* Current size of a staging buffer (0 before its first use). */
 size_t vcollStagingSize(vcollComm_t comm, int kind);
 /* 1 when the symmetric staging buffer can be used on this communicator:

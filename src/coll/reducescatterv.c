@@ -108,17 +108,9 @@ static vcollResult_t rsvPadRunKind(vcollComm_t comm, const struct vcollRsvCall* 
   const size_t total = rsvStagingBytes(comm, c);
   if (total == 0) return vcollSetError(comm, vcollInvalidArgument, "vcollReduceScatterV : padded staging size overflows");
   char* stage;
-  vcollResult_t res = vcollStagingAcquire(comm, kind, total, c->stream, "vcollReduceScatterV", (void**)&stage);
-  if (res != vcollSuccess && kind == vcollStagingSymm && res != vcollInvalidUsage) {
-    VCOLL_WARN("vcollReduceScatterV: no symmetric staging buffer (%s); using the plain one from now on",
-               vcollGetLastError(comm));
-    kind = vcollStagingPlain;
-    res = vcollStagingAcquire(comm, kind, total, c->stream, "vcollReduceScatterV", (void**)&stage);
-  }
-  VCOLL_CHECK_RES(res);
-  res = rsvPadStaged(comm, c, stage); /* the last use recorded after a failure too (as allgatherv's pad) */
-  const vcollResult_t rel = vcollStagingRelease(comm, c->stream);
-  return res != vcollSuccess ? res : rel;
+  VCOLL_CHECK_RES(vcollStagingAcquirePad(comm, &kind, total, c->stream, "vcollReduceScatterV", (void**)&stage));
+  /* the last use recorded after a failure too (as allgatherv's pad) */
+  return vcollStagingRelease(comm, c->stream, rsvPadStaged(comm, c, stage));
 }
 
 static vcollResult_t rsvPadRun(vcollComm_t comm, const void* vcall) {
@@ -201,9 +193,7 @@ static vcollResult_t rsvP2pRun(vcollComm_t comm, const void* vcall) {
   if (total == 0) return rsvP2pStaged(comm, c, NULL, mine);
   VCOLL_CHECK_RES(vcollStagingAcquire(comm, vcollStagingPlain, total, c->stream, "vcollReduceScatterV",
                                       (void**)&stage));
-  const vcollResult_t res = rsvP2pStaged(comm, c, stage, mine); /* the last use recorded after a failure too */
-  const vcollResult_t rel = vcollStagingRelease(comm, c->stream);
-  return res != vcollSuccess ? res : rel;
+  return vcollStagingRelease(comm, c->stream, rsvP2pStaged(comm, c, stage, mine)); /* after a failure too */
 }
 
 const struct vcollAlgo vcollRsvAlgos[] = {

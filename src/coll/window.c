@@ -85,9 +85,12 @@ static vcollResult_t winAlloc(vcollComm_t comm, size_t size, int symmetric, stru
   /* A non-blocking communicator can be left busy by a registration that
    * returned ncclSuccess (NCCL 2.28.3): wait until it is ready. */
   if (nr == ncclSuccess || nr == ncclInProgress) nr = vcollNcclWait(comm->nccl, ncclInProgress);
-  if (nr != ncclSuccess) w->win = NULL;
+  /* w->win stays as NCCL set it (NULL if it registered nothing): a window
+   * registered before a later error is deregistered below. */
   /* Every rank uses the window, or none: one rank's failed registration
-   * would otherwise send it down another algorithm than the others. */
+   * would otherwise send it down another algorithm than the others.
+   * (NCCL 2.28's deregistration is local to the rank, so the ranks that
+   * registered may undo it alone.) */
   ares = agreeAllocated(comm, nr == ncclSuccess, stream, &allOk);
   if (!allOk) {
     if (w->win) {
@@ -307,13 +310,31 @@ vcollResult_t vcollStagingAcquire(vcollComm_t comm, int kind, size_t bytes, cuda
   return vcollSuccess;
 }
 
-vcollResult_t vcollStagingRelease(vcollComm_t comm, cudaStream_t stream) {
+vcollResult_t vcollStagingAcquirePad(vcollComm_t comm, int* kind, size_t bytes, cudaStream_t stream,
+                                     const char* opName, void** ptr) {
+  vcollResult_t res = vcollStagingAcquire(comm, *kind, bytes, stream, opName, ptr);
+  if (res != vcollSuccess && *kind == vcollStagingSymm && res != vcollInvalidUsage) {
+    VCOLL_WARN("%s: no symmetric staging buffer (%s); using the plain one from now on", opName,
+               vcollGetLastError(comm));
+    *kind = vcollStagingPlain;
+    res = vcollStagingAcquire(comm, *kind, bytes, stream, opName, ptr);
+  }
+  return res;
+}
+
+vcollResult_t vcollStagingRelease(vcollComm_t comm, cudaStream_t stream, vcollResult_t res) {
   struct vcollCollState* st = comm->collState;
-  if (st == NULL || vcollStreamCapturing(comm, stream)) return vcollSuccess;
-  VCOLL_CUDACHECK(comm, cudaEventRecord(st->lastUse, stream));
-  st->lastStream = stream;
-  st->haveLastUse = 1;
-  return vcollSuccess;
+  if (st == NULL || vcollStreamCapturing(comm, stream)) return res;
+  const cudaError_t err = cudaEventRecord(st->lastUse, stream);
+  if (err == cudaSuccess) {
+    st->lastStream = stream;
+    st->haveLastUse = 1;
+    return res;
+  }
+  cudaGetLastError();
+  if (res != vcollSuccess) return res; /* the first error stays the one reported */
+  return vcollSetError(comm, vcollUnhandledCudaError, "%s:%d: cudaEventRecord failed: %s", __FILE__, __LINE__,
+                       cudaGetErrorString(err));
 }
 
 void vcollCollStateFree(vcollComm_t comm) {

@@ -135,6 +135,9 @@ struct vcollComm {
 VCOLL_INTERNAL_API vcollResult_t vcollCommCreateCommon(int rank, int nranks, vcollBackend_t backend,
                                     const struct vcollBackendOps* ops, vcollComm_t* comm);
 VCOLL_INTERNAL_API void vcollCommFreeCommon(vcollComm_t comm);
+/* VCOLL_DEBUG=VERSION (as NCCL_DEBUG=VERSION): one line per communicator,
+ * by its rank 0, with vcoll's version, the backend and NCCL's version. */
+VCOLL_INTERNAL_API void vcollLogVersion(vcollComm_t comm);
 /* Wraps `nccl`; with owns = 1, vcollCommDestroy destroys it. */
 VCOLL_INTERNAL_API vcollResult_t vcollCommWrapNccl(ncclComm_t nccl, int owns, vcollComm_t* comm);
 
@@ -156,10 +159,10 @@ VCOLL_INTERNAL_API vcollResult_t vcollReduceScatterVAlgo(const void* sendbuff, v
                                       vcollDataType_t datatype, vcollRedOp_t redop, vcollComm_t comm,
                                       cudaStream_t stream, const char* algo);
 /* Runs the call's producer, if any, into the tensors' sendbuffs. */
+VCOLL_INTERNAL_API vcollResult_t vcollAgvProduceSend(const struct vcollAgvCall* call);
 /* vcollGatherCounts, its messages naming `op` (vcollMoeGatherCounts too). */
 vcollResult_t vcollGatherCountsAs(const char* op, vcollComm_t comm, size_t localCount, size_t* counts,
                                   cudaStream_t stream);
-VCOLL_INTERNAL_API vcollResult_t vcollAgvProduceSend(const struct vcollAgvCall* call);
 vcollResult_t vcollCheckReduceScatterV(vcollComm_t comm, const void* sendbuff, void* recvbuff,
                                        const size_t* counts, size_t width,
                                        vcollDataType_t datatype, vcollRedOp_t op,
@@ -235,12 +238,12 @@ VCOLL_INTERNAL_API int vcollAgvRule(int ncclVersion, int i, size_t* maxBytesPerR
                                     const char** algo);
 VCOLL_INTERNAL_API int vcollRsvRule(int ncclVersion, int i, size_t* maxBytesPerRank, double* maxImbalance,
                                     int* symmOpOnly, const char** algo);
-/* The algorithm to run: the forced one (comm, then VCOLL_ALGO) when it
- * supports the call, else autoIdx. Records it as the last algorithm. */
 /* A notice for every part of VCOLL_ALGO that names nothing, once per value,
  * at communicator creation on every backend (the host backend has no
  * algorithms to choose, but a typo must not pass unseen there either). */
 void vcollAlgoEnvCheck(void);
+/* The algorithm to run: the forced one (comm, then VCOLL_ALGO) when it
+ * supports the call, else autoIdx. Records it as the last algorithm. */
 VCOLL_INTERNAL_API int vcollAlgoChoose(vcollComm_t comm, vcollCollective_t coll, const void* call, int autoIdx);
 
 /* backend/nccl.c */
@@ -249,6 +252,9 @@ ncclDataType_t vcollToNcclType(vcollDataType_t type);
 ncclRedOp_t vcollToNcclOp(vcollRedOp_t op);
 /* 1 if `stream` is being captured into a CUDA graph (NCCL backend only). */
 int vcollStreamCapturing(vcollComm_t comm, cudaStream_t stream);
+/* Whether `stream` is being captured into a CUDA graph; the legacy stream
+ * during another thread's global-mode capture counts as captured. */
+int vcollStreamIsCapturing(cudaStream_t stream);
 
 /* Kernel grids that loop over their work (misc/device.c): blocks of
  * `threads` threads and `smem` bytes of dynamic shared memory of `kernel`

@@ -52,10 +52,8 @@ int vcollParamGateKernel(void) {
   if (s == NULL || !strcasecmp(s, "auto")) return 0;
   if (!strcasecmp(s, "warp")) return 1;
   if (!strcasecmp(s, "seg")) return 2;
-  if (!warned) {
-    warned = 1;
+  if (!__atomic_exchange_n(&warned, 1, __ATOMIC_RELAXED)) /* one notice, also across threads */
     VCOLL_NOTICE("VCOLL_GATE_KERNEL=%s is not warp, seg or auto; taken as auto", s);
-  }
   return 0;
 }
 const char* vcollParamMoeCombine32(void) { return envOrNull("VCOLL_MOE_COMBINE32"); }

@@ -672,15 +672,7 @@ static vcollResult_t prepareLayer(const char* op, const vcollWeightLayer_t* L, i
   const int32_t *i13, *i2;
   vcollWeightExpert_t* x = malloc((size_t)L->numExperts * sizeof(*x));
   if (x == NULL) return vcollSetError(NULL, vcollSystemError, "%s: out of host memory", op);
-  enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
-  int capturing = 0;
-  if (gpu) {
-    const cudaError_t err = cudaStreamIsCapturing(stream, &cs);
-    if (err != cudaSuccess) cudaGetLastError();
-    /* ...Implicit: the legacy stream during another thread's global capture */
-    capturing = err == cudaErrorStreamCaptureImplicit || (err == cudaSuccess && cs != cudaStreamCaptureStatusNone);
-  }
-  if (capturing) {
+  if (gpu && vcollStreamIsCapturing(stream)) {
     if ((res = capturedPerms(op, &ls, L->tile, &p13, &i13, &p2, &i2)) != vcollSuccess) goto exit;
   } else {
     if ((res = vcollWeightPermGet(vcollWeightW13, ls.w13.M, L->tile, &p13)) != vcollSuccess) goto exit;

@@ -30,7 +30,7 @@ run NONE
 grep -q "VCOLL WARN" "$D/out" "$D/err" && fail "VCOLL_DEBUG=NONE: a notice was printed"
 run VERSION
 grep -q "VCOLL WARN" "$D/out" "$D/err" && fail "VCOLL_DEBUG=VERSION: a notice was printed"
-grep -q "VCOLL VERSION vcoll version [0-9]*\.[0-9]*\.[0-9]*, backend host (MPI), 1 ranks" "$D/out" ||
+grep -q "VCOLL VERSION vcoll version [0-9]*\.[0-9]*\.[0-9]*, backend host (MPI), 1 rank$" "$D/out" ||
   fail "VCOLL_DEBUG=VERSION: no version line in the log"
 run WARN
 grep -q "$want" "$D/out" || fail "VCOLL_DEBUG=WARN: the notice is not in the log (stdout)"
