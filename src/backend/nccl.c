@@ -77,7 +77,13 @@ static void ncclDestroy(vcollComm_t comm) {
   vcollWindowsReleaseAll(comm);
   if (comm->devScratch) cudaFree(comm->devScratch);
   if (comm->hostScratch) cudaFreeHost(comm->hostScratch);
-  if (comm->ownsNccl && comm->nccl) ncclCommDestroy(comm->nccl);
+  if (comm->ownsNccl && comm->nccl) {
+    /* Finalize first and wait: a non-blocking communicator (NCCL_COMM_BLOCKING=0)
+     * finishes its operations in the background. */
+    const ncclResult_t r = vcollNcclWait(comm->nccl, ncclCommFinalize(comm->nccl));
+    if (r != ncclSuccess) VCOLL_WARN("ncclCommFinalize failed: %s", ncclGetErrorString(r));
+    ncclCommDestroy(comm->nccl);
+  }
   comm->nccl = NULL;
 }
 
