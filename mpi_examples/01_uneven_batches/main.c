@@ -1,6 +1,7 @@
 /* vcoll's main job: every rank holds a different number of tokens; gather
- * them (hidden states and routing ids in one call), then reduce-scatter
- * per-token partial results back to their owners, and check both.
+ * the counts, then the tokens (hidden states and routing ids in one call),
+ * then reduce-scatter per-token partial results back to their owners, and
+ * check both.
  *
  *   mpirun -np 4 ./uneven_batches [--tokens MAX] [--hidden H] [--backend auto|nccl|host]
  *
@@ -49,6 +50,11 @@ static void put(void* d, const void* s, size_t n) { if (gpu) cudaMemcpy(d, s, n,
 static void get(void* d, const void* s, size_t n) { if (gpu) cudaMemcpy(d, s, n, cudaMemcpyDeviceToHost); else memcpy(d, s, n); }
 static void release(void* p) { if (gpu) cudaFree(p); else free(p); }
 
+/* Rank r's token count: rank 1 none, the last rank the most. */
+static size_t tokensOf(int r, int nranks, size_t maxTokens) {
+  return r == 1 ? 0 : (maxTokens * (size_t)(r + 1)) / (size_t)nranks + (size_t)r * 3;
+}
+
 /* Token t of rank r: its hidden values, its expert ids, its partial output. */
 static uint16_t hiddenVal(int r, size_t t, size_t j) { return (uint16_t)(0x3f80 + ((r * 131 + t * 7 + j) % 64)); }
 static int32_t idVal(int r, size_t t, int k) { return (int32_t)((r * 17 + t * 3 + k) % 256); }
@@ -80,15 +86,22 @@ int main(int argc, char** argv) {
   VCHECK(vcollCommBackend(comm, &be));
   gpu = be == vcollBackendNccl;
 
-  /* Uneven token counts: rank 1 has none, the last rank the most. */
+  /* Uneven token counts: rank 1 has none, the last rank the most. Each rank
+   * knows only its own, as in a serving runtime; vcollGatherCounts gives
+   * every rank all of them (one small collective, a host synchronization). */
+  const size_t mine = tokensOf(rank, nranks, maxTokens);
   size_t* counts = hostAlloc(sizeof(size_t) * nranks);
-  size_t total = 0, displ = 0;
+  VCHECK(vcollGatherCounts(comm, mine, counts, 0));
+  size_t total = 0, displ = 0, badCounts = 0;
   for (int r = 0; r < nranks; r++) {
-    counts[r] = (r == 1) ? 0 : (maxTokens * (size_t)(r + 1)) / (size_t)nranks + (size_t)r * 3;
+    badCounts += counts[r] != tokensOf(r, nranks, maxTokens);
     if (r < rank) displ += counts[r];
     total += counts[r];
   }
-  size_t mine = counts[rank];
+  if (badCounts) {
+    fprintf(stderr, "rank %d: vcollGatherCounts returned %zu wrong counts\n", rank, badCounts);
+    MPI_Abort(MPI_COMM_WORLD, 1);
+  }
   const int topk = 8;
 
   /* Local inputs. */
