@@ -104,6 +104,10 @@ typedef struct vcollMoeWorkspace* vcollMoeWorkspace_t;
  * keeps `comm`, which must outlive it. */
 VCOLL_API vcollResult_t vcollMoeWorkspaceCreate(vcollComm_t comm, const vcollMoeConfig_t* config, size_t maxTokens,
                                                 vcollMoeWorkspace_t* ws);
+/* Successive calls on one workspace must be stream-ordered (one stream, or
+ * an event between streams): its scratch is not guarded. Batches meant to
+ * overlap need a workspace and a communicator each (the collectives'
+ * staging is per communicator; docs/api.md, CUDA graphs). */
 /* Frees the workspace (waits for the device). NULL is a no-op. */
 VCOLL_API vcollResult_t vcollMoeWorkspaceDestroy(vcollMoeWorkspace_t ws);
 /* The workspace's buffer set (allocBuffers == 1); vcollInvalidUsage otherwise. */
