@@ -397,7 +397,7 @@ static uint32_t hostAmaxBits(const uint16_t* x, size_t n) {
 static vcollResult_t gatherAmax(vcollMoeWorkspace_t ws, const char* op, const void* x, size_t elems, float* gs,
                                 cudaStream_t stream) {
   vcollComm_t comm = ws->comm;
-  if (ws->onDevice) VCOLL_CHECK_RES(vcollMoeAmaxBf16(op, x, elems, ws->amaxAcc, ws->amaxLocal, stream));
+  if (ws->onDevice) VCOLL_CHECK_RES(vcollMoeAmaxBf16(ws->comm, op, x, elems, ws->amaxAcc, ws->amaxLocal, stream));
   else *ws->amaxLocal = hostAmaxBits(x, elems);
   vcollTensor_t t = {ws->amaxLocal, ws->amaxAll, 1, vcollUint32};
   VCOLL_CHECK_RES(vcollAllGatherV(&t, 1, ws->ones, comm, stream));
@@ -582,13 +582,13 @@ VCOLL_API vcollResult_t vcollMoeCombine(vcollMoeWorkspace_t ws, const size_t* co
   /* fp32 (widen): widen all N rows, reduce-scatter in place in the fp32 buffer, round this rank's rows once. */
   float* mineF32 = ws->f32 + displ * H;
   if (ws->onDevice) {
-    VCOLL_CHECK_RES(vcollMoeBf16ToF32(op, partials, ws->f32, N * H, stream));
+    VCOLL_CHECK_RES(vcollMoeBf16ToF32(ws->comm, op, partials, ws->f32, N * H, stream));
   } else {
     const uint16_t* p = partials;
     for (size_t i = 0; i < N * H; i++) ws->f32[i] = vcollBf16ToF32(p[i]);
   }
   VCOLL_CHECK_RES(vcollReduceScatterV(ws->f32, mineF32, counts, H, vcollFloat32, vcollSum, ws->comm, stream));
-  if (ws->onDevice) return vcollMoeF32ToBf16(op, mineF32, out, n * H, stream);
+  if (ws->onDevice) return vcollMoeF32ToBf16(ws->comm, op, mineF32, out, n * H, stream);
   uint16_t* o = out;
   for (size_t i = 0; i < n * H; i++) /* NaN as the device kernel writes it (0x7fff) */
     o[i] = mineF32[i] != mineF32[i] ? 0x7fff : vcollF32ToBf16(mineF32[i]);

@@ -130,16 +130,16 @@ bool aligned16(const void* a, const void* b) { return ((uintptr_t)a % 16 == 0) &
   do {                                                                                                  \
     cudaError_t err_ = cudaGetLastError();                                                              \
     if (err_ != cudaSuccess)                                                                            \
-      return vcollSetError(NULL, vcollUnhandledCudaError, "%s : launch of %s failed: %s", op, name,     \
+      return vcollSetError(comm, vcollUnhandledCudaError, "%s : launch of %s failed: %s", op, name,     \
                            cudaGetErrorString(err_));                                                   \
   } while (0)
 
 }  // namespace
 
-extern "C" vcollResult_t vcollMoeAmaxBf16(const char* op, const void* x, size_t n, uint32_t* acc,
+extern "C" vcollResult_t vcollMoeAmaxBf16(vcollComm_t comm, const char* op, const void* x, size_t n, uint32_t* acc,
                                           uint32_t* amaxBits, cudaStream_t stream) {
   if (n == 0) {
-    VCOLL_CUDACHECK(NULL, cudaMemsetAsync(amaxBits, 0, sizeof(uint32_t), stream));
+    VCOLL_CUDACHECK(comm, cudaMemsetAsync(amaxBits, 0, sizeof(uint32_t), stream));
     return vcollSuccess;
   }
   const __nv_bfloat16* xb = (const __nv_bfloat16*)x;
@@ -154,7 +154,7 @@ extern "C" vcollResult_t vcollMoeAmaxBf16(const char* op, const void* x, size_t 
   return vcollSuccess;
 }
 
-extern "C" vcollResult_t vcollMoeBf16ToF32(const char* op, const void* src, float* dst, size_t n,
+extern "C" vcollResult_t vcollMoeBf16ToF32(vcollComm_t comm, const char* op, const void* src, float* dst, size_t n,
                                            cudaStream_t stream) {
   if (n == 0) return vcollSuccess;
   const __nv_bfloat16* s = (const __nv_bfloat16*)src;
@@ -164,7 +164,7 @@ extern "C" vcollResult_t vcollMoeBf16ToF32(const char* op, const void* src, floa
   return vcollSuccess;
 }
 
-extern "C" vcollResult_t vcollMoeF32ToBf16(const char* op, const float* src, void* dst, size_t n,
+extern "C" vcollResult_t vcollMoeF32ToBf16(vcollComm_t comm, const char* op, const float* src, void* dst, size_t n,
                                            cudaStream_t stream) {
   if (n == 0) return vcollSuccess;
   __nv_bfloat16* d = (__nv_bfloat16*)dst;

@@ -17,12 +17,12 @@ extern "C" {
  * 0 when there is none (non-negative floats order like their bits). One
  * kernel (a memset when n is 0); acc: two uint32 of scratch that are 0
  * before and after it. */
-vcollResult_t vcollMoeAmaxBf16(const char* op, const void* x, size_t n, uint32_t* acc, uint32_t* amaxBits,
+vcollResult_t vcollMoeAmaxBf16(vcollComm_t comm, const char* op, const void* x, size_t n, uint32_t* acc, uint32_t* amaxBits,
                                cudaStream_t stream);
 /* dst[n] fp32 = src[n] bf16, exact. */
-vcollResult_t vcollMoeBf16ToF32(const char* op, const void* src, float* dst, size_t n, cudaStream_t stream);
+vcollResult_t vcollMoeBf16ToF32(vcollComm_t comm, const char* op, const void* src, float* dst, size_t n, cudaStream_t stream);
 /* dst[n] bf16 = src[n] fp32 rounded to nearest even. */
-vcollResult_t vcollMoeF32ToBf16(const char* op, const float* src, void* dst, size_t n, cudaStream_t stream);
+vcollResult_t vcollMoeF32ToBf16(vcollComm_t comm, const char* op, const float* src, void* dst, size_t n, cudaStream_t stream);
 
 #ifdef __cplusplus
 }
