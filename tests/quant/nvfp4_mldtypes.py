@@ -2,7 +2,7 @@
 """NVFP4 CPU reference against an independent recomputation with numpy fp32
 arithmetic and ml_dtypes' float4_e2m1fn / float8_e4m3fn casts (suite unit).
 Calls vcollNvfp4QuantizeRef in libvcoll through ctypes on fresh random data
-(normal, heavy tailed, zero blocks, given and computed scale). Exits 77
+(normal, heavy tailed, zero blocks, given and computed scale, exact E2M1 ties). Exits 77
 (skipped) when numpy or ml_dtypes is missing: pip install numpy ml_dtypes.
     nvfp4_mldtypes.py path/to/libvcoll.so"""
 import ctypes, os, sys, time
@@ -49,8 +49,20 @@ def reference(x, gs, computed):
     return gs, packed, sf_bits
 
 
+def ties(rows, cols):
+    """Blocks whose scaled values fall exactly on E2M1 ties (0.25, 0.75, ...,
+    5) and codes: each block's first value is +-6, so with the given scales
+    1, 2 and 0.5 the block scale is exact and the values are quantized as
+    they are; random data almost never reaches a tie."""
+    vals = np.float32([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+    x = rng.choice(vals, size=(rows, cols)) * rng.choice(np.float32([-1, 1]), size=(rows, cols))
+    x.reshape(-1, 16)[:, 0] = rng.choice(np.float32([-6, 6]), size=rows * cols // 16)
+    return x.astype(np.float32)
+
+
+NCASES = 15
 failures = 0
-for case in range(12):
+for case in range(NCASES):
     rows, cols = int(rng.integers(1, 200)), 16 * int(rng.integers(1, 40))
     x = rng.standard_normal((rows, cols)).astype(np.float32)
     if case % 3 == 1:
@@ -59,9 +71,11 @@ for case in range(12):
         x.reshape(-1, 16)[::3] = 0
     computed = case % 2
     gs_in = np.float32([1.0, 6.0, 448.0, 0.37, 1e-30, 1e30][case % 6])
+    if case >= 12:  # exact ties, given scale
+        x, computed, gs_in = ties(rows, cols), 0, np.float32([1.0, 2.0, 0.5][case - 12])
     gs = ctypes.c_float(gs_in)
-    pay = np.empty(rows * cols // 2, np.uint8)
-    sc = np.empty(rows * cols // 16, np.uint8)
+    pay = np.full(rows * cols // 2, 0xA5, np.uint8)  # poisoned: every byte must be written
+    sc = np.full(rows * cols // 16, 0xA5, np.uint8)
     res = f(x.ctypes.data, FLOAT32, rows, cols, ctypes.byref(gs), computed, pay.ctypes.data, sc.ctypes.data, 0)
     assert res == 0, f"vcollNvfp4QuantizeRef returned {res}"
     rgs, rpay, rsc = reference(x, gs_in, computed)
@@ -70,5 +84,5 @@ for case in range(12):
         failures += 1
         print(f"case {case} ({rows} x {cols}, computed {computed}): gs {gs.value} vs {rgs}, "
               f"{int((pay != rpay).sum())} payload and {int((sc != rsc).sum())} scale bytes differ")
-print(f"# {12 - failures} of 12 cases match ml_dtypes")
+print(f"# {NCASES - failures} of {NCASES} cases match ml_dtypes (the last 3 on exact ties)")
 sys.exit(1 if failures else 0)
