@@ -33,7 +33,8 @@ grep -q "VCOLL WARN" "$D/out" "$D/err" && fail "VCOLL_DEBUG=VERSION: a notice wa
 grep -q "VCOLL VERSION vcoll version [0-9]*\.[0-9]*\.[0-9]*, backend host (MPI), 1 rank$" "$D/out" ||
   fail "VCOLL_DEBUG=VERSION: no version line in the log"
 run WARN
-grep -q "$want" "$D/out" || fail "VCOLL_DEBUG=WARN: the notice is not in the log (stdout)"
+grep -q "$want" "$D/out" && grep -q "$want2" "$D/out" && grep -q "$want3" "$D/out" ||
+  fail "VCOLL_DEBUG=WARN: the notices are not in the log (stdout)"
 # A VCOLL_DEBUG_FILE that cannot be opened: said on stderr, the log on stdout.
 (unset VCOLL_BACKEND VCOLL_CHECK; VCOLL_DEBUG=INFO VCOLL_DEBUG_FILE="$D/no/such/dir/log" \
    "$MPIRUN" -x VCOLL_DEBUG -x VCOLL_DEBUG_FILE -np 1 "$EX" --backend host >"$D/out" 2>"$D/err") ||

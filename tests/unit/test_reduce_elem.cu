@@ -305,8 +305,9 @@ static void test_integer_wrap(void** state) {
 }
 
 int main(void) {
-  rngState = (uint64_t)time(NULL) ^ ((uint64_t)clock() << 20);
-  printf("# test_reduce_elem seed %llu\n", (unsigned long long)rngState);
+  const char* env = getenv("VCOLL_TEST_SEED"); /* as the other suites: repeat a run with its printed seed */
+  rngState = env && *env ? strtoull(env, NULL, 0) : (uint64_t)time(NULL) ^ ((uint64_t)clock() << 20);
+  printf("# test_reduce_elem seed %llu (set VCOLL_TEST_SEED to repeat)\n", (unsigned long long)rngState);
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_every_type_and_op),
       cmocka_unit_test(test_every_type_and_op_vectors),
