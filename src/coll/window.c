@@ -35,6 +35,15 @@ static vcollResult_t agreeAllocated(vcollComm_t comm, int localOk, cudaStream_t 
   return res;
 }
 
+#if NCCL_VERSION_CODE >= 22700
+/* The result of a window (de)registration once the communicator is ready:
+ * NCCL 2.28.3 can leave a non-blocking one busy after such a call even when
+ * it returned ncclSuccess, so this waits whatever the call returned. */
+static ncclResult_t winSettle(vcollComm_t comm, ncclResult_t r) {
+  return r == ncclSuccess || r == ncclInProgress ? vcollNcclWait(comm->nccl, ncclInProgress) : r;
+}
+#endif
+
 /* Allocates (and for `symmetric` registers) a buffer of `size` bytes on
  * every rank of comm; collective. On failure nothing stays allocated on
  * any rank and every rank returns an error. */
@@ -81,10 +90,7 @@ static vcollResult_t winAlloc(vcollComm_t comm, size_t size, int symmetric, stru
                                                 op, size);
   }
   w->fromNccl = 1;
-  nr = ncclCommWindowRegister(comm->nccl, w->ptr, size, &w->win, NCCL_WIN_COLL_SYMMETRIC);
-  /* A non-blocking communicator can be left busy by a registration that
-   * returned ncclSuccess (NCCL 2.28.3): wait until it is ready. */
-  if (nr == ncclSuccess || nr == ncclInProgress) nr = vcollNcclWait(comm->nccl, ncclInProgress);
+  nr = winSettle(comm, ncclCommWindowRegister(comm->nccl, w->ptr, size, &w->win, NCCL_WIN_COLL_SYMMETRIC));
   /* w->win stays as NCCL set it (NULL if it registered nothing): a window
    * registered before a later error is deregistered below. */
   /* Every rank uses the window, or none: one rank's failed registration
@@ -94,8 +100,7 @@ static vcollResult_t winAlloc(vcollComm_t comm, size_t size, int symmetric, stru
   ares = agreeAllocated(comm, nr == ncclSuccess, stream, &allOk);
   if (!allOk) {
     if (w->win) {
-      ncclResult_t dr = ncclCommWindowDeregister(comm->nccl, w->win);
-      if (dr == ncclSuccess || dr == ncclInProgress) dr = vcollNcclWait(comm->nccl, ncclInProgress);
+      const ncclResult_t dr = winSettle(comm, ncclCommWindowDeregister(comm->nccl, w->win));
       if (dr != ncclSuccess) VCOLL_WARN("ncclCommWindowDeregister(%p) failed: %s", w->ptr, ncclGetErrorString(dr));
     }
     ncclMemFree(w->ptr);
@@ -124,8 +129,7 @@ static void winRelease(vcollComm_t comm, struct vcollWindow* w) {
 #if NCCL_VERSION_CODE >= 22700
   if (w->fromNccl) {
     /* NCCL may register nothing (no symmetric support) and leave win NULL. */
-    ncclResult_t nr = w->win ? ncclCommWindowDeregister(comm->nccl, w->win) : ncclSuccess;
-    if (w->win && (nr == ncclSuccess || nr == ncclInProgress)) nr = vcollNcclWait(comm->nccl, ncclInProgress);
+    ncclResult_t nr = w->win ? winSettle(comm, ncclCommWindowDeregister(comm->nccl, w->win)) : ncclSuccess;
     if (nr != ncclSuccess) VCOLL_WARN("ncclCommWindowDeregister(%p) failed: %s", w->ptr, ncclGetErrorString(nr));
     nr = ncclMemFree(w->ptr);
     if (nr != ncclSuccess) VCOLL_WARN("ncclMemFree(%p) failed: %s", w->ptr, ncclGetErrorString(nr));
