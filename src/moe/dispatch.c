@@ -397,7 +397,7 @@ static uint32_t hostAmaxBits(const uint16_t* x, size_t n) {
 static vcollResult_t gatherAmax(vcollMoeWorkspace_t ws, const char* op, const void* x, size_t elems, float* gs,
                                 cudaStream_t stream) {
   vcollComm_t comm = ws->comm;
-  if (ws->onDevice) VCOLL_CHECK_RES(vcollMoeAmaxBf16(ws->comm, op, x, elems, ws->amaxAcc, ws->amaxLocal, stream));
+  if (ws->onDevice) VCOLL_CHECK_RES(vcollMoeAmaxBf16(comm, op, x, elems, ws->amaxAcc, ws->amaxLocal, stream));
   else *ws->amaxLocal = hostAmaxBits(x, elems);
   vcollTensor_t t = {ws->amaxLocal, ws->amaxAll, 1, vcollUint32};
   VCOLL_CHECK_RES(vcollAllGatherV(&t, 1, ws->ones, comm, stream));
