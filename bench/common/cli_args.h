@@ -1,5 +1,5 @@
-/* Strict numbers from the command line, for the benchmarks and the
- * mpi_examples programs: the whole argument is the number, within the
+/* Strict numbers from the command line, for the benchmarks, the
+ * mpi_examples programs and the tests: the whole argument is the number, within the
  * range given, or the call returns 0 (empty, a sign or a space first,
  * trailing characters, out of range, inf or nan), so that a typo is an
  * error instead of a silent 0 from atoi. Header only. */
@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
+#include <strings.h>
 
 /* Unsigned integer, decimal or 0x hex, in [lo, hi]. */
 static inline int cliU64(const char* s, unsigned long long lo, unsigned long long hi, unsigned long long* out) {
@@ -62,6 +63,17 @@ static inline int cliBytes(const char* s, size_t lo, size_t hi, size_t* out) {
   if (*end != '\0' || !isfinite(v) || v < (double)lo || v > (double)hi) return 0;
   *out = (size_t)v;
   return 1;
+}
+
+/* An environment flag read as the library reads its own (src/misc/param.c):
+ * on for a nonzero number, yes, true or on (any case); off otherwise. */
+static inline int cliEnvFlag(const char* name) {
+  const char* s = getenv(name);
+  if (s == NULL || *s == '\0') return 0;
+  char* end = NULL;
+  const long long n = strtoll(s, &end, 0);
+  if (end != s && *end == '\0') return n != 0;
+  return !strcasecmp(s, "yes") || !strcasecmp(s, "true") || !strcasecmp(s, "on");
 }
 
 #endif /* VCOLL_CLI_ARGS_H_ */

@@ -29,7 +29,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include <cuda_runtime_api.h>
 #include <mpi.h>
@@ -224,13 +223,7 @@ int main(int argc, char** argv) {
   MPI_Comm_size(local, &localSize);
   MPI_Comm_free(&local);
   /* VCOLL_SHARE_GPU, tests only: ranks share GPUs (README: Environment; read as the library does) */
-  const char* share = getenv("VCOLL_SHARE_GPU");
-  char* end = NULL;
-  const long long shareNum = share ? strtoll(share, &end, 0) : 0;
-  const int shared = share && *share &&
-                     ((end != share && *end == '\0') ? shareNum != 0
-                                                      : (!strcasecmp(share, "yes") || !strcasecmp(share, "true") ||
-                                                         !strcasecmp(share, "on")));
+  const int shared = cliEnvFlag("VCOLL_SHARE_GPU");
   int noGpu = ndev < localSize && !(ndev > 0 && shared), someNoGpu;
   MPI_Allreduce(&noGpu, &someNoGpu, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
   if (backend == vcollBackendNccl && someNoGpu) {

@@ -8,18 +8,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-#include <strings.h>
-
-/* A flag variable read as the library reads its own (param.c): a nonzero
- * number, yes, true or on. */
-int vtEnvOn(const char* name) {
-  const char* s = getenv(name);
-  if (s == NULL || *s == '\0') return 0;
-  char* end = NULL;
-  const long long n = strtoll(s, &end, 0);
-  if (end != s && *end == '\0') return n != 0;
-  return !strcasecmp(s, "yes") || !strcasecmp(s, "true") || !strcasecmp(s, "on");
-}
+#include "cli_args.h" /* bench/common: cliEnvFlag */
 
 static int mpiOn = 0;
 
@@ -71,7 +60,7 @@ int vtHaveGpu(void) {
       MPI_Comm_free(&local);
       /* VCOLL_SHARE_GPU=1 (README: Environment): ranks share the GPUs,
        * as vcollCommInitMPI then allows. */
-      int ok = n >= localSize || vtEnvOn("VCOLL_SHARE_GPU");
+      int ok = n >= localSize || cliEnvFlag("VCOLL_SHARE_GPU");
       MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
       if (!ok && vtRank() == 0)
         fprintf(stderr, "vt: %d GPU(s) for %d ranks on a node: the GPU tests need one GPU per rank, skipped\n", n,

@@ -57,8 +57,6 @@ int vtHaveGpu(void);
 void vtMpiInit(int* argc, char*** argv);
 int vtMpiFinalize(int failed); /* returns the process exit code */
 int vtRank(void);
-/* An environment flag as the library reads one: a nonzero number, yes, true or on. */
-int vtEnvOn(const char* name);
 int vtSize(void);
 /* True on every rank iff cond is true on every rank (MPI_Allreduce). */
 int vtAllTrue(int cond);
