@@ -21,6 +21,7 @@ vcollResult_t vcollCommCreateCommon(int rank, int nranks, vcollBackend_t backend
   comm->cudaDev = -1;
   comm->forcedAlgo[0] = comm->forcedAlgo[1] = -1;
   comm->checked = (int)vcollParamCheck();
+  comm->stagingLimit = vcollParamStagingMax();
   vcollAlgoEnvCheck();
   *out = comm;
   return vcollSuccess;
@@ -148,5 +149,19 @@ VCOLL_API vcollResult_t vcollCommSetChecked(vcollComm_t comm, int enable) {
   if (enable != 0 && enable != 1)
     return VCOLL_ARGERR(comm, "vcollCommSetChecked", "enable is %d (must be 0 or 1)", enable);
   comm->checked = enable;
+  return vcollSuccess;
+}
+
+VCOLL_API vcollResult_t vcollCommSetStagingLimit(vcollComm_t comm, size_t bytes) {
+  VCOLL_CHECK_RES(vcollCheckComm(comm, "vcollCommSetStagingLimit"));
+  comm->stagingLimit = bytes;
+  vcollStagingLimitChanged(comm);
+  return vcollSuccess;
+}
+
+VCOLL_API vcollResult_t vcollCommGetStagingBytes(vcollComm_t comm, size_t* bytes) {
+  VCOLL_CHECK_RES(vcollCheckComm(comm, "vcollCommGetStagingBytes"));
+  if (bytes == NULL) return VCOLL_ARGERR(comm, "vcollCommGetStagingBytes", "bytes argument is NULL");
+  *bytes = vcollStagingHeld(comm);
   return vcollSuccess;
 }

@@ -15,17 +15,22 @@ ncclRedOp_t vcollToNcclOp(vcollRedOp_t op) {
   return map[op];
 }
 
-static vcollResult_t ncclAgv(vcollComm_t comm, const struct vcollAgvCall* call) {
-  int idx = call->algo >= 0 ? call->algo : vcollAlgoChoose(comm, vcollCollAllGatherV, call, vcollAgvSelect(comm, call));
+/* The algorithms see the call with its choice (algo, algoAuto) filled in. */
+static vcollResult_t ncclAgv(vcollComm_t comm, const struct vcollAgvCall* vcall) {
+  struct vcollAgvCall c = *vcall, *call = &c;
+  if (c.algo < 0) c.algo = vcollAlgoChooseAuto(comm, vcollCollAllGatherV, call, vcollAgvSelect(comm, call), &c.algoAuto);
+  const int idx = c.algo;
   VCOLL_INFO("allgatherv ntensors %d rows %zu (max %zu) bytes %zu algo %s", call->ntensors,
               call->totalRows, call->maxRows, call->totalBytes, vcollAgvAlgos[idx].name);
   if (!vcollAgvAlgos[idx].runsProducer) VCOLL_CHECK_RES(vcollAgvProduceSend(call));
   return vcollAgvAlgos[idx].run(comm, call);
 }
 
-static vcollResult_t ncclRsv(vcollComm_t comm, const struct vcollRsvCall* call) {
-  int idx =
-      call->algo >= 0 ? call->algo : vcollAlgoChoose(comm, vcollCollReduceScatterV, call, vcollRsvSelect(comm, call));
+static vcollResult_t ncclRsv(vcollComm_t comm, const struct vcollRsvCall* vcall) {
+  struct vcollRsvCall c = *vcall, *call = &c;
+  if (c.algo < 0)
+    c.algo = vcollAlgoChooseAuto(comm, vcollCollReduceScatterV, call, vcollRsvSelect(comm, call), &c.algoAuto);
+  const int idx = c.algo;
   if (comm->nranks == 1) {
     /* Reducing over one rank is the identity for every op (avg included):
      * a copy, or nothing in place. NCCL 2.28's one-rank path rejects avg on

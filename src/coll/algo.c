@@ -119,13 +119,17 @@ void vcollAlgoEnvCheck(void) {
   if (env != NULL && freshEnvAlgo(env)) scanEnvAlgo(env, vcollCollAllGatherV, 1); /* its parts of either */
 }
 
-int vcollAlgoChoose(vcollComm_t comm, vcollCollective_t coll, const void* call, int autoIdx) {
+int vcollAlgoChooseAuto(vcollComm_t comm, vcollCollective_t coll, const void* call, int autoIdx, int* isAuto) {
   int n;
   const struct vcollAlgo* t = table(coll, &n);
   int forced = comm->forcedAlgo[coll] >= 0 ? comm->forcedAlgo[coll] : envAlgo(coll);
   int idx = autoIdx;
+  if (isAuto) *isAuto = 1;
   if (forced >= 0) {
-    if (t[forced].supported(comm, call)) idx = forced;
+    if (t[forced].supported(comm, call)) {
+      idx = forced;
+      if (isAuto) *isAuto = 0;
+    }
     else VCOLL_INFO("%s: forced algorithm %s cannot run this call (%s); using %s", collNames[coll],
                     t[forced].name, t[forced].description, t[autoIdx].name);
   }
@@ -137,4 +141,8 @@ int vcollAlgoChoose(vcollComm_t comm, vcollCollective_t coll, const void* call, 
   }
   comm->lastAlgo[coll] = t[idx].name;
   return idx;
+}
+
+int vcollAlgoChoose(vcollComm_t comm, vcollCollective_t coll, const void* call, int autoIdx) {
+  return vcollAlgoChooseAuto(comm, coll, call, autoIdx, NULL);
 }

@@ -161,7 +161,10 @@ static vcollResult_t agvPadRunKind(vcollComm_t comm, const struct vcollAgvCall* 
   size_t seg = agvSegBytes(c), total = agvStagingBytes(comm, c);
   if (total == 0) return vcollSetError(comm, vcollInvalidArgument, "vcollAllGatherV : padded staging size overflows");
   char* stage;
-  VCOLL_CHECK_RES(vcollStagingAcquirePad(comm, &kind, total, c->stream, "vcollAllGatherV", (void**)&stage));
+  int denied = 0;
+  const vcollResult_t res =
+      vcollStagingAcquirePad(comm, &kind, total, c->stream, "vcollAllGatherV", (void**)&stage, &denied);
+  if (res != vcollSuccess) return denied ? vcollAgvStagingDenied(comm, c, "pad", res) : res;
   /* The staging buffer's last use is recorded on every return from here,
    * so that the next call on another stream waits for what this one
    * enqueued even after a failure. */
@@ -179,6 +182,18 @@ static int agvSymmSupported(vcollComm_t comm, const void* vcall) {
 
 static vcollResult_t agvPadSymmRun(vcollComm_t comm, const void* vcall) {
   return agvPadRunKind(comm, vcall, vcollStagingSymm);
+}
+
+vcollResult_t vcollAgvStagingDenied(vcollComm_t comm, const struct vcollAgvCall* c, const char* algo,
+                                    vcollResult_t res) {
+  if (!c->algoAuto) return res; /* forced: the caller asked for this algorithm */
+  const int again = vcollAgvSelect(comm, c);
+  if (again < 0 || strncmp(vcollAgvAlgos[again].name, algo, strlen(algo)) == 0) return res;
+  VCOLL_WARN("vcollAllGatherV: %s could not have its staging buffer (%s); running %s instead", algo,
+             vcollGetLastError(comm), vcollAgvAlgos[again].name);
+  comm->lastAlgo[vcollCollAllGatherV] = vcollAgvAlgos[again].name;
+  if (!vcollAgvAlgos[again].runsProducer) VCOLL_CHECK_RES(vcollAgvProduceSend(c));
+  return vcollAgvAlgos[again].run(comm, c);
 }
 
 const struct vcollAlgo vcollAgvAlgos[] = {
@@ -293,13 +308,14 @@ int vcollAgvSelect(vcollComm_t comm, const struct vcollAgvCall* call) {
       if (perRank <= rules[i].maxBytesPerRank && imbalance <= rules[i].maxImbalance) algo = rules[i].algo;
     if (algo == NULL) algo = "bcast";
   }
-  if (strcmp(algo, "pad_symm") == 0 && !vcollSymmAvailable(comm)) algo = "pad";
-  /* Staging cannot grow inside a graph capture: take a path without it. */
-  if (strncmp(algo, "pad", 3) == 0 && vcollStreamCapturing(comm, call->stream) &&
-      agvStagingBytes(comm, call) > vcollStagingSize(comm, strcmp(algo, "pad") ? vcollStagingSymm : vcollStagingPlain)) {
+  /* Staging that cannot be had (a graph capture, where it cannot grow; a
+   * growth that failed before): the plain buffer, or a path without. */
+  const size_t staging = agvStagingBytes(comm, call);
+  if (strcmp(algo, "pad_symm") == 0 &&
+      (!vcollSymmAvailable(comm) || !vcollStagingCanHave(comm, vcollStagingSymm, staging, call->stream, NULL)))
+    algo = "pad";
+  if (strcmp(algo, "pad") == 0 && !vcollStagingCanHave(comm, vcollStagingPlain, staging, call->stream, &why))
     algo = equal ? "native" : "bcast";
-    why = "staging too small to grow during graph capture";
-  }
   VCOLL_INFO("allgatherv auto: %s (%s; %zu bytes/rank, imbalance %.2f, nranks %d, ntensors %d, NCCL %d)", algo, why,
              perRank, imbalance, n, call->ntensors, comm->ncclVersion);
   return vcollAlgoFind(vcollCollAllGatherV, algo);

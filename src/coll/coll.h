@@ -48,18 +48,38 @@ vcollResult_t vcollCopyDescs(vcollComm_t comm, int n, struct vcollCopyDesc** des
 /* Returns in *ptr a staging buffer of at least `bytes` bytes on which work
  * may be enqueued on `stream` (orders it after the previous call's use on
  * another stream). Fails with vcollInvalidUsage when it would have to grow
- * while `stream` is being captured. */
+ * while `stream` is being captured, or beyond the staging limit, or as far
+ * as a growth that failed before. *denied (may be NULL) = 1 when it failed
+ * because the buffer could not grow, alike on every rank (device memory
+ * short on some rank, the limit, an earlier failure): nothing is enqueued
+ * then, and the caller may take a path without staging. */
 vcollResult_t vcollStagingAcquire(vcollComm_t comm, int kind, size_t bytes, cudaStream_t stream,
-                                  const char* opName, void** ptr);
+                                  const char* opName, void** ptr, int* denied);
 /* pad's staging: vcollStagingAcquire of `kind`, falling back (with a
- * warning) to the plain kind when the symmetric one cannot be had outside
- * capture; *kind tells which it got. */
+ * warning when the failure is this call's) to the plain kind when the
+ * symmetric one cannot be had outside capture; *kind tells which it got. */
 vcollResult_t vcollStagingAcquirePad(vcollComm_t comm, int* kind, size_t bytes, cudaStream_t stream,
-                                     const char* opName, void** ptr);
+                                     const char* opName, void** ptr, int* denied);
+/* allgatherv.c / reducescatterv.c: an automatically chosen algorithm whose
+ * staging was denied chooses again (which now avoids that staging) and
+ * runs that instead, with a warning; `res` (its error) otherwise. */
+vcollResult_t vcollAgvStagingDenied(vcollComm_t comm, const struct vcollAgvCall* c, const char* algo,
+                                    vcollResult_t res);
+vcollResult_t vcollRsvStagingDenied(vcollComm_t comm, const struct vcollRsvCall* c, const char* algo,
+                                    vcollResult_t res);
 /* Marks the end of this call's use of the staging buffers on `stream`,
  * after its work returned `res` (enqueued work is ordered after a failure
  * too); returns res, or the marking's own error after a success. */
 vcollResult_t vcollStagingRelease(vcollComm_t comm, cudaStream_t stream, vcollResult_t res);
+/* 1 when a call may have `bytes` of staging[kind] on `stream`: the buffer
+ * is that large, or may grow (not under graph capture, and no earlier
+ * growth to that size or more failed on this communicator); 0 with *why
+ * (may be NULL) set otherwise. The same on every rank, so automatic
+ * selection can use it. */
+int vcollStagingCanHave(vcollComm_t comm, int kind, size_t bytes, cudaStream_t stream, const char** why);
+/* Count of failed growths (agreed by every rank) on this communicator: a
+ * call that sees it change knows its staging could not be had. */
+uint64_t vcollStagingGrowFailures(vcollComm_t comm);
 /* Current size of a staging buffer (0 before its first use). */
 size_t vcollStagingSize(vcollComm_t comm, int kind);
 /* 1 when the symmetric staging buffer can be used on this communicator:

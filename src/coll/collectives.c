@@ -16,7 +16,7 @@ static const char* const kRegField = "buffers (registered through vcollMemAlloc 
 
 static int agvFields(vcollComm_t comm, struct vcollAgvCall* c, int nranks, struct vcollAgreeField* f) {
   if (comm->backend == vcollBackendNccl)
-    c->algo = vcollAlgoChoose(comm, vcollCollAllGatherV, c, vcollAgvSelect(comm, c));
+    c->algo = vcollAlgoChooseAuto(comm, vcollCollAllGatherV, c, vcollAgvSelect(comm, c), &c->algoAuto);
   const int reg = vcollAgvAllRegistered(comm, c); /* 0 without windows (host backend) */
   uint64_t t = vcollHashBytes(0, &c->ntensors, sizeof(c->ntensors));
   for (int i = 0; i < c->ntensors; i++) {
@@ -32,7 +32,7 @@ static int agvFields(vcollComm_t comm, struct vcollAgvCall* c, int nranks, struc
 
 static int rsvFields(vcollComm_t comm, struct vcollRsvCall* c, int nranks, struct vcollAgreeField* f) {
   if (comm->backend == vcollBackendNccl && c->algo < 0) /* not chosen by vcoll's own caller */
-    c->algo = vcollAlgoChoose(comm, vcollCollReduceScatterV, c, vcollRsvSelect(comm, c));
+    c->algo = vcollAlgoChooseAuto(comm, vcollCollReduceScatterV, c, vcollRsvSelect(comm, c), &c->algoAuto);
   const int reg = vcollRsvAllRegistered(comm, c);
   uint64_t t = vcollHashBytes(0, &c->width, sizeof(c->width));
   t = vcollHashBytes(t, &c->datatype, sizeof(c->datatype));

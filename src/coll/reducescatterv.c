@@ -108,7 +108,10 @@ static vcollResult_t rsvPadRunKind(vcollComm_t comm, const struct vcollRsvCall* 
   const size_t total = rsvStagingBytes(comm, c);
   if (total == 0) return vcollSetError(comm, vcollInvalidArgument, "vcollReduceScatterV : padded staging size overflows");
   char* stage;
-  VCOLL_CHECK_RES(vcollStagingAcquirePad(comm, &kind, total, c->stream, "vcollReduceScatterV", (void**)&stage));
+  int denied = 0;
+  const vcollResult_t res =
+      vcollStagingAcquirePad(comm, &kind, total, c->stream, "vcollReduceScatterV", (void**)&stage, &denied);
+  if (res != vcollSuccess) return denied ? vcollRsvStagingDenied(comm, c, "pad", res) : res;
   /* the last use recorded after a failure too (as allgatherv's pad) */
   return vcollStagingRelease(comm, c->stream, rsvPadStaged(comm, c, stage));
 }
@@ -191,9 +194,22 @@ static vcollResult_t rsvP2pRun(vcollComm_t comm, const void* vcall) {
   const size_t mine = vcollAlign16(c->counts[comm->rank] * c->rowBytes); /* slot stride */
   char* stage = NULL;
   if (total == 0) return rsvP2pStaged(comm, c, NULL, mine);
-  VCOLL_CHECK_RES(vcollStagingAcquire(comm, vcollStagingPlain, total, c->stream, "vcollReduceScatterV",
-                                      (void**)&stage));
+  int denied = 0;
+  const vcollResult_t res =
+      vcollStagingAcquire(comm, vcollStagingPlain, total, c->stream, "vcollReduceScatterV", (void**)&stage, &denied);
+  if (res != vcollSuccess) return denied ? vcollRsvStagingDenied(comm, c, "p2p", res) : res;
   return vcollStagingRelease(comm, c->stream, rsvP2pStaged(comm, c, stage, mine)); /* after a failure too */
+}
+
+vcollResult_t vcollRsvStagingDenied(vcollComm_t comm, const struct vcollRsvCall* c, const char* algo,
+                                    vcollResult_t res) {
+  if (!c->algoAuto) return res; /* forced (by the caller, or by vcoll's MoE combine) */
+  const int again = vcollRsvSelect(comm, c);
+  if (again < 0 || strncmp(vcollRsvAlgos[again].name, algo, strlen(algo)) == 0) return res;
+  VCOLL_WARN("vcollReduceScatterV: %s could not have its staging buffer (%s); running %s instead", algo,
+             vcollGetLastError(comm), vcollRsvAlgos[again].name);
+  comm->lastAlgo[vcollCollReduceScatterV] = vcollRsvAlgos[again].name;
+  return vcollRsvAlgos[again].run(comm, c);
 }
 
 const struct vcollAlgo vcollRsvAlgos[] = {
@@ -292,13 +308,13 @@ int vcollRsvSelect(vcollComm_t comm, const struct vcollRsvCall* call) {
         algo = rsvRules[i].algo;
     if (algo == NULL) algo = "reduce";
   }
-  if (strcmp(algo, "pad_symm") == 0 && !vcollSymmAvailable(comm)) algo = "pad";
-  /* Staging cannot grow inside a graph capture: take a path without it. */
-  if (strncmp(algo, "pad", 3) == 0 && vcollStreamCapturing(comm, call->stream) &&
-      rsvStagingBytes(comm, call) > vcollStagingSize(comm, strcmp(algo, "pad") ? vcollStagingSymm : vcollStagingPlain)) {
+  /* Staging that cannot be had (as allgatherv's): the plain buffer, or a path without. */
+  const size_t staging = rsvStagingBytes(comm, call);
+  if (strcmp(algo, "pad_symm") == 0 &&
+      (!vcollSymmAvailable(comm) || !vcollStagingCanHave(comm, vcollStagingSymm, staging, call->stream, NULL)))
+    algo = "pad";
+  if (strcmp(algo, "pad") == 0 && !vcollStagingCanHave(comm, vcollStagingPlain, staging, call->stream, &why))
     algo = equal ? "native" : "reduce";
-    why = "staging too small to grow during graph capture";
-  }
   VCOLL_INFO("reducescatterv auto: %s (%s; %zu bytes/rank, imbalance %.2f, nranks %d, %s %s, NCCL %d)", algo, why,
              perRank, imbalance, n, vcollTypeName(call->datatype), vcollOpName(call->op), comm->ncclVersion);
   return vcollAlgoFind(vcollCollReduceScatterV, algo);

@@ -1,5 +1,6 @@
 /* Buffers allocated and registered through vcoll (NCCL symmetric windows),
  * and the per-communicator state of the algorithms (staging buffers). */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -11,7 +12,13 @@
 struct vcollCollState {
   struct vcollWindow staging[2]; /* vcollStagingPlain, vcollStagingSymm */
   struct vcollWindow* retired;   /* replaced staging buffers, freed at destroy */
-  int symmFailed;
+  int symmFailed;                /* symmetric registration failed: no pad_symm from then on */
+  /* Agreed by every rank: growing staging[kind] for a call of cannotGrow[kind]
+   * bytes failed (an allocation on some rank, or the staging limit), so
+   * calls needing that much or more take an algorithm without staging (0:
+   * none failed). Reset by vcollCommSetStagingLimit. */
+  size_t cannotGrow[2];
+  uint64_t growFailures; /* agreed failed growths so far (vcollStagingGrowFailures) */
   int numSms;
   struct vcollCopyDesc* descs;
   int descCap;
@@ -46,21 +53,31 @@ static ncclResult_t winSettle(vcollComm_t comm, ncclResult_t r) {
 
 /* Allocates (and for `symmetric` registers) a buffer of `size` bytes on
  * every rank of comm; collective. On failure nothing stays allocated on
- * any rank and every rank returns an error. */
+ * any rank and every rank returns an error. `refuse` (NULL, or why):
+ * this rank allocates nothing and takes part in the agreement as a rank
+ * whose allocation failed, with `refuse` as its error message.
+ * *agreedFail (may be NULL) = 1 when every rank knows the allocation
+ * failed (the agreement itself went through). */
 static vcollResult_t winAlloc(vcollComm_t comm, size_t size, int symmetric, struct vcollWindow* w,
-                              cudaStream_t stream, const char* op) {
+                              cudaStream_t stream, const char* op, const char* refuse, int* agreedFail) {
   memset(w, 0, sizeof(*w));
   int allOk;
+  if (agreedFail) *agreedFail = 0;
   if (!symmetric) {
-    cudaError_t err = cudaMalloc(&w->ptr, size);
-    if (err != cudaSuccess) {
-      cudaGetLastError();
-      w->ptr = NULL;
+    cudaError_t err = cudaSuccess;
+    if (refuse == NULL) {
+      err = cudaMalloc(&w->ptr, size);
+      if (err != cudaSuccess) {
+        cudaGetLastError();
+        w->ptr = NULL;
+      }
     }
-    vcollResult_t ares = agreeAllocated(comm, err == cudaSuccess, stream, &allOk);
+    vcollResult_t ares = agreeAllocated(comm, refuse == NULL && err == cudaSuccess, stream, &allOk);
     if (!allOk) {
       if (w->ptr && cudaFree(w->ptr) != cudaSuccess) cudaGetLastError();
       w->ptr = NULL;
+      if (agreedFail && ares == vcollSuccess) *agreedFail = 1;
+      if (refuse != NULL) return vcollSetError(comm, vcollInvalidUsage, "%s : %s", op, refuse);
       if (err != cudaSuccess)
         return vcollSetError(comm, vcollUnhandledCudaError, "%s : cudaMalloc of %zu staging bytes failed: %s", op,
                              size, cudaGetErrorString(err));
@@ -75,13 +92,18 @@ static vcollResult_t winAlloc(vcollComm_t comm, size_t size, int symmetric, stru
 #if NCCL_VERSION_CODE >= 22700
   /* Windows are registered in whole pages of NCCL_WIN_REQUIRED_ALIGNMENT. */
   size = (size + NCCL_WIN_REQUIRED_ALIGNMENT - 1) / NCCL_WIN_REQUIRED_ALIGNMENT * NCCL_WIN_REQUIRED_ALIGNMENT;
-  ncclResult_t nr = ncclMemAlloc(&w->ptr, size);
-  if (nr != ncclSuccess) w->ptr = NULL;
+  ncclResult_t nr = ncclSuccess;
+  if (refuse == NULL) {
+    nr = ncclMemAlloc(&w->ptr, size);
+    if (nr != ncclSuccess) w->ptr = NULL;
+  }
   /* Registration is collective: enter it only where every rank has memory. */
-  vcollResult_t ares = agreeAllocated(comm, nr == ncclSuccess, stream, &allOk);
+  vcollResult_t ares = agreeAllocated(comm, refuse == NULL && nr == ncclSuccess, stream, &allOk);
   if (!allOk) {
     if (w->ptr) ncclMemFree(w->ptr);
     w->ptr = NULL;
+    if (agreedFail && ares == vcollSuccess) *agreedFail = 1;
+    if (refuse != NULL) return vcollSetError(comm, vcollInvalidUsage, "%s : %s", op, refuse);
     if (nr != ncclSuccess)
       return vcollSetError(comm, vcollNcclError, "%s : ncclMemAlloc of %zu bytes failed: %s", op, size,
                            ncclGetErrorString(nr));
@@ -118,6 +140,7 @@ static vcollResult_t winAlloc(vcollComm_t comm, size_t size, int symmetric, stru
   w->size = size;
   return vcollSuccess;
 #else
+  (void)refuse;
   return vcollSetError(comm, vcollNotSupported, "%s : vcoll was built against NCCL %d, symmetric windows need 2.27",
                        op, NCCL_VERSION_CODE);
 #endif
@@ -163,7 +186,7 @@ VCOLL_API vcollResult_t vcollMemAlloc(vcollComm_t comm, size_t size, void** ptr)
                          op, comm->ncclVersion);
   struct vcollWindow* w = calloc(1, sizeof(*w));
   if (w == NULL) return vcollSetError(comm, vcollSystemError, "%s : out of host memory", op);
-  vcollResult_t res = winAlloc(comm, size, 1, w, 0, op);
+  vcollResult_t res = winAlloc(comm, size, 1, w, 0, op, NULL, NULL);
   if (res != vcollSuccess) {
     free(w);
     return res;
@@ -242,6 +265,39 @@ int vcollNumSms(vcollComm_t comm) {
   return getState(comm, &st) == vcollSuccess ? st->numSms : 132;
 }
 
+int vcollStagingCanHave(vcollComm_t comm, int kind, size_t bytes, cudaStream_t stream, const char** why) {
+  struct vcollCollState* st = comm->collState;
+  const size_t size = st ? st->staging[kind].size : 0;
+  if (bytes <= size) return 1;
+  if (vcollStreamCapturing(comm, stream)) {
+    if (why) *why = "staging too small to grow during graph capture";
+    return 0;
+  }
+  if (st && st->cannotGrow[kind] != 0 && bytes >= st->cannotGrow[kind]) {
+    if (why) *why = "staging cannot grow that far (an earlier growth failed: device memory or the staging limit)";
+    return 0;
+  }
+  return 1;
+}
+
+uint64_t vcollStagingGrowFailures(vcollComm_t comm) {
+  struct vcollCollState* st = comm->collState;
+  return st ? st->growFailures : 0;
+}
+
+void vcollStagingLimitChanged(vcollComm_t comm) {
+  struct vcollCollState* st = comm->collState;
+  if (st) st->cannotGrow[0] = st->cannotGrow[1] = 0;
+}
+
+size_t vcollStagingHeld(vcollComm_t comm) {
+  struct vcollCollState* st = comm->collState;
+  if (st == NULL) return 0;
+  size_t total = st->staging[0].size + st->staging[1].size;
+  for (struct vcollWindow* w = st->retired; w; w = w->next) total += w->size;
+  return total;
+}
+
 int vcollSymmAvailable(vcollComm_t comm) {
   if (comm->backend != vcollBackendNccl || comm->ncclVersion < SYMM_MIN_NCCL || NCCL_VERSION_CODE < 22700) return 0;
   struct vcollCollState* st = comm->collState;
@@ -273,8 +329,9 @@ static size_t nextPow2(size_t x) {
 }
 
 vcollResult_t vcollStagingAcquire(vcollComm_t comm, int kind, size_t bytes, cudaStream_t stream,
-                                  const char* opName, void** ptr) {
+                                  const char* opName, void** ptr, int* denied) {
   struct vcollCollState* st = NULL;
+  if (denied) *denied = 0;
   VCOLL_CHECK_RES(getState(comm, &st));
   struct vcollWindow* buf = &st->staging[kind];
   const char* what = kind == vcollStagingSymm ? "symmetric" : "plain";
@@ -285,6 +342,14 @@ vcollResult_t vcollStagingAcquire(vcollComm_t comm, int kind, size_t bytes, cuda
                            "%s : the %s staging buffer must grow from %zu to %zu bytes, which cannot happen during "
                            "CUDA graph capture; make one call of this size (or larger) before capturing",
                            opName, what, buf->size, bytes);
+    if (st->cannotGrow[kind] != 0 && bytes >= st->cannotGrow[kind]) { /* the same on every rank: no agreement */
+      if (denied) *denied = 1;
+      return vcollSetError(comm, vcollInvalidUsage,
+                           "%s : the %s staging buffer cannot grow from %zu to %zu bytes (growing it for %zu bytes "
+                           "failed earlier on this communicator: out of device memory on some rank, or the staging "
+                           "limit, vcollCommSetStagingLimit / VCOLL_STAGING_MAX)",
+                           opName, what, buf->size, bytes, st->cannotGrow[kind]);
+    }
     if (bytes > ((size_t)1 << (sizeof(size_t) * 8 - 2)))
       return vcollSetError(comm, vcollInvalidArgument, "%s : %zu staging bytes is too large", opName, bytes);
     struct vcollWindow* old = NULL;
@@ -293,11 +358,26 @@ vcollResult_t vcollStagingAcquire(vcollComm_t comm, int kind, size_t bytes, cuda
       if (old == NULL) return vcollSetError(comm, vcollSystemError, "%s : out of host memory", opName);
     }
     struct vcollWindow fresh;
+    const size_t limit = comm->stagingLimit;
     size_t size = nextPow2(bytes);
-    vcollResult_t res = winAlloc(comm, size, kind == vcollStagingSymm, &fresh, stream, opName);
+    if (size > limit && bytes <= limit) size = limit;
+    char refuse[256];
+    if (bytes > limit)
+      snprintf(refuse, sizeof(refuse),
+               "the %s staging buffer may not grow to %zu bytes: the communicator's staging limit is %zu bytes "
+               "(vcollCommSetStagingLimit / VCOLL_STAGING_MAX)", what, bytes, limit);
+    int agreedFail = 0;
+    vcollResult_t res = winAlloc(comm, size, kind == vcollStagingSymm, &fresh, stream, opName,
+                                 bytes > limit ? refuse : NULL, &agreedFail);
     if (res != vcollSuccess) {
       free(old);
-      if (kind == vcollStagingSymm) st->symmFailed = 1;
+      if (agreedFail) { /* every rank records the same */
+        if (st->cannotGrow[kind] == 0 || bytes < st->cannotGrow[kind]) st->cannotGrow[kind] = bytes;
+        st->growFailures++;
+        if (denied) *denied = 1;
+      } else if (kind == vcollStagingSymm) {
+        st->symmFailed = 1;
+      }
       return res;
     }
     if (old) {
@@ -315,13 +395,17 @@ vcollResult_t vcollStagingAcquire(vcollComm_t comm, int kind, size_t bytes, cuda
 }
 
 vcollResult_t vcollStagingAcquirePad(vcollComm_t comm, int* kind, size_t bytes, cudaStream_t stream,
-                                     const char* opName, void** ptr) {
-  vcollResult_t res = vcollStagingAcquire(comm, *kind, bytes, stream, opName, ptr);
-  if (res != vcollSuccess && *kind == vcollStagingSymm && res != vcollInvalidUsage) {
-    VCOLL_WARN("%s: no symmetric staging buffer (%s); using the plain one from now on", opName,
-               vcollGetLastError(comm));
+                                     const char* opName, void** ptr, int* denied) {
+  const uint64_t failures = vcollStagingGrowFailures(comm);
+  vcollResult_t res = vcollStagingAcquire(comm, *kind, bytes, stream, opName, ptr, denied);
+  if (res != vcollSuccess && *kind == vcollStagingSymm && !vcollStreamCapturing(comm, stream)) {
+    /* A failure of this call is news; one an earlier call recorded is not. */
+    if (vcollStagingGrowFailures(comm) != failures || !vcollSymmAvailable(comm))
+      VCOLL_WARN("%s: no symmetric staging buffer (%s); using the plain one", opName, vcollGetLastError(comm));
+    else
+      VCOLL_INFO("%s: no symmetric staging buffer (%s); using the plain one", opName, vcollGetLastError(comm));
     *kind = vcollStagingPlain;
-    res = vcollStagingAcquire(comm, *kind, bytes, stream, opName, ptr);
+    res = vcollStagingAcquire(comm, *kind, bytes, stream, opName, ptr, denied);
   }
   return res;
 }

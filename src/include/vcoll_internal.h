@@ -43,6 +43,7 @@ struct vcollAgvCall {
   const char* inPlace;
   cudaStream_t stream;
   int algo; /* NCCL backend: the algorithm index already chosen (checked mode puts it in the digest), or -1 */
+  int algoAuto; /* with algo >= 0: 1 when it is the automatic choice (may change for lack of staging) */
   /* NULL, or (vcoll's own callers: the MoE dispatch) the producer of this
    * rank's rows, run once per call after the checks: by the padded
    * algorithms straight into their staging segment, instead of their pack
@@ -67,6 +68,7 @@ struct vcollRsvCall {
   int inPlace;
   cudaStream_t stream;
   int algo; /* as in vcollAgvCall */
+  int algoAuto;
 };
 
 /* What a backend implements. Arguments reach it validated. */
@@ -104,6 +106,7 @@ struct vcollComm {
   int cudaDev;
   int ncclVersion;
   int checked;        /* checked mode (vcollCommSetChecked / VCOLL_CHECK) */
+  size_t stagingLimit; /* each staging buffer's largest size (vcollCommSetStagingLimit / VCOLL_STAGING_MAX) */
 
   /* Per-call scratch, sized nranks + 1 at creation (calls on one
    * communicator are not thread-safe, as in NCCL). */
@@ -194,6 +197,10 @@ int vcollTypeIsFloat(vcollDataType_t type);
 /* param.c: environment tunables, read once. */
 VCOLL_INTERNAL_API int64_t vcollParamCheck(void); /* VCOLL_CHECK */
 const char* vcollParamAlgo(void);     /* VCOLL_ALGO */
+/* VCOLL_STAGING_MAX: bytes, with an optional K, M, G or T suffix (powers of
+ * 1024); SIZE_MAX when unset, "none" or not a size (with a notice). Read at
+ * every communicator creation. */
+VCOLL_INTERNAL_API size_t vcollParamStagingMax(void);
 /* VCOLL_MOE_COMBINE32: how the fp32-accumulated MoE combine runs on the NCCL
  * backend ("widen", the default, or "p2p"); read at each call. */
 const char* vcollParamMoeCombine32(void);
@@ -246,6 +253,14 @@ void vcollAlgoEnvCheck(void);
  * supports the call, else autoIdx. Records it as the last algorithm. */
 VCOLL_INTERNAL_API int vcollAlgoChoose(vcollComm_t comm, vcollCollective_t coll, const void* call, int autoIdx);
 
+/* moe/dispatch.c, for tests: the workspace's amax kernel scratch on the
+ * device (two words, 0 between dispatches), NULL on the host backend. */
+struct vcollMoeWorkspace;
+VCOLL_INTERNAL_API uint32_t* vcollMoeAmaxScratch(struct vcollMoeWorkspace* ws);
+/* The same; *isAuto = 1 when the choice is autoIdx (nothing forced, or the
+ * forced algorithm cannot run the call). */
+int vcollAlgoChooseAuto(vcollComm_t comm, vcollCollective_t coll, const void* call, int autoIdx, int* isAuto);
+
 /* backend/nccl.c */
 extern const struct vcollBackendOps vcollNcclOps;
 ncclDataType_t vcollToNcclType(vcollDataType_t type);
@@ -269,6 +284,10 @@ vcollResult_t vcollResidentGrid(const void* kernel, int threads, size_t smem, in
 /* coll/window.c: windows registered through vcollMemAlloc. */
 void vcollWindowsReleaseAll(vcollComm_t comm);
 void vcollCollStateFree(vcollComm_t comm);
+/* The staging limit changed: forget which growths failed. */
+void vcollStagingLimitChanged(vcollComm_t comm);
+/* Bytes of staging buffers held (live and replaced). */
+size_t vcollStagingHeld(vcollComm_t comm);
 
 #define VCOLL_CHECK_RES(call)                  \
   do {                                         \

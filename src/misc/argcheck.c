@@ -105,6 +105,7 @@ vcollResult_t vcollCheckAllGatherV(vcollComm_t comm, const vcollTensor_t* tensor
   call->inPlace = inPlace;
   call->stream = stream;
   call->algo = -1;
+  call->algoAuto = 0;
   call->produce = NULL;
   call->produceCtx = NULL;
   return vcollSuccess;
@@ -151,6 +152,7 @@ vcollResult_t vcollCheckReduceScatterV(vcollComm_t comm, const void* sendbuff, v
   call->inPlace = inPlace;
   call->stream = stream;
   call->algo = -1;
+  call->algoAuto = 0;
   return vcollSuccess;
 }
 

@@ -1,5 +1,7 @@
 /* Environment tunables, each read once. */
+#include <errno.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -43,6 +45,31 @@ int vcollParamShareGpu(void) {
 }
 
 const char* vcollParamAlgo(void) { return envOrNull("VCOLL_ALGO"); }
+
+size_t vcollParamStagingMax(void) {
+  const char* s = envOrNull("VCOLL_STAGING_MAX");
+  if (s == NULL || !strcasecmp(s, "none")) return SIZE_MAX;
+  char* end = NULL;
+  errno = 0;
+  const unsigned long long n = strtoull(s, &end, 10);
+  int shift = 0;
+  const char* p = end;
+  switch (*p) {
+    case 'K': case 'k': shift = 10; p++; break;
+    case 'M': case 'm': shift = 20; p++; break;
+    case 'G': case 'g': shift = 30; p++; break;
+    case 'T': case 't': shift = 40; p++; break;
+    default: break;
+  }
+  if (*p == 'B' || *p == 'b') p++; /* 64MB, 1024B */
+  if (end == s || strchr(s, '-') != NULL || errno != 0 || *p != '\0') shift = -1;
+  if (shift < 0) {
+    VCOLL_NOTICE("VCOLL_STAGING_MAX=%s is not a size (bytes, or a number with K, M, G or T); no staging limit", s);
+    return SIZE_MAX;
+  }
+  if (shift > 0 && n > (SIZE_MAX >> shift)) return SIZE_MAX;
+  return (size_t)n << shift;
+}
 const char* vcollParamBackend(void) { return envOrNull("VCOLL_BACKEND"); }
 /* 0: auto (unset or "auto"), 1: warp, 2: seg; another value is auto, with
  * one notice (read at every call: tests switch it). */

@@ -408,6 +408,10 @@ static vcollResult_t gatherAmax(vcollMoeWorkspace_t ws, const char* op, const vo
   return vcollSuccess;
 }
 
+VCOLL_INTERNAL_API uint32_t* vcollMoeAmaxScratch(struct vcollMoeWorkspace* ws) {
+  return ws && ws->onDevice ? ws->amaxAcc : NULL;
+}
+
 /* The FP4 dispatch's producer of this rank's rows on the device (see
  * struct vcollAgvCall): one quantize launch writes the payload and scales
  * to dst[0] and dst[1] and copies the routing rows to dst[2..] and a given
@@ -424,6 +428,7 @@ struct fp4Producer {
   float* gsOut;
   const uint32_t* amaxBits; /* computed scale: all ranks' amax bits (nranks) */
   int nranks;
+  uint32_t* amaxAcc;        /* the amax kernel's scratch, zeroed by the launch */
   const void* routing[2];
   size_t routingBytes[2];
   int nrouting;
@@ -436,7 +441,7 @@ static vcollResult_t produceFp4(void* vctx, void* const* dst, cudaStream_t strea
   for (int i = 0; i < p->nrouting; i++) copies[nc++] = (vcollNvfp4SideCopy){p->routing[i], dst[2 + i], p->routingBytes[i]};
   if (p->gsCopy) copies[nc++] = (vcollNvfp4SideCopy){p->gsCopy, p->gsOut, sizeof(float)};
   return vcollNvfp4QuantizeCopies("vcollMoeDispatch", p->hidden, vcollBfloat16, p->n, p->H, p->gsRead, 0, dst[0],
-                                  dst[1], vcollScaleLinear, copies, nc, p->amaxBits, p->nranks, stream);
+                                  dst[1], vcollScaleLinear, copies, nc, p->amaxBits, p->nranks, p->amaxAcc, stream);
 }
 
 VCOLL_API vcollResult_t vcollMoeDispatch(vcollMoeWorkspace_t ws, const size_t* counts, const vcollMoeLocal_t* in,
@@ -468,6 +473,7 @@ VCOLL_API vcollResult_t vcollMoeDispatch(vcollMoeWorkspace_t ws, const size_t* c
         prod.gsRead = out->globalScale;
         prod.amaxBits = ws->amaxAll;
         prod.nranks = ws->comm->nranks;
+        prod.amaxAcc = ws->amaxAcc;
       } else {
         prod.gsRead = (float*)in->globalScale;
         if (in->globalScale != out->globalScale) prod.gsCopy = in->globalScale;
@@ -565,19 +571,29 @@ VCOLL_API vcollResult_t vcollMoeCombine(vcollMoeWorkspace_t ws, const size_t* co
    * rounds once: fp32 accumulation with one rounding, as widen, without the
    * widening, the fp32 reduce-scatter and the rounding kernel (widen's sum
    * runs in NCCL's order, so the last bit can differ where partial sums are
-   * inexact). Under graph capture, where its staging buffer cannot grow,
-   * the widen path runs instead (the same decision on every rank: the
-   * staging size only changes collectively). */
-  if (p2p && vcollStreamCapturing(ws->comm, stream)) {
+   * inexact). Where its staging buffer cannot be had (under graph capture,
+   * where it cannot grow; beyond the staging limit or the device memory,
+   * vcollCommSetStagingLimit), the widen path runs instead (the same
+   * decision on every rank: the staging size and its failures only change
+   * collectively). */
+  if (p2p) {
     size_t maxRows = 0, need = SIZE_MAX;
+    const char* why = "its size overflows";
     for (int r = 0; r < ws->comm->nranks; r++) maxRows = counts[r] > maxRows ? counts[r] : maxRows;
     if (!vcollRsvP2pStagingBytes(ws->comm->nranks, maxRows, H * 2, &need) ||
-        vcollStagingSize(ws->comm, vcollStagingPlain) < need) {
-      VCOLL_INFO("%s: VCOLL_MOE_COMBINE32=p2p: staging too small to grow during graph capture; widen", op);
+        !vcollStagingCanHave(ws->comm, vcollStagingPlain, need, stream, &why)) {
+      VCOLL_INFO("%s: VCOLL_MOE_COMBINE32=p2p: %s; widen", op, why);
       p2p = 0;
     }
   }
-  if (p2p) return vcollReduceScatterVAlgo(partials, out, counts, H, vcollBfloat16, vcollSum, ws->comm, stream, "p2p");
+  if (p2p) {
+    const uint64_t failures = vcollStagingGrowFailures(ws->comm);
+    const vcollResult_t res =
+        vcollReduceScatterVAlgo(partials, out, counts, H, vcollBfloat16, vcollSum, ws->comm, stream, "p2p");
+    /* Its staging could not grow (on every rank alike, nothing enqueued): widen. */
+    if (res == vcollSuccess || vcollStagingGrowFailures(ws->comm) == failures) return res;
+    VCOLL_WARN("%s: VCOLL_MOE_COMBINE32=p2p: %s; widen instead", op, vcollGetLastError(ws->comm));
+  }
 
   /* fp32 (widen): widen all N rows, reduce-scatter in place in the fp32 buffer, round this rank's rows once. */
   float* mineF32 = ws->f32 + displ * H;

@@ -68,6 +68,7 @@ struct SideCopies {
   vcollNvfp4SideCopy c[VCOLL_NVFP4_MAX_SIDE_COPIES];
   const uint32_t* amaxBits; /* NULL, or namax amax bits: gs from their max */
   int namax;
+  uint32_t* amaxScratch; /* with amaxBits: NULL, or two words set to 0 */
 };
 
 __device__ __forceinline__ float readGlobalScale(float* gs, int computed) {
@@ -196,7 +197,13 @@ __device__ __forceinline__ void quantizeBody(const QuantArgs& a, const SideCopie
   typename B::Raw cur = {};
   if (first < a.blocks) B::loadRaw(a.x, first, cur);
   float gs;
-  if (kAmax) gs = scaleFromAmaxBits(sc->amaxBits, sc->namax, a.gs);
+  if (kAmax) {
+    gs = scaleFromAmaxBits(sc->amaxBits, sc->namax, a.gs);
+    /* The amax kernel, done before this launch, left its counter at 0
+     * unless two of them overlapped (a caller's mistake): zero it so that
+     * the next stream-ordered dispatch is right again. */
+    if (sc->amaxScratch && first == 0) sc->amaxScratch[0] = sc->amaxScratch[1] = 0;
+  }
   else gs = !kCopies || a.blocks > 0 ? readGlobalScale(a.gs, a.computed) : 1.0f; /* no blocks: no scale to read */
   const float gsDiv6 = __fmul_rn(gs, 1.0f / 6.0f);
   const float invGs = __frcp_rn(gs);
@@ -452,14 +459,15 @@ extern "C" VCOLL_API vcollResult_t vcollNvfp4Quantize(const void* x, vcollDataTy
                                                       float* globalScale, int computeGlobalScale, void* payload,
                                                       void* scales, vcollScaleLayout_t layout, cudaStream_t stream) {
   return vcollNvfp4QuantizeCopies("vcollNvfp4Quantize", x, dtype, rows, cols, globalScale, computeGlobalScale,
-                                  payload, scales, layout, NULL, 0, NULL, 0, stream);
+                                  payload, scales, layout, NULL, 0, NULL, 0, NULL, stream);
 }
 
 extern "C" vcollResult_t vcollNvfp4QuantizeCopies(const char* op, const void* x, vcollDataType_t dtype, size_t rows,
                                                   size_t cols, float* globalScale, int computeGlobalScale,
                                                   void* payload, void* scales, vcollScaleLayout_t layout,
                                                   const vcollNvfp4SideCopy* copies, int ncopies,
-                                                  const uint32_t* amaxBits, int namax, cudaStream_t stream) {
+                                                  const uint32_t* amaxBits, int namax, uint32_t* amaxScratch,
+                                                  cudaStream_t stream) {
   VCOLL_CHECK_RES(vcollNvfp4CheckQuantize(op, x, dtype, rows, cols, globalScale, payload, scales, layout));
   if (ncopies < 0 || ncopies > VCOLL_NVFP4_MAX_SIDE_COPIES)
     return vcollSetError(NULL, vcollInternalError, "%s: %d side copies (at most %d)", op, ncopies,
@@ -482,6 +490,7 @@ extern "C" vcollResult_t vcollNvfp4QuantizeCopies(const char* op, const void* x,
   }
   sc.amaxBits = amaxBits;
   sc.namax = namax;
+  sc.amaxScratch = amaxBits ? amaxScratch : NULL;
   const SideCopies* scp = sc.n > 0 || amaxBits ? &sc : NULL;
   a.gs = globalScale;
   if (rows == 0) {

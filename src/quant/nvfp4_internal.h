@@ -25,8 +25,10 @@ vcollResult_t vcollNvfp4CheckConvert(const char* op, const void* src, vcollScale
  * amaxBits: NULL, or namax >= 1 amax bits (the MoE dispatch's gathered
  * amax of every rank): the kernel then derives the global scale
  * fminf(2688 / max, FLT_MAX) (1.0 when the max is 0) itself and writes it
- * to *globalScale, even with rows = 0 (computeGlobalScale must be 0).
- * Reads *globalScale otherwise. No copy may write *globalScale, nor read
+ * to *globalScale, even with rows = 0 (computeGlobalScale must be 0);
+ * amaxScratch (with amaxBits; may be NULL): two words the launch sets to 0
+ * (the MoE amax kernel's counter, zeroed again after a caller overlapped
+ * two amax kernels of one workspace). Reads *globalScale otherwise. No copy may write *globalScale, nor read
  * it when the kernel computes it: such a copy is vcollInternalError
  * (nvfp4.cu; device only). Errors name `op`. */
 #define VCOLL_NVFP4_MAX_SIDE_COPIES 3
@@ -38,7 +40,8 @@ typedef struct {
 vcollResult_t vcollNvfp4QuantizeCopies(const char* op, const void* x, vcollDataType_t dtype, size_t rows,
                                        size_t cols, float* globalScale, int computeGlobalScale, void* payload,
                                        void* scales, vcollScaleLayout_t layout, const vcollNvfp4SideCopy* copies,
-                                       int ncopies, const uint32_t* amaxBits, int namax, cudaStream_t stream);
+                                       int ncopies, const uint32_t* amaxBits, int namax, uint32_t* amaxScratch,
+                                       cudaStream_t stream);
 
 #ifdef __cplusplus
 }

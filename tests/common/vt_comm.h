@@ -96,4 +96,31 @@ static inline int vtGroupTeardown(void** state) {
   return 0;
 }
 
+/* Fixtures of a test that needs a communicator of its own (fresh staging
+ * buffers): `comm` is a new one over MPI_COMM_WORLD during the test, the
+ * group's afterwards. */
+static vcollComm_t vtGroupComm = NULL;
+
+static inline int vtFreshCommSetup(void** state) {
+  (void)state;
+  if (backend == vcollBackendNccl && !vtHaveGpu()) return 0;
+  vcollComm_t fresh = NULL;
+  if (vcollCommInitMPI(MPI_COMM_WORLD, backend, &fresh) != vcollSuccess) {
+    fprintf(stderr, "vcollCommInitMPI: %s\n", vcollGetLastError(NULL));
+    return -1;
+  }
+  vtGroupComm = comm;
+  comm = fresh;
+  return 0;
+}
+
+static inline int vtFreshCommTeardown(void** state) {
+  (void)state;
+  if (vtGroupComm == NULL) return 0;
+  vcollCommDestroy(comm);
+  comm = vtGroupComm;
+  vtGroupComm = NULL;
+  return 0;
+}
+
 #endif /* VCOLL_TESTS_VT_COMM_H_ */

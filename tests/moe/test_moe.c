@@ -24,6 +24,7 @@
 #include "vcoll.h"
 #include "vcoll/moe.h"
 #include "vcoll_hostfloat.h"
+#include "vcoll_internal.h" /* vcollMoeAmaxScratch */
 #include "vcoll_mpi.h"
 #include "vt.h"
 #include "vt_comm.h"
@@ -337,6 +338,8 @@ static float partialVal(uint64_t seed, int iter, int r, size_t e, vcollMoeAccum_
   return (float)ldexp((double)vtRange(&g, -255, 255), -7);
 }
 
+static int noStaging = 0; /* the communicator's staging limit is 0 (test_combine_staging_limit) */
+
 static int runCombineCase(uint64_t seed, int iter, vcollMoeAccum_t accum) {
   vtRng g = vtRngMake(seed, 7000 + (uint64_t)iter * 2 + (uint64_t)accum);
   size_t counts[64];
@@ -387,10 +390,11 @@ static int runCombineCase(uint64_t seed, int iter, vcollMoeAccum_t accum) {
    * (which the automatic choice never takes) whenever rows move. */
   const char* c32 = getenv("VCOLL_MOE_COMBINE32");
   if (onGpu() && accum == vcollMoeAccumFp32 && c32 && strcmp(c32, "p2p") == 0 && nranks_ > 1 && N > 0) {
+    /* Under a staging limit of 0 (on a fresh communicator), widen instead. */
     const char* ran = vcollCommLastAlgo(comm, vcollCollReduceScatterV);
-    if (ran == NULL || strcmp(ran, "p2p") != 0) {
-      fprintf(stderr, "[rank %d] combine case %d: VCOLL_MOE_COMBINE32=p2p, but %s ran\n", rank_, iter,
-              ran ? ran : "nothing");
+    if (ran == NULL || (strcmp(ran, "p2p") != 0) != noStaging) {
+      fprintf(stderr, "[rank %d] combine case %d: VCOLL_MOE_COMBINE32=p2p%s, but %s ran\n", rank_, iter,
+              noStaging ? " without staging" : "", ran ? ran : "nothing");
       wrong++;
     }
   }
@@ -526,6 +530,39 @@ static void test_combine_fp32(void** state) {
  * output's NaN is the canonical bf16 NaN 0x7fff on both backends (the
  * device kernel's __float2bfloat16_rn writes it), inf - inf is NaN too. */
 static int combineFp32NanCase(void);
+/* VCOLL_MOE_COMBINE32=p2p on a communicator of its own whose staging limit
+ * is 0: the p2p reducescatterv cannot have its receive slots, so the fp32
+ * combine widens instead (the first call after its p2p attempt failed on
+ * every rank, later ones at once); the sums are the same. Lifting the
+ * limit brings p2p back. */
+static void test_combine_staging_limit(void** state) {
+  (void)state;
+  if (onGpu()) VT_REQUIRE_GPU();
+  const uint64_t seed = vtSeed();
+  setCombine32("p2p");
+  assert_int_equal(vcollCommSetStagingLimit(comm, 0), vcollSuccess);
+  noStaging = onGpu();
+  int ok = 1;
+  const int n = iters < 6 ? iters : 6;
+  for (int it = 0; it < n; it++) ok &= runCombineCase(seed ^ 0x11, it, vcollMoeAccumFp32);
+  size_t held = 1;
+  assert_int_equal(vcollCommGetStagingBytes(comm, &held), vcollSuccess);
+  if (held != 0) {
+    fprintf(stderr, "[rank %d] combine under a staging limit of 0: %zu bytes of staging held\n", rank_, held);
+    ok = 0;
+  }
+  noStaging = 0;
+  assert_int_equal(vcollCommSetStagingLimit(comm, SIZE_MAX), vcollSuccess);
+  for (int it = 0; it < n; it++) ok &= runCombineCase(seed ^ 0x12, it, vcollMoeAccumFp32);
+  VT_ASSERT_ALL(ok, "fp32 combine under a staging limit: wrong sums or algorithm (see above)");
+}
+
+static int staginglimitTeardown(void** state) {
+  noStaging = 0;
+  restoreCombine32(state);
+  return vtFreshCommTeardown(state);
+}
+
 static void test_combine_fp32_nan(void** state) {
   (void)state;
   if (onGpu()) VT_REQUIRE_GPU();
@@ -584,7 +621,7 @@ static int combineFp32NanCase(void) {
  * (2688 / 448 = 6 exactly), then at most 1 (2688: a maximum left over in
  * the kernel's scratch from the call before would give 6 again), 448 at the
  * last element, all zeros (1.0). */
-static int amaxSequence(size_t tokens, char* what, size_t whatSize) {
+static int amaxSequence(size_t tokens, int corrupt, char* what, size_t whatSize) {
   enum { H = 16384 };
   const size_t E = tokens * H;
   const struct {
@@ -607,10 +644,26 @@ static int amaxSequence(size_t tokens, char* what, size_t whatSize) {
   bufPut(dIn + E * 2 + 4 * tokens, w, 4 * tokens);
   vcollMoeLocal_t in = {dIn, (const int32_t*)(dIn + E * 2), (const float*)(dIn + E * 2 + 4 * tokens), NULL, NULL};
   int ok = 1;
+  uint32_t* scratch = vcollMoeAmaxScratch(ws);
   for (size_t c = 0; c < sizeof(calls) / sizeof(calls[0]); c++) {
     for (size_t j = 0; j < E; j++) h[j] = vcollF32ToBf16(j == calls[c].at ? calls[c].big : calls[c].rest);
     bufPut(dIn, h, E * 2);
     bufPoison(b.tokens.globalScale, 4);
+    if (corrupt && scratch) {
+      /* What two overlapping amax kernels of one workspace can leave behind
+       * (a caller's mistake): a max and a CTA count off zero. The dispatch
+       * after it may be wrong (its own scale is not checked); the next one
+       * must be right again. */
+      const uint32_t junk[2] = {0x43e00000u /* 448.0f */, 7};
+      assert_int_equal(cudaMemcpy(scratch, junk, sizeof(junk), cudaMemcpyHostToDevice), cudaSuccess);
+      vcollResult_t r0 = vcollMoeDispatch(ws, counts, &in, &b.tokens, 0);
+      sync();
+      if (ok && r0 != vcollSuccess) {
+        snprintf(what, whatSize, "%zu tokens, call %zu after corrupted amax scratch: res %d", tokens, c, r0);
+        ok = 0;
+      }
+      bufPoison(b.tokens.globalScale, 4);
+    }
     vcollResult_t res = vcollMoeDispatch(ws, counts, &in, &b.tokens, 0);
     sync();
     float gs = 0;
@@ -632,9 +685,14 @@ static int amaxSequence(size_t tokens, char* what, size_t whatSize) {
 static void test_dispatch_amax_first(void** state) {
   (void)state;
   if (onGpu()) VT_REQUIRE_GPU();
-  char what[200] = "", what2[200] = "";
-  const int ok = amaxSequence(1, what, sizeof(what)), ok2 = amaxSequence(512, what2, sizeof(what2));
-  VT_ASSERT_ALL(ok && ok2, "computed scale: %s", ok ? what2 : what);
+  char what[4][200] = {"", "", "", ""};
+  int ok[4], all = 1, bad = 0;
+  for (int k = 0; k < 4; k++) { /* 1 and 512 tokens; the amax scratch left alone, then corrupted before each call */
+    ok[k] = amaxSequence(k % 2 ? 512 : 1, k / 2, what[k], sizeof(what[k]));
+    if (!ok[k] && all) bad = k;
+    all &= ok[k];
+  }
+  VT_ASSERT_ALL(all, "computed scale: %s", what[bad]);
 }
 
 /* ---- count gathering ------------------------------------------------------ */
@@ -977,6 +1035,7 @@ int main(int argc, char** argv) {
       cmocka_unit_test(test_combine_bf16),
       cmocka_unit_test_teardown(test_combine_fp32, restoreCombine32),
       cmocka_unit_test_teardown(test_combine_fp32_nan, restoreCombine32),
+      cmocka_unit_test_setup_teardown(test_combine_staging_limit, vtFreshCommSetup, staginglimitTeardown),
       cmocka_unit_test(test_dispatch_amax_first),
       cmocka_unit_test(test_gather_counts),
       cmocka_unit_test(test_graph_capture),

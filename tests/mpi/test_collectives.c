@@ -900,6 +900,188 @@ static void test_graph_staging_growth(void** state) {
   VT_ASSERT_ALL(ok, "graph replay or large call after staging growth gave wrong rows (see above)");
 }
 
+/* ---- staging limit ---------------------------------------------------------
+ * vcollCommSetStagingLimit on a communicator of its own (fresh staging):
+ * the automatic choice avoids staging it may not have, with correct rows;
+ * a forced staged algorithm fails with vcollInvalidUsage on every rank and
+ * writes nothing; lifting the limit brings the staged algorithms back. */
+/* One allgatherv of one bf16 tensor, `width` wide, with `counts`, checked
+ * byte by byte (and the poison after it). *algo = the algorithm it ran. */
+static int limitAgv(uint64_t seed, int tag, const size_t* counts, size_t width, vcollResult_t want,
+                    const char** algo) {
+  const size_t rb = width * 2;
+  size_t total = 0;
+  for (int r = 0; r < nranks_; r++) total += counts[r];
+  char *send = bufAlloc(counts[rank_] * rb), *recv = bufAlloc(total * rb + AGV_GUARD);
+  unsigned char* h = malloc(total * rb + AGV_GUARD + 1);
+  assert_non_null(h);
+  for (size_t j = 0; j < counts[rank_] * rb; j++) h[j] = agvByte(seed, tag, 0, rank_, j);
+  bufPut(send, h, counts[rank_] * rb);
+  bufPoison(recv, total * rb + AGV_GUARD);
+  vcollTensor_t t = {send, recv, width, vcollBfloat16};
+  const vcollResult_t res = vcollAllGatherV(&t, 1, counts, comm, 0);
+  if (res != want)
+    fprintf(stderr, "[rank %d] staging limit, allgatherv %d: %s, want result %d (%s)\n", rank_, tag,
+            vcollGetErrorString(res), (int)want, vcollGetLastError(comm));
+  sync();
+  int ok = res == want;
+  if (want == vcollSuccess) {
+    bufGet(h, recv, total * rb);
+    size_t pos = 0;
+    for (int r = 0; r < nranks_; r++)
+      for (size_t j = 0; j < counts[r] * rb; j++) ok &= h[pos++] == agvByte(seed, tag, 0, r, j);
+    ok &= bufPoisoned(recv + total * rb, AGV_GUARD);
+  } else {
+    ok &= bufPoisoned(recv, total * rb + AGV_GUARD); /* nothing written */
+  }
+  if (!ok) fprintf(stderr, "[rank %d] staging limit, allgatherv %d: wrong rows or result\n", rank_, tag);
+  *algo = vcollCommLastAlgo(comm, vcollCollAllGatherV);
+  free(h);
+  bufFree(send);
+  bufFree(recv);
+  return ok;
+}
+
+/* One float sum reducescatterv of rows 1024 wide with `counts`, checked
+ * element by element (or, failing as wanted, nothing written). */
+static int limitRsv(uint64_t seed, int tag, const size_t* counts, vcollResult_t want, const char** algo) {
+  const size_t width = 1024, rb = width * sizeof(float);
+  size_t total = 0, displ = 0;
+  for (int r = 0; r < nranks_; r++) { if (r < rank_) displ += counts[r]; total += counts[r]; }
+  const size_t mine = counts[rank_] * rb;
+  float* h = malloc(total * rb + AGV_GUARD);
+  assert_non_null(h);
+  for (size_t e = 0; e < total * width; e++) h[e] = (float)rsvInput(seed, tag, rank_, e, vcollFloat32, vcollSum);
+  char *send = bufAlloc(total * rb), *recv = bufAlloc(mine + AGV_GUARD);
+  bufPut(send, h, total * rb);
+  bufPoison(recv, mine + AGV_GUARD);
+  const vcollResult_t res = vcollReduceScatterV(send, recv, counts, width, vcollFloat32, vcollSum, comm, 0);
+  if (res != want)
+    fprintf(stderr, "[rank %d] staging limit, reducescatterv %d: %s, want result %d (%s)\n", rank_, tag,
+            vcollGetErrorString(res), (int)want, vcollGetLastError(comm));
+  sync();
+  int ok = res == want;
+  if (want == vcollSuccess) {
+    bufGet(h, recv, mine);
+    for (size_t k = 0; k < counts[rank_] * width; k++) {
+      double acc = 0;
+      for (int r = 0; r < nranks_; r++) acc += rsvInput(seed, tag, r, displ * width + k, vcollFloat32, vcollSum);
+      ok &= (double)h[k] == acc;
+    }
+    ok &= bufPoisoned(recv + mine, AGV_GUARD);
+  } else {
+    ok &= bufPoisoned(recv, mine + AGV_GUARD);
+    if (!strstr(vcollGetLastError(comm), "staging")) {
+      fprintf(stderr, "[rank %d] staging limit, reducescatterv %d: message '%s'\n", rank_, tag, vcollGetLastError(comm));
+      ok = 0;
+    }
+  }
+  if (!ok) fprintf(stderr, "[rank %d] staging limit, reducescatterv %d: wrong rows or result\n", rank_, tag);
+  *algo = vcollCommLastAlgo(comm, vcollCollReduceScatterV);
+  free(h);
+  bufFree(send);
+  bufFree(recv);
+  return ok;
+}
+
+static void test_staging_limit(void** state) {
+  (void)state;
+  if (onGpu()) VT_REQUIRE_GPU();
+  size_t held = 1;
+  assert_int_equal(vcollCommGetStagingBytes(comm, &held), vcollSuccess);
+  assert_int_equal(held, 0); /* a fresh communicator */
+  assert_int_equal(vcollCommGetStagingBytes(comm, NULL), vcollInvalidArgument);
+  assert_non_null(strstr(vcollGetLastError(comm), "vcollCommGetStagingBytes : bytes argument is NULL"));
+  assert_int_equal(vcollCommSetStagingLimit(comm, 0), vcollSuccess);
+  int ok = 1;
+  /* No staging at all: random cases, every algorithm the automatic choice
+   * may take (forced staged ones fail, checked below). */
+  const uint64_t seed = vtSeed();
+  const int savedIters = iters;
+  iters = iters < 8 ? iters : 8;
+  for (int it = 0; it < iters; it++) {
+    ok &= runAgvCase(seed ^ 0x5717, it, NULL);
+    const char* a = vcollCommLastAlgo(comm, vcollCollAllGatherV);
+    ok &= runRsvCase(seed ^ 0x5717, it, NULL);
+    const char* b = vcollCommLastAlgo(comm, vcollCollReduceScatterV);
+    if (onGpu() && ((a && strncmp(a, "pad", 3) == 0) || (b && (strncmp(b, "pad", 3) == 0 || !strcmp(b, "p2p"))))) {
+      fprintf(stderr, "[rank %d] staging limit 0: case %d ran %s / %s\n", rank_, it, a, b);
+      ok = 0;
+    }
+  }
+  iters = savedIters;
+  assert_int_equal(vcollCommGetStagingBytes(comm, &held), vcollSuccess);
+  ok &= held == 0;
+  if (!onGpu()) {
+    VT_ASSERT_ALL(ok, "host backend with a staging limit (see above)");
+    return;
+  }
+  /* Equal counts of 1 MiB per rank: the automatic choice is padded (pad_symm
+   * where windows exist), whose staging ((nranks + 1) MiB) exceeds a 1 MiB
+   * limit: the first call falls back (a warning), the next one chooses the
+   * fallback at once; both correct. */
+  size_t eq[64], tiny[64];
+  const size_t width = 2048; /* 4 KiB rows: 256 rows = 1 MiB */
+  for (int r = 0; r < nranks_; r++) eq[r] = 256, tiny[r] = 3 + (size_t)r;
+  const char* algo = NULL;
+  assert_int_equal(vcollCommSetStagingLimit(comm, (size_t)1 << 20), vcollSuccess);
+  for (int k = 0; k < 2; k++) {
+    ok &= limitAgv(seed, 900 + k, eq, width, vcollSuccess, &algo);
+    if (nranks_ > 1 && strcmp(algo, "native") != 0) {
+      fprintf(stderr, "[rank %d] staging limit 1 MiB, 1 MiB per rank (call %d): ran %s, want native\n", rank_, k, algo);
+      ok = 0;
+    }
+  }
+  /* A small call fits under the limit: padded again, its staging within it. */
+  ok &= limitAgv(seed, 902, tiny, width, vcollSuccess, &algo);
+  if (nranks_ > 1 && strncmp(algo, "pad", 3) != 0) {
+    fprintf(stderr, "[rank %d] staging limit 1 MiB, tiny counts: ran %s, want pad or pad_symm\n", rank_, algo);
+    ok = 0;
+  }
+  assert_int_equal(vcollCommGetStagingBytes(comm, &held), vcollSuccess);
+  if (nranks_ > 1 && (held == 0 || held > ((size_t)2 << 20))) {
+    fprintf(stderr, "[rank %d] staging limit 1 MiB: %zu bytes of staging held\n", rank_, held);
+    ok = 0;
+  }
+  /* Forced staged algorithms beyond the limit: vcollInvalidUsage naming the
+   * limit on every rank, nothing written; the communicator works after. */
+  if (nranks_ > 1) {
+    static const char* forced[] = {"pad", "pad_symm"};
+    for (int a = 0; a < 2; a++) {
+      assert_int_equal(vcollCommSetAlgo(comm, vcollCollAllGatherV, forced[a]), vcollSuccess);
+      int okA = limitAgv(seed, 903 + a, eq, width, vcollInvalidUsage, &algo);
+      if (!strstr(vcollGetLastError(comm), "staging")) {
+        fprintf(stderr, "[rank %d] forced %s beyond the staging limit: message '%s'\n", rank_, forced[a],
+                vcollGetLastError(comm));
+        okA = 0;
+      }
+      ok &= okA;
+    }
+    vcollCommSetAlgo(comm, vcollCollAllGatherV, NULL);
+    /* The p2p reducescatterv's receive slots are staging too: 2 MiB each. */
+    size_t big[64];
+    for (int r = 0; r < nranks_; r++) big[r] = 512;
+    assert_int_equal(vcollCommSetAlgo(comm, vcollCollReduceScatterV, "p2p"), vcollSuccess);
+    ok &= limitRsv(seed, 906, big, vcollInvalidUsage, &algo);
+    vcollCommSetAlgo(comm, vcollCollReduceScatterV, NULL);
+    /* Automatic reducescatterv of 1 MiB per rank: native instead of padded. */
+    ok &= limitRsv(seed, 907, eq, vcollSuccess, &algo);
+    if (strcmp(algo, "native") != 0) {
+      fprintf(stderr, "[rank %d] staging limit 1 MiB, reducescatterv of 1 MiB per rank: ran %s, want native\n",
+              rank_, algo);
+      ok = 0;
+    }
+  }
+  /* Lifting the limit brings the padded algorithms back at that size. */
+  assert_int_equal(vcollCommSetStagingLimit(comm, SIZE_MAX), vcollSuccess);
+  ok &= limitAgv(seed, 905, eq, width, vcollSuccess, &algo);
+  if (nranks_ > 1 && strncmp(algo, "pad", 3) != 0) {
+    fprintf(stderr, "[rank %d] no staging limit, 1 MiB per rank: ran %s, want pad or pad_symm\n", rank_, algo);
+    ok = 0;
+  }
+  VT_ASSERT_ALL(ok, "staging limit: wrong rows, results or algorithms (see above)");
+}
+
 /* Buffers from vcollMemAlloc (NCCL symmetric windows) on every rank, equal
  * counts: the automatic choice is the native call on the user's buffers.
  * Checked element by element; the host backend must refuse vcollMemAlloc. */
@@ -1130,6 +1312,7 @@ int main(int argc, char** argv) {
       cmocka_unit_test(test_registered_buffers),
       cmocka_unit_test(test_graph_staging_growth),
       cmocka_unit_test(test_gather_counts),
+      cmocka_unit_test_setup_teardown(test_staging_limit, vtFreshCommSetup, vtFreshCommTeardown),
       cmocka_unit_test_setup_teardown(test_nonblocking_comm, nonblockingSetup, nonblockingTeardown),
   };
   char name[64];

@@ -14,6 +14,29 @@
 #include "vcoll_internal.h"
 #include "vt.h"
 
+/* What a test writes to stderr (fd 2) between Begin and End, into text. */
+struct stderrCapture {
+  FILE* file;
+  int saved;
+};
+static struct stderrCapture stderrCaptureBegin(void) {
+  struct stderrCapture c = {tmpfile(), -1};
+  assert_non_null(c.file);
+  fflush(stderr);
+  c.saved = dup(2);
+  assert_true(c.saved >= 0 && dup2(fileno(c.file), 2) == 2);
+  return c;
+}
+static void stderrCaptureEnd(struct stderrCapture* c, char* text, size_t size) {
+  fflush(stderr);
+  dup2(c->saved, 2);
+  close(c->saved);
+  rewind(c->file);
+  const size_t n = fread(text, 1, size - 1, c->file);
+  text[n] = '\0';
+  fclose(c->file);
+}
+
 static void test_error_strings(void** state) {
   (void)state;
   for (int r = 0; r < vcollNumResults; r++) {
@@ -54,7 +77,44 @@ static void test_comm_api_null(void** state) {
   assert_int_equal(vcollCommUserRank(NULL, &n), vcollInvalidArgument);
   assert_int_equal(vcollCommSetAlgo(NULL, vcollCollAllGatherV, "bcast"), vcollInvalidArgument);
   assert_int_equal(vcollCommSetChecked(NULL, 1), vcollInvalidArgument);
+  assert_int_equal(vcollCommSetStagingLimit(NULL, 0), vcollInvalidArgument);
+  assert_non_null(strstr(vcollGetLastError(NULL), "vcollCommSetStagingLimit : comm"));
+  size_t bytes = 7;
+  assert_int_equal(vcollCommGetStagingBytes(NULL, &bytes), vcollInvalidArgument);
+  assert_int_equal(bytes, 7);
   assert_null(vcollCommLastAlgo(NULL, vcollCollAllGatherV));
+}
+
+/* VCOLL_STAGING_MAX: bytes with an optional K/M/G/T (1024-based) and B;
+ * unset or "none" is no limit; anything else is no limit with a notice
+ * naming the variable and the value. */
+static void test_env_staging_max(void** state) {
+  (void)state;
+  static const struct { const char* value; size_t want; } cases[] = {
+      {"0", 0}, {"4096", 4096}, {"64K", (size_t)64 << 10}, {"64kb", (size_t)64 << 10}, {"2M", (size_t)2 << 20},
+      {"3GB", (size_t)3 << 30}, {"1t", (size_t)1 << 40}, {"100B", 100}, {"none", SIZE_MAX}, {"NONE", SIZE_MAX},
+      {"", SIZE_MAX}, {"-1", SIZE_MAX}, {"12Q", SIZE_MAX}, {"M", SIZE_MAX}, {"1.5G", SIZE_MAX},
+      {"99999999999T", SIZE_MAX}, {"4MBB", SIZE_MAX},
+  };
+  struct stderrCapture cap = stderrCaptureBegin();
+  unsetenv("VCOLL_STAGING_MAX");
+  const size_t unset = vcollParamStagingMax();
+  size_t got[sizeof(cases) / sizeof(cases[0])];
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    setenv("VCOLL_STAGING_MAX", cases[i].value, 1);
+    got[i] = vcollParamStagingMax();
+  }
+  unsetenv("VCOLL_STAGING_MAX");
+  char text[4096];
+  stderrCaptureEnd(&cap, text, sizeof(text));
+  assert_true(unset == SIZE_MAX);
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    if (got[i] != cases[i].want) fail_msg("VCOLL_STAGING_MAX=%s: %zu, want %zu", cases[i].value, got[i], cases[i].want);
+  }
+  assert_non_null(strstr(text, "VCOLL_STAGING_MAX=12Q is not a size"));
+  assert_non_null(strstr(text, "VCOLL_STAGING_MAX=1.5G is not a size"));
+  assert_non_null(strstr(text, "VCOLL_STAGING_MAX=-1 is not a size"));
+  assert_null(strstr(text, "VCOLL_STAGING_MAX=64K")); /* a size is no notice */
 }
 
 static void test_algorithm_names(void** state) {
@@ -81,11 +141,7 @@ static void test_env_gate_kernel(void** state) {
   static const struct { const char* value; int want; } cases[] = {
       {"warp", 1}, {"seg", 2}, {"SEG", 2}, {"auto", 0}, {"", 0}, {"segment", 0}, {"warp", 1}, {"bogus", 0},
   };
-  FILE* err = tmpfile();
-  assert_non_null(err);
-  fflush(stderr);
-  const int saved = dup(2);
-  assert_true(saved >= 0 && dup2(fileno(err), 2) == 2);
+  struct stderrCapture cap = stderrCaptureBegin();
   unsetenv("VCOLL_GATE_KERNEL");
   const int unset = vcollParamGateKernel();
   int got[sizeof(cases) / sizeof(cases[0])];
@@ -94,14 +150,8 @@ static void test_env_gate_kernel(void** state) {
     got[i] = vcollParamGateKernel();
   }
   unsetenv("VCOLL_GATE_KERNEL");
-  fflush(stderr);
-  dup2(saved, 2);
-  close(saved);
-  char text[1024] = "";
-  rewind(err);
-  const size_t n = fread(text, 1, sizeof(text) - 1, err);
-  text[n] = '\0';
-  fclose(err);
+  char text[1024];
+  stderrCaptureEnd(&cap, text, sizeof(text));
   assert_int_equal(unset, 0);
   for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) assert_int_equal(got[i], cases[i].want);
   assert_non_null(strstr(text, "VCOLL_GATE_KERNEL=segment is not warp, seg or auto; taken as auto"));
@@ -199,6 +249,7 @@ int main(void) {
       cmocka_unit_test(test_comm_api_null),     cmocka_unit_test(test_algorithm_names),
       cmocka_unit_test(test_hostfloat_f16),     cmocka_unit_test(test_hostfloat_bf16),
       cmocka_unit_test(test_hostfloat_e4m3),    cmocka_unit_test(test_env_gate_kernel),
+      cmocka_unit_test(test_env_staging_max),
   };
   return cmocka_run_group_tests_name("unit", tests, NULL, NULL);
 }
