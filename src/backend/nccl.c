@@ -18,7 +18,8 @@ ncclRedOp_t vcollToNcclOp(vcollRedOp_t op) {
 /* The algorithms see the call with its choice (algo, algoAuto) filled in. */
 static vcollResult_t ncclAgv(vcollComm_t comm, const struct vcollAgvCall* vcall) {
   struct vcollAgvCall c = *vcall, *call = &c;
-  if (c.algo < 0) c.algo = vcollAlgoChooseAuto(comm, vcollCollAllGatherV, call, vcollAgvSelect(comm, call), &c.algoAuto);
+  if (c.algo < 0)
+    c.algo = vcollAlgoChooseAuto(comm, vcollCollAllGatherV, call, vcollAgvSelect(comm, call), &c.algoAuto);
   const int idx = c.algo;
   VCOLL_INFO("allgatherv ntensors %d rows %zu (max %zu) bytes %zu algo %s", call->ntensors,
               call->totalRows, call->maxRows, call->totalBytes, vcollAgvAlgos[idx].name);

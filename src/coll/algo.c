@@ -129,9 +129,10 @@ int vcollAlgoChooseAuto(vcollComm_t comm, vcollCollective_t coll, const void* ca
     if (t[forced].supported(comm, call)) {
       idx = forced;
       if (isAuto) *isAuto = 0;
+    } else {
+      VCOLL_INFO("%s: forced algorithm %s cannot run this call (%s); using %s", collNames[coll], t[forced].name,
+                 t[forced].description, t[autoIdx].name);
     }
-    else VCOLL_INFO("%s: forced algorithm %s cannot run this call (%s); using %s", collNames[coll],
-                    t[forced].name, t[forced].description, t[autoIdx].name);
   }
   if (!t[idx].supported(comm, call)) {
     /* The selection tables should never get here; the baseline runs every call. */

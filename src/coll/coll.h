@@ -77,11 +77,6 @@ vcollResult_t vcollStagingRelease(vcollComm_t comm, cudaStream_t stream, vcollRe
  * (may be NULL) set otherwise. The same on every rank, so automatic
  * selection can use it. */
 int vcollStagingCanHave(vcollComm_t comm, int kind, size_t bytes, cudaStream_t stream, const char** why);
-/* Count of failed growths (agreed by every rank) on this communicator: a
- * call that sees it change knows its staging could not be had. */
-uint64_t vcollStagingGrowFailures(vcollComm_t comm);
-/* Current size of a staging buffer (0 before its first use). */
-size_t vcollStagingSize(vcollComm_t comm, int kind);
 /* 1 when the symmetric staging buffer can be used on this communicator:
  * NCCL >= 2.27 and no earlier allocation or registration failed. */
 int vcollSymmAvailable(vcollComm_t comm);

@@ -13,10 +13,11 @@ struct vcollCollState {
   struct vcollWindow staging[2]; /* vcollStagingPlain, vcollStagingSymm */
   struct vcollWindow* retired;   /* replaced staging buffers, freed at destroy */
   int symmFailed;                /* symmetric registration failed: no pad_symm from then on */
-  /* Agreed by every rank: growing staging[kind] for a call of cannotGrow[kind]
-   * bytes failed (an allocation on some rank, or the staging limit), so
-   * calls needing that much or more take an algorithm without staging (0:
-   * none failed). Reset by vcollCommSetStagingLimit. */
+  /* Agreed by every rank: staging[kind] cannot grow to cannotGrow[kind]
+   * bytes or more (a power of two: an allocation of that size failed on
+   * some rank, or it exceeds the smallest rank's staging limit), so calls
+   * needing that much take an algorithm without staging (0: none failed).
+   * Reset by vcollCommSetStagingLimit. */
   size_t cannotGrow[2];
   uint64_t growFailures; /* agreed failed growths so far (vcollStagingGrowFailures) */
   int numSms;
@@ -34,13 +35,28 @@ struct vcollCollState {
 /* Whether the allocation succeeded on every rank: one small blocking
  * allreduce on `stream`, so that a failure on some ranks only (one GPU
  * short of memory) makes every rank give up together instead of leaving
- * the others waiting in the collective that follows. Sets *allOk. */
-static vcollResult_t agreeAllocated(vcollComm_t comm, int localOk, cudaStream_t stream, int* allOk) {
-  uint64_t failed = localOk ? 0 : 1;
-  vcollResult_t res = comm->ops->allreduceMaxU64(comm, &failed, 1, stream);
-  *allOk = res == vcollSuccess && failed == 0;
+ * the others waiting in the collective that follows. Sets *allOk, and
+ * *minLimit (may be NULL) to the smallest `limit` of all ranks (their
+ * staging limits, in the same allreduce). */
+static vcollResult_t agreeAllocated(vcollComm_t comm, int localOk, size_t limit, cudaStream_t stream, int* allOk,
+                                    size_t* minLimit) {
+  uint64_t v[2] = {localOk ? 0 : 1, (uint64_t)(SIZE_MAX - limit)};
+  vcollResult_t res = comm->ops->allreduceMaxU64(comm, v, 2, stream);
+  *allOk = res == vcollSuccess && v[0] == 0;
+  if (minLimit) *minLimit = res == vcollSuccess ? SIZE_MAX - (size_t)v[1] : limit;
   return res;
 }
+
+/* What a staging growth passes to winAlloc: why this rank refuses it (NULL:
+ * it does not) and its staging limit; winAlloc sets agreedFail (1: every
+ * rank knows the growth failed, the agreement itself went through) and
+ * minLimit (the smallest rank's limit). */
+struct winGrow {
+  const char* refuse;
+  size_t limit;
+  int agreedFail;
+  size_t minLimit;
+};
 
 #if NCCL_VERSION_CODE >= 22700
 /* The result of a window (de)registration once the communicator is ready:
@@ -53,16 +69,21 @@ static ncclResult_t winSettle(vcollComm_t comm, ncclResult_t r) {
 
 /* Allocates (and for `symmetric` registers) a buffer of `size` bytes on
  * every rank of comm; collective. On failure nothing stays allocated on
- * any rank and every rank returns an error. `refuse` (NULL, or why):
- * this rank allocates nothing and takes part in the agreement as a rank
- * whose allocation failed, with `refuse` as its error message.
- * *agreedFail (may be NULL) = 1 when every rank knows the allocation
- * failed (the agreement itself went through). */
+ * any rank and every rank returns an error. grow (NULL for vcollMemAlloc):
+ * with grow->refuse, this rank allocates nothing and takes part in the
+ * agreement as a rank whose allocation failed, with grow->refuse as its
+ * error message. */
 static vcollResult_t winAlloc(vcollComm_t comm, size_t size, int symmetric, struct vcollWindow* w,
-                              cudaStream_t stream, const char* op, const char* refuse, int* agreedFail) {
+                              cudaStream_t stream, const char* op, struct winGrow* grow) {
   memset(w, 0, sizeof(*w));
   int allOk;
-  if (agreedFail) *agreedFail = 0;
+  const char* refuse = grow ? grow->refuse : NULL;
+  const size_t limit = grow ? grow->limit : SIZE_MAX;
+  size_t unusedMin;
+  size_t* minLimit = grow ? &grow->minLimit : &unusedMin;
+  int unusedFail;
+  int* agreedFail = grow ? &grow->agreedFail : &unusedFail;
+  *agreedFail = 0;
   if (!symmetric) {
     cudaError_t err = cudaSuccess;
     if (refuse == NULL) {
@@ -72,11 +93,11 @@ static vcollResult_t winAlloc(vcollComm_t comm, size_t size, int symmetric, stru
         w->ptr = NULL;
       }
     }
-    vcollResult_t ares = agreeAllocated(comm, refuse == NULL && err == cudaSuccess, stream, &allOk);
+    vcollResult_t ares = agreeAllocated(comm, refuse == NULL && err == cudaSuccess, limit, stream, &allOk, minLimit);
     if (!allOk) {
       if (w->ptr && cudaFree(w->ptr) != cudaSuccess) cudaGetLastError();
       w->ptr = NULL;
-      if (agreedFail && ares == vcollSuccess) *agreedFail = 1;
+      if (ares == vcollSuccess) *agreedFail = 1;
       if (refuse != NULL) return vcollSetError(comm, vcollInvalidUsage, "%s : %s", op, refuse);
       if (err != cudaSuccess)
         return vcollSetError(comm, vcollUnhandledCudaError, "%s : cudaMalloc of %zu staging bytes failed: %s", op,
@@ -98,11 +119,11 @@ static vcollResult_t winAlloc(vcollComm_t comm, size_t size, int symmetric, stru
     if (nr != ncclSuccess) w->ptr = NULL;
   }
   /* Registration is collective: enter it only where every rank has memory. */
-  vcollResult_t ares = agreeAllocated(comm, refuse == NULL && nr == ncclSuccess, stream, &allOk);
+  vcollResult_t ares = agreeAllocated(comm, refuse == NULL && nr == ncclSuccess, limit, stream, &allOk, minLimit);
   if (!allOk) {
     if (w->ptr) ncclMemFree(w->ptr);
     w->ptr = NULL;
-    if (agreedFail && ares == vcollSuccess) *agreedFail = 1;
+    if (ares == vcollSuccess) *agreedFail = 1;
     if (refuse != NULL) return vcollSetError(comm, vcollInvalidUsage, "%s : %s", op, refuse);
     if (nr != ncclSuccess)
       return vcollSetError(comm, vcollNcclError, "%s : ncclMemAlloc of %zu bytes failed: %s", op, size,
@@ -119,7 +140,7 @@ static vcollResult_t winAlloc(vcollComm_t comm, size_t size, int symmetric, stru
    * would otherwise send it down another algorithm than the others.
    * (NCCL 2.28's deregistration is local to the rank, so the ranks that
    * registered may undo it alone.) */
-  ares = agreeAllocated(comm, nr == ncclSuccess, stream, &allOk);
+  ares = agreeAllocated(comm, nr == ncclSuccess, SIZE_MAX, stream, &allOk, NULL);
   if (!allOk) {
     if (w->win) {
       const ncclResult_t dr = winSettle(comm, ncclCommWindowDeregister(comm->nccl, w->win));
@@ -140,7 +161,7 @@ static vcollResult_t winAlloc(vcollComm_t comm, size_t size, int symmetric, stru
   w->size = size;
   return vcollSuccess;
 #else
-  (void)refuse;
+  (void)refuse, (void)limit, (void)minLimit, (void)agreedFail;
   return vcollSetError(comm, vcollNotSupported, "%s : vcoll was built against NCCL %d, symmetric windows need 2.27",
                        op, NCCL_VERSION_CODE);
 #endif
@@ -186,7 +207,7 @@ VCOLL_API vcollResult_t vcollMemAlloc(vcollComm_t comm, size_t size, void** ptr)
                          op, comm->ncclVersion);
   struct vcollWindow* w = calloc(1, sizeof(*w));
   if (w == NULL) return vcollSetError(comm, vcollSystemError, "%s : out of host memory", op);
-  vcollResult_t res = winAlloc(comm, size, 1, w, 0, op, NULL, NULL);
+  vcollResult_t res = winAlloc(comm, size, 1, w, 0, op, NULL);
   if (res != vcollSuccess) {
     free(w);
     return res;
@@ -265,6 +286,14 @@ int vcollNumSms(vcollComm_t comm) {
   return getState(comm, &st) == vcollSuccess ? st->numSms : 132;
 }
 
+/* Staging sizes: powers of two from 1 MiB; SIZE_MAX above 2^62 (no such buffer). */
+static size_t nextPow2(size_t x) {
+  if (x > ((size_t)1 << (sizeof(size_t) * 8 - 2))) return SIZE_MAX;
+  size_t p = STAGING_MIN_BYTES;
+  while (p < x) p <<= 1;
+  return p;
+}
+
 int vcollStagingCanHave(vcollComm_t comm, int kind, size_t bytes, cudaStream_t stream, const char** why) {
   struct vcollCollState* st = comm->collState;
   const size_t size = st ? st->staging[kind].size : 0;
@@ -273,14 +302,14 @@ int vcollStagingCanHave(vcollComm_t comm, int kind, size_t bytes, cudaStream_t s
     if (why) *why = "staging too small to grow during graph capture";
     return 0;
   }
-  if (st && st->cannotGrow[kind] != 0 && bytes >= st->cannotGrow[kind]) {
+  if (st && st->cannotGrow[kind] != 0 && nextPow2(bytes) >= st->cannotGrow[kind]) {
     if (why) *why = "staging cannot grow that far (an earlier growth failed: device memory or the staging limit)";
     return 0;
   }
   return 1;
 }
 
-uint64_t vcollStagingGrowFailures(vcollComm_t comm) {
+VCOLL_INTERNAL_API uint64_t vcollStagingGrowFailures(vcollComm_t comm) {
   struct vcollCollState* st = comm->collState;
   return st ? st->growFailures : 0;
 }
@@ -304,11 +333,6 @@ int vcollSymmAvailable(vcollComm_t comm) {
   return st == NULL || !st->symmFailed;
 }
 
-size_t vcollStagingSize(vcollComm_t comm, int kind) {
-  struct vcollCollState* st = comm->collState;
-  return st ? st->staging[kind].size : 0;
-}
-
 vcollResult_t vcollCopyDescs(vcollComm_t comm, int n, struct vcollCopyDesc** descs) {
   struct vcollCollState* st = NULL;
   VCOLL_CHECK_RES(getState(comm, &st));
@@ -320,12 +344,6 @@ vcollResult_t vcollCopyDescs(vcollComm_t comm, int n, struct vcollCopyDesc** des
   }
   *descs = st->descs;
   return vcollSuccess;
-}
-
-static size_t nextPow2(size_t x) {
-  size_t p = STAGING_MIN_BYTES;
-  while (p < x) p <<= 1;
-  return p;
 }
 
 vcollResult_t vcollStagingAcquire(vcollComm_t comm, int kind, size_t bytes, cudaStream_t stream,
@@ -342,37 +360,42 @@ vcollResult_t vcollStagingAcquire(vcollComm_t comm, int kind, size_t bytes, cuda
                            "%s : the %s staging buffer must grow from %zu to %zu bytes, which cannot happen during "
                            "CUDA graph capture; make one call of this size (or larger) before capturing",
                            opName, what, buf->size, bytes);
-    if (st->cannotGrow[kind] != 0 && bytes >= st->cannotGrow[kind]) { /* the same on every rank: no agreement */
-      if (denied) *denied = 1;
-      return vcollSetError(comm, vcollInvalidUsage,
-                           "%s : the %s staging buffer cannot grow from %zu to %zu bytes (growing it for %zu bytes "
-                           "failed earlier on this communicator: out of device memory on some rank, or the staging "
-                           "limit, vcollCommSetStagingLimit / VCOLL_STAGING_MAX)",
-                           opName, what, buf->size, bytes, st->cannotGrow[kind]);
-    }
     if (bytes > ((size_t)1 << (sizeof(size_t) * 8 - 2)))
       return vcollSetError(comm, vcollInvalidArgument, "%s : %zu staging bytes is too large", opName, bytes);
+    /* Sizes are powers of two from 1 MiB, the same on every rank whatever
+     * its limit (which only decides whether it refuses). */
+    const size_t size = nextPow2(bytes);
+    if (st->cannotGrow[kind] != 0 && size >= st->cannotGrow[kind]) { /* the same on every rank: no agreement */
+      if (denied) *denied = 1;
+      return vcollSetError(comm, vcollInvalidUsage,
+                           "%s : the %s staging buffer cannot grow from %zu to %zu bytes (growing it to %zu bytes or "
+                           "more failed earlier on this communicator: out of device memory on some rank, or the "
+                           "staging limit, vcollCommSetStagingLimit / VCOLL_STAGING_MAX)",
+                           opName, what, buf->size, size, st->cannotGrow[kind]);
+    }
     struct vcollWindow* old = NULL;
     if (buf->ptr) {
       old = malloc(sizeof(*old));
       if (old == NULL) return vcollSetError(comm, vcollSystemError, "%s : out of host memory", opName);
     }
     struct vcollWindow fresh;
-    const size_t limit = comm->stagingLimit;
-    size_t size = nextPow2(bytes);
-    if (size > limit && bytes <= limit) size = limit;
     char refuse[256];
-    if (bytes > limit)
+    struct winGrow grow = {NULL, comm->stagingLimit, 0, SIZE_MAX};
+    if (size > grow.limit) {
       snprintf(refuse, sizeof(refuse),
-               "the %s staging buffer may not grow to %zu bytes: the communicator's staging limit is %zu bytes "
-               "(vcollCommSetStagingLimit / VCOLL_STAGING_MAX)", what, bytes, limit);
-    int agreedFail = 0;
-    vcollResult_t res = winAlloc(comm, size, kind == vcollStagingSymm, &fresh, stream, opName,
-                                 bytes > limit ? refuse : NULL, &agreedFail);
+               "the %s staging buffer may not grow to %zu bytes (%zu needed, in powers of two from 1 MiB): the "
+               "communicator's staging limit is %zu bytes (vcollCommSetStagingLimit / VCOLL_STAGING_MAX)",
+               what, size, bytes, grow.limit);
+      grow.refuse = refuse;
+    }
+    vcollResult_t res = winAlloc(comm, size, kind == vcollStagingSymm, &fresh, stream, opName, &grow);
     if (res != vcollSuccess) {
       free(old);
-      if (agreedFail) { /* every rank records the same */
-        if (st->cannotGrow[kind] == 0 || bytes < st->cannotGrow[kind]) st->cannotGrow[kind] = bytes;
+      if (grow.agreedFail) { /* every rank records the same */
+        /* Beyond the smallest rank's limit nothing can be had either. */
+        size_t never = size;
+        if (grow.minLimit < SIZE_MAX && nextPow2(grow.minLimit + 1) < never) never = nextPow2(grow.minLimit + 1);
+        if (st->cannotGrow[kind] == 0 || never < st->cannotGrow[kind]) st->cannotGrow[kind] = never;
         st->growFailures++;
         if (denied) *denied = 1;
       } else if (kind == vcollStagingSymm) {

@@ -252,14 +252,14 @@ void vcollAlgoEnvCheck(void);
 /* The algorithm to run: the forced one (comm, then VCOLL_ALGO) when it
  * supports the call, else autoIdx. Records it as the last algorithm. */
 VCOLL_INTERNAL_API int vcollAlgoChoose(vcollComm_t comm, vcollCollective_t coll, const void* call, int autoIdx);
+/* The same; *isAuto = 1 when the choice is autoIdx (nothing forced, or the
+ * forced algorithm cannot run the call). */
+int vcollAlgoChooseAuto(vcollComm_t comm, vcollCollective_t coll, const void* call, int autoIdx, int* isAuto);
 
 /* moe/dispatch.c, for tests: the workspace's amax kernel scratch on the
  * device (two words, 0 between dispatches), NULL on the host backend. */
 struct vcollMoeWorkspace;
 VCOLL_INTERNAL_API uint32_t* vcollMoeAmaxScratch(struct vcollMoeWorkspace* ws);
-/* The same; *isAuto = 1 when the choice is autoIdx (nothing forced, or the
- * forced algorithm cannot run the call). */
-int vcollAlgoChooseAuto(vcollComm_t comm, vcollCollective_t coll, const void* call, int autoIdx, int* isAuto);
 
 /* backend/nccl.c */
 extern const struct vcollBackendOps vcollNcclOps;
@@ -288,6 +288,9 @@ void vcollCollStateFree(vcollComm_t comm);
 void vcollStagingLimitChanged(vcollComm_t comm);
 /* Bytes of staging buffers held (live and replaced). */
 size_t vcollStagingHeld(vcollComm_t comm);
+/* Count of failed growths (agreed by every rank) on this communicator: a
+ * call that sees it change knows its staging could not be had. */
+VCOLL_INTERNAL_API uint64_t vcollStagingGrowFailures(vcollComm_t comm);
 
 #define VCOLL_CHECK_RES(call)                  \
   do {                                         \

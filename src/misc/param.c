@@ -67,7 +67,10 @@ size_t vcollParamStagingMax(void) {
     VCOLL_NOTICE("VCOLL_STAGING_MAX=%s is not a size (bytes, or a number with K, M, G or T); no staging limit", s);
     return SIZE_MAX;
   }
-  if (shift > 0 && n > (SIZE_MAX >> shift)) return SIZE_MAX;
+  if (shift > 0 && n > (SIZE_MAX >> shift)) {
+    VCOLL_NOTICE("VCOLL_STAGING_MAX=%s is more than a size_t holds; no staging limit", s);
+    return SIZE_MAX;
+  }
   return (size_t)n << shift;
 }
 const char* vcollParamBackend(void) { return envOrNull("VCOLL_BACKEND"); }

@@ -203,8 +203,9 @@ __device__ __forceinline__ void quantizeBody(const QuantArgs& a, const SideCopie
      * unless two of them overlapped (a caller's mistake): zero it so that
      * the next stream-ordered dispatch is right again. */
     if (sc->amaxScratch && first == 0) sc->amaxScratch[0] = sc->amaxScratch[1] = 0;
+  } else {
+    gs = !kCopies || a.blocks > 0 ? readGlobalScale(a.gs, a.computed) : 1.0f; /* no blocks: no scale to read */
   }
-  else gs = !kCopies || a.blocks > 0 ? readGlobalScale(a.gs, a.computed) : 1.0f; /* no blocks: no scale to read */
   const float gsDiv6 = __fmul_rn(gs, 1.0f / 6.0f);
   const float invGs = __frcp_rn(gs);
 #pragma unroll 1

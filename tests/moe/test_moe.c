@@ -102,6 +102,8 @@ static void** outPtr(vcollMoeTokens_t* t, int i) {
   return p[i];
 }
 
+static int noStaging = 0; /* the communicator's staging limit is 0 (test_moe_staging_limit) */
+
 static int runDispatchCase(uint64_t seed, int iter, vcollMoeFormat_t format) {
   vtRng g = vtRngMake(seed, 2000 + (uint64_t)iter * 2 + (uint64_t)format);
   /* NCCL backend: every allgatherv algorithm forced in turn (the FP4 rows
@@ -232,6 +234,7 @@ static int runDispatchCase(uint64_t seed, int iter, vcollMoeFormat_t format) {
   /* A forced algorithm runs every call here (pad_symm only where NCCL
    * gives symmetric windows; otherwise the automatic choice). */
   int ranForced = N == 0 || strcmp(algo, "auto") == 0 || strcmp(algo, "pad_symm") == 0 || strcmp(ran, algo) == 0;
+  if (noStaging && strncmp(ran, "pad", 3) == 0) ranForced = 0; /* no staging may be had: not padded */
   sync();
 
   /* Expected: all ranks' tokens, quantized as one tensor. */
@@ -337,8 +340,6 @@ static float partialVal(uint64_t seed, int iter, int r, size_t e, vcollMoeAccum_
   if (accum == vcollMoeAccumBf16) return (float)vtRange(&g, -8, 8);
   return (float)ldexp((double)vtRange(&g, -255, 255), -7);
 }
-
-static int noStaging = 0; /* the communicator's staging limit is 0 (test_combine_staging_limit) */
 
 static int runCombineCase(uint64_t seed, int iter, vcollMoeAccum_t accum) {
   vtRng g = vtRngMake(seed, 7000 + (uint64_t)iter * 2 + (uint64_t)accum);
@@ -530,31 +531,37 @@ static void test_combine_fp32(void** state) {
  * output's NaN is the canonical bf16 NaN 0x7fff on both backends (the
  * device kernel's __float2bfloat16_rn writes it), inf - inf is NaN too. */
 static int combineFp32NanCase(void);
-/* VCOLL_MOE_COMBINE32=p2p on a communicator of its own whose staging limit
- * is 0: the p2p reducescatterv cannot have its receive slots, so the fp32
- * combine widens instead (the first call after its p2p attempt failed on
- * every rank, later ones at once); the sums are the same. Lifting the
- * limit brings p2p back. */
-static void test_combine_staging_limit(void** state) {
+/* A communicator of its own whose staging limit is 0: FP4 dispatches (the
+ * automatic choice of allgatherv; a padded one would quantize into its
+ * staging buffer, the fallback into the outputs) are right and not padded;
+ * with VCOLL_MOE_COMBINE32=p2p the p2p reducescatterv cannot have its
+ * receive slots, so the fp32 combine widens instead (the first call after
+ * its p2p attempt failed on every rank, later ones at once); the sums are
+ * the same. Lifting the limit brings p2p back. */
+static void test_moe_staging_limit(void** state) {
   (void)state;
   if (onGpu()) VT_REQUIRE_GPU();
   const uint64_t seed = vtSeed();
   setCombine32("p2p");
   assert_int_equal(vcollCommSetStagingLimit(comm, 0), vcollSuccess);
   noStaging = onGpu();
-  int ok = 1;
+  int ok = 1, nAlgos = 0;
+  while (onGpu() && vcollAlgoName(vcollCollAllGatherV, nAlgos)) nAlgos++;
   const int n = iters < 6 ? iters : 6;
-  for (int it = 0; it < n; it++) ok &= runCombineCase(seed ^ 0x11, it, vcollMoeAccumFp32);
+  for (int it = 0; it < n; it++) { /* runDispatchCase takes the automatic choice at it % (nAlgos + 1) == nAlgos */
+    ok &= runDispatchCase(seed ^ 0x10, it * (nAlgos + 1) + nAlgos, vcollMoeFp4);
+    ok &= runCombineCase(seed ^ 0x11, it, vcollMoeAccumFp32);
+  }
   size_t held = 1;
   assert_int_equal(vcollCommGetStagingBytes(comm, &held), vcollSuccess);
   if (held != 0) {
-    fprintf(stderr, "[rank %d] combine under a staging limit of 0: %zu bytes of staging held\n", rank_, held);
+    fprintf(stderr, "[rank %d] MoE under a staging limit of 0: %zu bytes of staging held\n", rank_, held);
     ok = 0;
   }
   noStaging = 0;
   assert_int_equal(vcollCommSetStagingLimit(comm, SIZE_MAX), vcollSuccess);
   for (int it = 0; it < n; it++) ok &= runCombineCase(seed ^ 0x12, it, vcollMoeAccumFp32);
-  VT_ASSERT_ALL(ok, "fp32 combine under a staging limit: wrong sums or algorithm (see above)");
+  VT_ASSERT_ALL(ok, "MoE under a staging limit: wrong tokens or sums, or a padded algorithm (see above)");
 }
 
 static int staginglimitTeardown(void** state) {
@@ -1035,7 +1042,7 @@ int main(int argc, char** argv) {
       cmocka_unit_test(test_combine_bf16),
       cmocka_unit_test_teardown(test_combine_fp32, restoreCombine32),
       cmocka_unit_test_teardown(test_combine_fp32_nan, restoreCombine32),
-      cmocka_unit_test_setup_teardown(test_combine_staging_limit, vtFreshCommSetup, staginglimitTeardown),
+      cmocka_unit_test_setup_teardown(test_moe_staging_limit, vtFreshCommSetup, staginglimitTeardown),
       cmocka_unit_test(test_dispatch_amax_first),
       cmocka_unit_test(test_gather_counts),
       cmocka_unit_test(test_graph_capture),

@@ -114,6 +114,7 @@ static void test_env_staging_max(void** state) {
   assert_non_null(strstr(text, "VCOLL_STAGING_MAX=12Q is not a size"));
   assert_non_null(strstr(text, "VCOLL_STAGING_MAX=1.5G is not a size"));
   assert_non_null(strstr(text, "VCOLL_STAGING_MAX=-1 is not a size"));
+  assert_non_null(strstr(text, "VCOLL_STAGING_MAX=99999999999T is more than a size_t holds"));
   assert_null(strstr(text, "VCOLL_STAGING_MAX=64K")); /* a size is no notice */
 }
 
