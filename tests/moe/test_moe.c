@@ -653,15 +653,16 @@ static int amaxSequence(size_t tokens, int corrupt, char* what, size_t whatSize)
   int ok = 1;
   uint32_t* scratch = vcollMoeAmaxScratch(ws);
   for (size_t c = 0; c < sizeof(calls) / sizeof(calls[0]); c++) {
-    for (size_t j = 0; j < E; j++) h[j] = vcollF32ToBf16(j == calls[c].at ? calls[c].big : calls[c].rest);
-    bufPut(dIn, h, E * 2);
-    bufPoison(b.tokens.globalScale, 4);
     if (corrupt && scratch) {
       /* What two overlapping amax kernels of one workspace can leave behind
        * (a caller's mistake): a max and a CTA count off zero. The dispatch
-       * after it may be wrong (its own scale is not checked); the next one
-       * must be right again. */
-      const uint32_t junk[2] = {0x43e00000u /* 448.0f */, 7};
+       * after it, of other tokens (all 60000: every CTA's max is 59904 in
+       * bf16, left in the scratch by the CTAs the wrong count makes run
+       * after the one taken for the last), is wrong (not checked); the next
+       * one must be right again, not 2688 / 59904. */
+      const uint32_t junk[2] = {0x476a6000u /* 60000.0f */, 7};
+      for (size_t j = 0; j < E; j++) h[j] = vcollF32ToBf16(60000.0f);
+      bufPut(dIn, h, E * 2);
       assert_int_equal(cudaMemcpy(scratch, junk, sizeof(junk), cudaMemcpyHostToDevice), cudaSuccess);
       vcollResult_t r0 = vcollMoeDispatch(ws, counts, &in, &b.tokens, 0);
       sync();
@@ -669,8 +670,10 @@ static int amaxSequence(size_t tokens, int corrupt, char* what, size_t whatSize)
         snprintf(what, whatSize, "%zu tokens, call %zu after corrupted amax scratch: res %d", tokens, c, r0);
         ok = 0;
       }
-      bufPoison(b.tokens.globalScale, 4);
     }
+    for (size_t j = 0; j < E; j++) h[j] = vcollF32ToBf16(j == calls[c].at ? calls[c].big : calls[c].rest);
+    bufPut(dIn, h, E * 2);
+    bufPoison(b.tokens.globalScale, 4);
     vcollResult_t res = vcollMoeDispatch(ws, counts, &in, &b.tokens, 0);
     sync();
     float gs = 0;
@@ -678,6 +681,7 @@ static int amaxSequence(size_t tokens, int corrupt, char* what, size_t whatSize)
     if (ok && !(res == vcollSuccess && gs == calls[c].want)) {
       snprintf(what, whatSize, "%zu tokens, call %zu (|x| max %g at %zu): res %d, global scale %g (want %g)", tokens,
                c, fabsf(calls[c].big), calls[c].at, res, gs, calls[c].want);
+      if (corrupt) snprintf(what + strlen(what), whatSize - strlen(what), ", amax scratch corrupted before");
       ok = 0;
     }
   }
