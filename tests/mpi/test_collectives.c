@@ -1102,6 +1102,44 @@ static void test_staging_limit(void** state) {
   VT_ASSERT_ALL(ok, "staging limit: wrong rows, results or algorithms (see above)");
 }
 
+/* A staging limit on the last rank only (a fresh communicator, before any
+ * call), as when one GPU is short of memory: its refusal is agreed, so every
+ * rank falls back alike (no rank waits in a collective the others skip),
+ * holds no staging, and learns the smallest limit: a later call past it
+ * chooses the fallback on every rank without another attempt. */
+static void test_staging_limit_one_rank(void** state) {
+  (void)state;
+  if (!onGpu()) skip(); /* the host backend has no staging */
+  VT_REQUIRE_GPU();
+  const uint64_t seed = vtSeed();
+  const size_t limit = ((size_t)3 << 19) + 100, width = 2048;
+  if (rank_ == nranks_ - 1) assert_int_equal(vcollCommSetStagingLimit(comm, limit), vcollSuccess);
+  size_t eq[64], half[64], tiny[64];
+  for (int r = 0; r < nranks_; r++) eq[r] = 256, half[r] = 128, tiny[r] = 3 + (size_t)r;
+  const char* algo = NULL;
+  int ok = limitAgv(seed, 920, eq, width, vcollSuccess, &algo);
+  const int fallback = nranks_ == 1 || strcmp(algo, "native") == 0;
+  if (!fallback) fprintf(stderr, "[rank %d] limit on rank %d only, 1 MiB per rank: ran %s\n", rank_, nranks_ - 1, algo);
+  ok &= fallback;
+  size_t held = 1;
+  assert_int_equal(vcollCommGetStagingBytes(comm, &held), vcollSuccess);
+  if (held != 0) fprintf(stderr, "[rank %d] limit on one rank, after the refusal: %zu bytes held\n", rank_, held);
+  ok &= held == 0;
+  const uint64_t failures = vcollStagingGrowFailures(comm);
+  ok &= limitAgv(seed, 921, half, width, vcollSuccess, &algo);
+  if (nranks_ > 1 && (strcmp(algo, "native") != 0 || vcollStagingGrowFailures(comm) != failures)) {
+    fprintf(stderr, "[rank %d] limit on one rank, 512 KiB per rank: ran %s, %llu growth failures (%llu before)\n",
+            rank_, algo, (unsigned long long)vcollStagingGrowFailures(comm), (unsigned long long)failures);
+    ok = 0;
+  }
+  ok &= limitAgv(seed, 922, tiny, width, vcollSuccess, &algo);
+  if (nranks_ > 1 && strncmp(algo, "pad", 3) != 0) {
+    fprintf(stderr, "[rank %d] limit on one rank, tiny counts: ran %s, want pad or pad_symm\n", rank_, algo);
+    ok = 0;
+  }
+  VT_ASSERT_ALL(ok, "staging limit on one rank: wrong rows, algorithms or staging (see above)");
+}
+
 /* Buffers from vcollMemAlloc (NCCL symmetric windows) on every rank, equal
  * counts: the automatic choice is the native call on the user's buffers.
  * Checked element by element; the host backend must refuse vcollMemAlloc. */
@@ -1333,6 +1371,7 @@ int main(int argc, char** argv) {
       cmocka_unit_test(test_graph_staging_growth),
       cmocka_unit_test(test_gather_counts),
       cmocka_unit_test_setup_teardown(test_staging_limit, vtFreshCommSetup, vtFreshCommTeardown),
+      cmocka_unit_test_setup_teardown(test_staging_limit_one_rank, vtFreshCommSetup, vtFreshCommTeardown),
       cmocka_unit_test_setup_teardown(test_nonblocking_comm, nonblockingSetup, nonblockingTeardown),
   };
   char name[64];
