@@ -15,7 +15,8 @@
 #   VCOLL_NCCL_HOME=prefix builds and runs everything against that NCCL
 #   instead of the system's (meson -Dnccl_home, LD_LIBRARY_PATH).
 #   VCOLL_SKIP_TESTS=1 skips the test suites, VCOLL_TEST_SUITES picks them
-#   (default "unit mpi gpu"), VCOLL_TEST_TIMEOUT (s, default
+#   (default "unit mpi gpu"), VCOLL_TESTS names tests instead (e.g.
+#   "collectives_nccl_np2 moe_nccl_np4"), VCOLL_TEST_TIMEOUT (s, default
 #   300) bounds them (VCOLL_TEST_TIMEOUT_MULT scales each test's own limit), VCOLL_BENCH_TIMEOUT (s, default 420) each benchmark.
 #
 # The GPU machine of this project has no cmocka: carry .deps/debs (the
@@ -107,6 +108,7 @@ step tests
 if [ "${VCOLL_SKIP_TESTS:-0}" != 1 ]; then
   suites=""
   for s in ${VCOLL_TEST_SUITES:-unit mpi gpu}; do suites="$suites --suite $s"; done
+  [ -n "${VCOLL_TESTS:-}" ] && suites=$VCOLL_TESTS # test names instead of suites
   timeout "${VCOLL_TEST_TIMEOUT:-300}" meson test -C "$B" $suites --print-errorlogs \
     --timeout-multiplier "${VCOLL_TEST_TIMEOUT_MULT:-1}" --num-processes 1 >"$LOG/tests.txt" 2>&1
   echo "meson test exit $?"
