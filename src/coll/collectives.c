@@ -11,7 +11,7 @@
  * pick different NCCL calls and hang); the algorithm follows from the
  * other fields, so it is named only when they agree. */
 static const char* const kAlgoField =
-    "algorithms (VCOLL_ALGO, vcollCommSetAlgo or VCOLL_NCCL_AVG differ between ranks)";
+    "algorithms (VCOLL_ALGO, vcollCommSetAlgo, VCOLL_NCCL_AVG or vcollCommSetStagingLimit differ between ranks)";
 static const char* const kRegField = "buffers (registered through vcollMemAlloc on some ranks only)";
 
 static int agvFields(vcollComm_t comm, struct vcollAgvCall* c, int nranks, struct vcollAgreeField* f) {

@@ -1137,6 +1137,20 @@ static void test_staging_limit_one_rank(void** state) {
     fprintf(stderr, "[rank %d] limit on one rank, tiny counts: ran %s, want pad or pad_symm\n", rank_, algo);
     ok = 0;
   }
+  /* Checked mode: rank 0 alone sets a limit again, forgetting the refusal,
+   * so it would choose pad where the others choose native: every rank gets
+   * vcollArgumentMismatch naming the algorithms, and nothing is written. */
+  if (nranks_ > 1) {
+    assert_int_equal(vcollCommSetChecked(comm, 1), vcollSuccess);
+    if (rank_ == 0) assert_int_equal(vcollCommSetStagingLimit(comm, SIZE_MAX), vcollSuccess);
+    int okC = limitAgv(seed, 923, eq, width, vcollArgumentMismatch, &algo);
+    if (!strstr(vcollGetLastError(comm), "vcollCommSetStagingLimit")) {
+      fprintf(stderr, "[rank %d] checked, limit forgotten on rank 0 only: '%s'\n", rank_, vcollGetLastError(comm));
+      okC = 0;
+    }
+    ok &= okC;
+    assert_int_equal(vcollCommSetChecked(comm, 0), vcollSuccess);
+  }
   VT_ASSERT_ALL(ok, "staging limit on one rank: wrong rows, algorithms or staging (see above)");
 }
 
