@@ -123,7 +123,7 @@ for s in bench/run_gpu.d/*.sh; do
   step "bench $name"
   timeout "${VCOLL_BENCH_TIMEOUT:-420}" bash "$s" "$B" "$OUT/bench" >"$LOG/bench-$name.txt" 2>&1
   echo "bench $name exit $?"
-  tail -25 "$LOG/bench-$name.txt"
+  tail -26 "$LOG/bench-$name.txt"
 done
 
 step done

@@ -67,6 +67,14 @@ static ncclResult_t winSettle(vcollComm_t comm, ncclResult_t r) {
 }
 #endif
 
+/* The error of a rank whose allocation another rank's staging limit
+ * refused: the same code as on the refusing rank. */
+static vcollResult_t refusedElsewhere(vcollComm_t comm, const char* op, size_t size, size_t minLimit) {
+  return vcollSetError(comm, vcollInvalidUsage,
+                       "%s : a staging buffer may not grow to %zu bytes: another rank's staging limit is %zu bytes "
+                       "(vcollCommSetStagingLimit / VCOLL_STAGING_MAX)", op, size, minLimit);
+}
+
 /* Allocates (and for `symmetric` registers) a buffer of `size` bytes on
  * every rank of comm; collective. On failure nothing stays allocated on
  * any rank and every rank returns an error. grow (NULL for vcollMemAlloc):
@@ -99,6 +107,7 @@ static vcollResult_t winAlloc(vcollComm_t comm, size_t size, int symmetric, stru
       w->ptr = NULL;
       if (ares == vcollSuccess) *agreedFail = 1;
       if (refuse != NULL) return vcollSetError(comm, vcollInvalidUsage, "%s : %s", op, refuse);
+      if (ares == vcollSuccess && *minLimit < size) return refusedElsewhere(comm, op, size, *minLimit);
       if (err != cudaSuccess)
         return vcollSetError(comm, vcollUnhandledCudaError, "%s : cudaMalloc of %zu staging bytes failed: %s", op,
                              size, cudaGetErrorString(err));
@@ -125,6 +134,7 @@ static vcollResult_t winAlloc(vcollComm_t comm, size_t size, int symmetric, stru
     w->ptr = NULL;
     if (ares == vcollSuccess) *agreedFail = 1;
     if (refuse != NULL) return vcollSetError(comm, vcollInvalidUsage, "%s : %s", op, refuse);
+    if (ares == vcollSuccess && *minLimit < size) return refusedElsewhere(comm, op, size, *minLimit);
     if (nr != ncclSuccess)
       return vcollSetError(comm, vcollNcclError, "%s : ncclMemAlloc of %zu bytes failed: %s", op, size,
                            ncclGetErrorString(nr));
@@ -392,10 +402,13 @@ vcollResult_t vcollStagingAcquire(vcollComm_t comm, int kind, size_t bytes, cuda
     if (res != vcollSuccess) {
       free(old);
       if (grow.agreedFail) { /* every rank records the same */
-        /* Beyond the smallest rank's limit nothing can be had either. */
-        size_t never = size;
-        if (grow.minLimit < SIZE_MAX && nextPow2(grow.minLimit + 1) < never) never = nextPow2(grow.minLimit + 1);
-        if (st->cannotGrow[kind] == 0 || never < st->cannotGrow[kind]) st->cannotGrow[kind] = never;
+        /* Beyond the smallest of the ranks' limits nothing can be had
+         * either, in both buffers (the limit covers both). */
+        const size_t pastLimit = grow.minLimit < SIZE_MAX ? nextPow2(grow.minLimit + 1) : SIZE_MAX;
+        for (int k = 0; k < 2; k++) {
+          const size_t never = k == kind && size < pastLimit ? size : pastLimit;
+          if (never != SIZE_MAX && (st->cannotGrow[k] == 0 || never < st->cannotGrow[k])) st->cannotGrow[k] = never;
+        }
         st->growFailures++;
         if (denied) *denied = 1;
       } else if (kind == vcollStagingSymm) {
@@ -422,6 +435,11 @@ vcollResult_t vcollStagingAcquirePad(vcollComm_t comm, int* kind, size_t bytes, 
   const uint64_t failures = vcollStagingGrowFailures(comm);
   vcollResult_t res = vcollStagingAcquire(comm, *kind, bytes, stream, opName, ptr, denied);
   if (res != vcollSuccess && *kind == vcollStagingSymm && !vcollStreamCapturing(comm, stream)) {
+    /* Nor the plain one (a staging limit refuses both): no second try. */
+    if (!vcollStagingCanHave(comm, vcollStagingPlain, bytes, stream, NULL)) {
+      if (denied) *denied = 1;
+      return res;
+    }
     /* A failure of this call is news; one an earlier call recorded is not. */
     if (vcollStagingGrowFailures(comm) != failures || !vcollSymmAvailable(comm))
       VCOLL_WARN("%s: no symmetric staging buffer (%s); using the plain one", opName, vcollGetLastError(comm));
