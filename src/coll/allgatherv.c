@@ -310,12 +310,8 @@ int vcollAgvSelect(vcollComm_t comm, const struct vcollAgvCall* call) {
   }
   /* Staging that cannot be had (a graph capture, where it cannot grow; a
    * growth that failed before): the plain buffer, or a path without. */
-  const size_t staging = agvStagingBytes(comm, call);
-  if (strcmp(algo, "pad_symm") == 0 &&
-      (!vcollSymmAvailable(comm) || !vcollStagingCanHave(comm, vcollStagingSymm, staging, call->stream, NULL)))
-    algo = "pad";
-  if (strcmp(algo, "pad") == 0 && !vcollStagingCanHave(comm, vcollStagingPlain, staging, call->stream, &why))
-    algo = equal ? "native" : "bcast";
+  const size_t staging = strncmp(algo, "pad", 3) == 0 ? agvStagingBytes(comm, call) : 0;
+  algo = vcollStagedChoice(comm, algo, staging, call->stream, equal ? "native" : "bcast", &why);
   VCOLL_INFO("allgatherv auto: %s (%s; %zu bytes/rank, imbalance %.2f, nranks %d, ntensors %d, NCCL %d)", algo, why,
              perRank, imbalance, n, call->ntensors, comm->ncclVersion);
   return vcollAlgoFind(vcollCollAllGatherV, algo);

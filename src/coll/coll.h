@@ -77,8 +77,16 @@ vcollResult_t vcollStagingRelease(vcollComm_t comm, cudaStream_t stream, vcollRe
  * (may be NULL) set otherwise. The same on every rank, so automatic
  * selection can use it. */
 int vcollStagingCanHave(vcollComm_t comm, int kind, size_t bytes, cudaStream_t stream, const char** why);
+/* The automatic choice `algo` where its staging of `bytes` cannot be had
+ * (graph capture, an earlier refusal): pad_symm becomes pad (also without
+ * symmetric windows), pad becomes `without` (*why set); any other algo
+ * stays. The same on every rank. */
+const char* vcollStagedChoice(vcollComm_t comm, const char* algo, size_t bytes, cudaStream_t stream,
+                              const char* without, const char** why);
 /* 1 when the symmetric staging buffer can be used on this communicator:
- * NCCL >= 2.27 and no earlier allocation or registration failed. */
+ * NCCL >= 2.27 and no earlier registration failed (nor an allocation whose
+ * failure the ranks could not agree on; an agreed one is remembered by
+ * size instead: vcollStagingCanHave). */
 int vcollSymmAvailable(vcollComm_t comm);
 /* Multiprocessor count of the communicator's device (cached). */
 int vcollNumSms(vcollComm_t comm);

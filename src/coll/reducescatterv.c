@@ -309,12 +309,8 @@ int vcollRsvSelect(vcollComm_t comm, const struct vcollRsvCall* call) {
     if (algo == NULL) algo = "reduce";
   }
   /* Staging that cannot be had (as allgatherv's): the plain buffer, or a path without. */
-  const size_t staging = rsvStagingBytes(comm, call);
-  if (strcmp(algo, "pad_symm") == 0 &&
-      (!vcollSymmAvailable(comm) || !vcollStagingCanHave(comm, vcollStagingSymm, staging, call->stream, NULL)))
-    algo = "pad";
-  if (strcmp(algo, "pad") == 0 && !vcollStagingCanHave(comm, vcollStagingPlain, staging, call->stream, &why))
-    algo = equal ? "native" : "reduce";
+  const size_t staging = strncmp(algo, "pad", 3) == 0 ? rsvStagingBytes(comm, call) : 0;
+  algo = vcollStagedChoice(comm, algo, staging, call->stream, equal ? "native" : "reduce", &why);
   VCOLL_INFO("reducescatterv auto: %s (%s; %zu bytes/rank, imbalance %.2f, nranks %d, %s %s, NCCL %d)", algo, why,
              perRank, imbalance, n, vcollTypeName(call->datatype), vcollOpName(call->op), comm->ncclVersion);
   return vcollAlgoFind(vcollCollReduceScatterV, algo);

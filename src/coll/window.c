@@ -47,10 +47,10 @@ static vcollResult_t agreeAllocated(vcollComm_t comm, int localOk, size_t limit,
   return res;
 }
 
-/* What a staging growth passes to winAlloc: why this rank refuses it (NULL:
- * it does not) and its staging limit; winAlloc sets agreedFail (1: every
- * rank knows the growth failed, the agreement itself went through) and
- * minLimit (the smallest rank's limit). */
+/* What winAlloc's caller passes: why this rank refuses the allocation
+ * (NULL: it does not) and its staging limit (SIZE_MAX: none); winAlloc sets
+ * agreedFail (1: every rank knows the allocation failed, the agreement
+ * itself went through) and minLimit (the smallest of the ranks' limits). */
 struct winGrow {
   const char* refuse;
   size_t limit;
@@ -77,20 +77,17 @@ static vcollResult_t refusedElsewhere(vcollComm_t comm, const char* op, size_t s
 
 /* Allocates (and for `symmetric` registers) a buffer of `size` bytes on
  * every rank of comm; collective. On failure nothing stays allocated on
- * any rank and every rank returns an error. grow (NULL for vcollMemAlloc):
- * with grow->refuse, this rank allocates nothing and takes part in the
- * agreement as a rank whose allocation failed, with grow->refuse as its
- * error message. */
+ * any rank and every rank returns an error. With grow->refuse, this rank
+ * allocates nothing and takes part in the agreement as a rank whose
+ * allocation failed, with grow->refuse as its error message. */
 static vcollResult_t winAlloc(vcollComm_t comm, size_t size, int symmetric, struct vcollWindow* w,
                               cudaStream_t stream, const char* op, struct winGrow* grow) {
   memset(w, 0, sizeof(*w));
   int allOk;
-  const char* refuse = grow ? grow->refuse : NULL;
-  const size_t limit = grow ? grow->limit : SIZE_MAX;
-  size_t unusedMin;
-  size_t* minLimit = grow ? &grow->minLimit : &unusedMin;
-  int unusedFail;
-  int* agreedFail = grow ? &grow->agreedFail : &unusedFail;
+  const char* refuse = grow->refuse;
+  const size_t limit = grow->limit;
+  size_t* minLimit = &grow->minLimit;
+  int* agreedFail = &grow->agreedFail;
   *agreedFail = 0;
   if (!symmetric) {
     cudaError_t err = cudaSuccess;
@@ -217,7 +214,8 @@ VCOLL_API vcollResult_t vcollMemAlloc(vcollComm_t comm, size_t size, void** ptr)
                          op, comm->ncclVersion);
   struct vcollWindow* w = calloc(1, sizeof(*w));
   if (w == NULL) return vcollSetError(comm, vcollSystemError, "%s : out of host memory", op);
-  vcollResult_t res = winAlloc(comm, size, 1, w, 0, op, NULL);
+  struct winGrow any = {NULL, SIZE_MAX, 0, SIZE_MAX}; /* a user's buffer: no staging limit */
+  vcollResult_t res = winAlloc(comm, size, 1, w, 0, op, &any);
   if (res != vcollSuccess) {
     free(w);
     return res;
@@ -304,6 +302,13 @@ static size_t nextPow2(size_t x) {
   return p;
 }
 
+/* Whether staging[kind] was found unable to grow to `size` (a power of
+ * two) or more: the rule that both the selection (vcollStagingCanHave) and
+ * the acquisition apply, so that they agree. */
+static int refusedBefore(const struct vcollCollState* st, int kind, size_t size) {
+  return st->cannotGrow[kind] != 0 && size >= st->cannotGrow[kind];
+}
+
 int vcollStagingCanHave(vcollComm_t comm, int kind, size_t bytes, cudaStream_t stream, const char** why) {
   struct vcollCollState* st = comm->collState;
   const size_t size = st ? st->staging[kind].size : 0;
@@ -312,7 +317,7 @@ int vcollStagingCanHave(vcollComm_t comm, int kind, size_t bytes, cudaStream_t s
     if (why) *why = "staging too small to grow during graph capture";
     return 0;
   }
-  if (st && st->cannotGrow[kind] != 0 && nextPow2(bytes) >= st->cannotGrow[kind]) {
+  if (st && refusedBefore(st, kind, nextPow2(bytes))) {
     if (why) *why = "staging cannot grow that far (an earlier growth failed: device memory or the staging limit)";
     return 0;
   }
@@ -335,6 +340,15 @@ size_t vcollStagingHeld(vcollComm_t comm) {
   size_t total = st->staging[0].size + st->staging[1].size;
   for (struct vcollWindow* w = st->retired; w; w = w->next) total += w->size;
   return total;
+}
+
+const char* vcollStagedChoice(vcollComm_t comm, const char* algo, size_t bytes, cudaStream_t stream,
+                              const char* without, const char** why) {
+  if (strcmp(algo, "pad_symm") == 0 &&
+      (!vcollSymmAvailable(comm) || !vcollStagingCanHave(comm, vcollStagingSymm, bytes, stream, NULL)))
+    algo = "pad";
+  if (strcmp(algo, "pad") == 0 && !vcollStagingCanHave(comm, vcollStagingPlain, bytes, stream, why)) algo = without;
+  return algo;
 }
 
 int vcollSymmAvailable(vcollComm_t comm) {
@@ -375,7 +389,7 @@ vcollResult_t vcollStagingAcquire(vcollComm_t comm, int kind, size_t bytes, cuda
     /* Sizes are powers of two from 1 MiB, the same on every rank whatever
      * its limit (which only decides whether it refuses). */
     const size_t size = nextPow2(bytes);
-    if (st->cannotGrow[kind] != 0 && size >= st->cannotGrow[kind]) { /* the same on every rank: no agreement */
+    if (refusedBefore(st, kind, size)) { /* the same on every rank: no agreement */
       if (denied) *denied = 1;
       return vcollSetError(comm, vcollInvalidUsage,
                            "%s : the %s staging buffer cannot grow from %zu to %zu bytes (growing it to %zu bytes or "
