@@ -14,6 +14,8 @@
 #   VCOLL_NCCL_PKG=archive (from scripts/nccl_pkg.py; carry that one file) or
 #   VCOLL_NCCL_HOME=prefix builds and runs everything against that NCCL
 #   instead of the system's (meson -Dnccl_home, LD_LIBRARY_PATH).
+#   VCOLL_MESON_ARGS adds options to meson setup (e.g. the coverage build of
+#   scripts/coverage.py, with BUILD_DIR naming a build folder of its own).
 #   VCOLL_SKIP_TESTS=1 skips the test suites, VCOLL_TEST_SUITES picks them
 #   (default "unit mpi gpu"), VCOLL_TESTS names tests instead (e.g.
 #   "collectives_nccl_np2 moe_nccl_np4"), VCOLL_TEST_TIMEOUT (s, default
@@ -72,7 +74,7 @@ step build
 B=${BUILD_DIR:-build-gpu}
 # --reconfigure on a build folder left by an earlier run: its options (another NCCL) take effect.
 RECONF=$([ -d "$B/meson-private" ] && echo --reconfigure)
-{ meson setup $RECONF "$B" -Dgpu_arch=90 -Dnccl_home="${VCOLL_NCCL_HOME:-}" && ninja -C "$B" -j "$(nproc)"; } >"$LOG/build.txt" 2>&1
+{ meson setup $RECONF "$B" -Dgpu_arch=90 -Dnccl_home="${VCOLL_NCCL_HOME:-}" ${VCOLL_MESON_ARGS:-} && ninja -C "$B" -j "$(nproc)"; } >"$LOG/build.txt" 2>&1
 build_rc=$?
 tail -5 "$LOG/build.txt"
 # The NCCL the library loads, and the version it reports at run time.
