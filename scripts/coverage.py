@@ -19,10 +19,8 @@ libgcov). scripts/gpu_session.sh takes these through VCOLL_MESON_ARGS.
 import glob
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 
 
 def run_gcov(build, outdir):
@@ -32,29 +30,32 @@ def run_gcov(build, outdir):
     os.makedirs(outdir, exist_ok=True)
     kept = 0
     for k, gcda in enumerate(gcdas):
-        # One folder per object file: a header that several objects include
-        # gets one .gcov each, kept side by side (name@k) and summed by report.
-        with tempfile.TemporaryDirectory() as tmp:
-            subprocess.run(["gcov", "-p", "-o", os.path.dirname(os.path.abspath(gcda)), os.path.abspath(gcda)],
-                           cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-            for f in glob.glob(os.path.join(tmp, "*.gcov")):
-                src = source_of(f)
-                if src is None:
-                    continue
-                shutil.copy(f, os.path.join(outdir, f"{src.replace('/', '#')}@{k}.gcov"))
-                kept += 1
+        # From the build folder, where the objects' relative source paths
+        # resolve; -t: every source of the object (its headers too) on stdout,
+        # each starting with a "Source:" line. A header that several objects
+        # include gets one file per object; report sums them.
+        rel = os.path.relpath(gcda, build)
+        out = subprocess.run(["gcov", "-t", "-o", os.path.dirname(rel), rel], cwd=build,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=False).stdout
+        text = out.decode(errors="replace")
+        for j, part in enumerate(re.split(r"(?m)^(?=\s*-:\s*0:Source:)", text)):
+            src = source_of(part.splitlines())
+            if src is None:
+                continue
+            with open(os.path.join(outdir, f"{k}-{j}.gcov"), "w") as fh:
+                fh.write(part)
+            kept += 1
     print(f"coverage.py: {kept} .gcov files of src/ from {len(gcdas)} .gcda files into {outdir}")
 
 
-def source_of(gcov_file):
-    """The file's path from its 'src/' component, or None outside src/."""
-    with open(gcov_file, errors="replace") as fh:
-        for line in fh:
-            m = re.match(r"\s*-:\s*0:Source:(.*)$", line)
-            if m:
-                path = m.group(1).strip()
-                i = path.rfind("src/")
-                return path[i:] if i >= 0 else None
+def source_of(lines):
+    """The source's path from its 'src/' component, or None outside src/."""
+    for line in lines:
+        m = re.match(r"\s*-:\s*0:Source:(.*)$", line)
+        if m:
+            path = m.group(1).strip()
+            i = path.rfind("src/")
+            return path[i:] if i >= 0 else None
     return None
 
 
@@ -78,7 +79,8 @@ def report(dirs, uncovered):
     files = {}
     for d in dirs:
         for f in glob.glob(os.path.join(d, "*.gcov")):
-            src = os.path.basename(f)[:-len(".gcov")].split("@")[0].replace("#", "/")
+            with open(f, errors="replace") as fh:
+                src = source_of(fh)
             merged = files.setdefault(src, {})
             for num, (ran, text) in parse(f).items():
                 was = merged.get(num, (None, text))[0]
