@@ -11,10 +11,12 @@
       the lines none of them ran, with their text.
 
 A build for it (any Meson this project supports):
-  meson setup BUILD -Dc_args=--coverage -Dc_link_args=--coverage \\
+  meson setup BUILD "-Dc_args=--coverage -O0" -Dc_link_args=--coverage \\
         -Dcpp_link_args=--coverage -Dcuda_link_args=-lgcov
-(the `install` test fails in such a build: the installed library needs
-libgcov). scripts/gpu_session.sh takes these through VCOLL_MESON_ARGS.
+(-O0 after the build type's flags: at -O2 gcc moves and merges lines, and
+gcov then calls some lines that ran "never run"; device code is compiled
+as before. The `install` test fails in such a build: the installed library
+needs libgcov). scripts/gpu_session.sh takes these through VCOLL_MESON_ARGS.
 """
 import glob
 import os

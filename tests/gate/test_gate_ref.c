@@ -317,6 +317,7 @@ static void test_invalid_arguments(void** state) {
   (void)state;
   enum { T = 4, E = 16 };
   float x[T * E] = {0}, bias[E] = {0};
+  static float biasAndMore[E + T * 40];
   static int32_t ids[T * 40];
   static float w[T * 40];
   const GateFn fns[2] = {vcollMoeGateRef, gateDev};
@@ -358,13 +359,20 @@ static void test_invalid_arguments(void** state) {
     expectErr(fn, nm, x, vcollFloat32, (const float*)((const char*)bias + 1), T, &ok, ids, w, "bias");
     expectErr(fn, nm, x, vcollFloat32, bias, T, &ok, (int32_t*)((char*)ids + 2), w, "ids");
     expectErr(fn, nm, x, vcollFloat32, bias, T, &ok, ids, (float*)((char*)w + 2), "weights");
-    expectErr(fn, nm, x, vcollFloat32, bias, T, &ok, ids, (float*)(ids + 3), "overlap");
+    expectErr(fn, nm, x, vcollFloat32, bias, T, &ok, ids, (float*)(ids + 3), "and weights");
     /* weights starting on ids' last slot */
     expectErr(fn, nm, x, vcollFloat32, bias, T, &ok, ids,
               (float*)(ids + T * (ok.topk + ok.numFusedSharedExperts) - 1), "overlap");
-    expectErr(fn, nm, x, vcollFloat32, bias, T, &ok, (int32_t*)(x + 8), w, "overlap");
-    expectErr(fn, nm, x, vcollFloat32, bias, T, &ok, ids, bias + 2, "overlap");
-    expectErr(fn, nm, x, vcollFloat32, bias, (size_t)1 << 62, &ok, ids, w, "overflow");
+    expectErr(fn, nm, x, vcollFloat32, bias, T, &ok, (int32_t*)(x + 8), w, "overlap logits");
+    /* weights inside a buffer whose first E floats are the bias (a separate
+     * bias array would leave weights running past it into other memory) */
+    expectErr(fn, nm, x, vcollFloat32, biasAndMore, T, &ok, ids, biasAndMore + 2, "overlap bias");
+    expectErr(fn, nm, x, vcollFloat32, bias, (size_t)1 << 62, &ok, ids, w, "overflow the logits size");
+    { /* more slots than experts: 2^57 tokens of 16 fp32 logits fit, their 1032 slots do not */
+      vcollMoeGateParams_t many = ok;
+      many.numFusedSharedExperts = 1024;
+      expectErr(fn, nm, x, vcollFloat32, bias, (size_t)1 << 57, &many, ids, w, "slots overflow the output size");
+    }
     assert_true(vtIsPoisoned(ids, sizeof(ids)));
     assert_true(vtIsPoisoned(w, sizeof(w)));
     /* T = 0 is a no-op, NULL buffers allowed */

@@ -780,6 +780,8 @@ static void test_invalid_arguments(void** state) {
   expectErr(vcollMoeWorkspaceCreate(comm, &bad, 8, &ws), vcollInvalidArgument, cr, "config->routing");
   bad = cfg; bad.scale = (vcollMoeScale_t)9;
   expectErr(vcollMoeWorkspaceCreate(comm, &bad, 8, &ws), vcollInvalidArgument, cr, "config->scale");
+  bad = cfg; bad.swizzledScales = 2;
+  expectErr(vcollMoeWorkspaceCreate(comm, &bad, 8, &ws), vcollInvalidArgument, cr, "config->swizzledScales 2");
   bad = cfg; bad.format = vcollMoeBf16;
   expectErr(vcollMoeWorkspaceCreate(comm, &bad, 8, &ws), vcollInvalidArgument, cr, "config->swizzledScales");
   bad = cfg; bad.accum = (vcollMoeAccum_t)2;

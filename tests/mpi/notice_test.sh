@@ -2,7 +2,8 @@
 # Setup warnings that must not pass unseen (VCOLL_NOTICE): with VCOLL_DEBUG
 # unset they reach stderr, not stdout; VCOLL_DEBUG=NONE silences them;
 # VCOLL_DEBUG=VERSION too, and logs the version line;
-# VCOLL_DEBUG=WARN sends them to the log (stdout). Runs the uneven_batches
+# VCOLL_DEBUG=WARN (or TRACE) sends them to the log (stdout); a value it does
+# not know is said on stderr and ignored. Runs the uneven_batches
 # example on one rank of the host backend with an unreadable VCOLL_BACKEND,
 # VCOLL_CHECK and VCOLL_ALGO, and with a VCOLL_DEBUG_FILE that cannot be
 # opened.
@@ -35,6 +36,13 @@ grep -q "VCOLL VERSION vcoll version [0-9]*\.[0-9]*\.[0-9]*, backend host (MPI),
 run WARN
 grep -q "$want" "$D/out" && grep -q "$want2" "$D/out" && grep -q "$want3" "$D/out" ||
   fail "VCOLL_DEBUG=WARN: the notices are not in the log (stdout)"
+run TRACE
+grep -q "$want" "$D/out" && grep -q "VCOLL INFO" "$D/out" || fail "VCOLL_DEBUG=TRACE: the notices or INFO lines are not in the log"
+# A value it does not know: said, then ignored (the notices on stderr as when unset).
+run LOUD
+grep -q "VCOLL_DEBUG=LOUD is not NONE, VERSION, WARN, INFO or TRACE; ignored" "$D/err" ||
+  fail "VCOLL_DEBUG=LOUD: no notice that the value is ignored"
+grep -q "$want" "$D/err" && ! grep -q "VCOLL WARN" "$D/out" || fail "VCOLL_DEBUG=LOUD: the notices are not on stderr alone"
 # A VCOLL_DEBUG_FILE that cannot be opened: said on stderr, the log on stdout.
 (unset VCOLL_BACKEND VCOLL_CHECK; VCOLL_DEBUG=INFO VCOLL_DEBUG_FILE="$D/no/such/dir/log" \
    "$MPIRUN" -x VCOLL_DEBUG -x VCOLL_DEBUG_FILE -np 1 "$EX" --backend host >"$D/out" 2>"$D/err") ||

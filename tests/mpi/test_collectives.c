@@ -689,6 +689,13 @@ static void test_invalid_arguments(void** state) {
 
   /* comm-level */
   expectArgError(vcollCommSetAlgo(comm, vcollCollAllGatherV, "no-such-algo"), vcollInvalidArgument, "no-such-algo");
+  expectArgError(vcollCommSetAlgo(comm, (vcollCollective_t)7, "bcast"), vcollInvalidArgument, "invalid coll 7");
+  if (nranks_ >= 3) { /* each count <= PTRDIFF_MAX, so only three or more can overflow the total */
+    size_t huge[64];
+    for (int r = 0; r < nranks_; r++) huge[r] = (size_t)PTRDIFF_MAX;
+    expectArgError(vcollReduceScatterV(recv, recv, huge, 1, vcollUint8, vcollSum, comm, 0), vcollInvalidArgument,
+                   "counts[2] = 9223372036854775807 makes the total row count overflow");
+  }
   int n = 0;
   assert_int_equal(vcollCommCount(comm, NULL), vcollInvalidArgument);
   assert_int_equal(vcollCommCount(comm, &n), vcollSuccess);

@@ -468,6 +468,8 @@ static void test_arg_errors(void** state) {
   expectArgErr(vcollNvfp4DequantizeRef(pay, sc, vcollScaleLinear, &gs, 2, 32, (char*)out + 1, vcollBfloat16), D,
                "out");
   expectArgErr(vcollNvfp4DequantizeRef(pay, sc, vcollScaleLinear, &gs, 2, 32, pay + 4, vcollFloat32), D, "out");
+  expectArgErr(vcollNvfp4DequantizeRef(pay, sc, vcollScaleLinear, out + 7, 2, 32, out, vcollFloat32), D,
+               "overlaps globalScale");
   assert_true(vtIsPoisoned(out, sizeof(out)));
 
   const char* V = "vcollNvfp4ConvertScalesRef";
