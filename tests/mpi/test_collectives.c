@@ -1169,6 +1169,197 @@ static void test_staging_limit_one_rank(void** state) {
 /* Buffers from vcollMemAlloc (NCCL symmetric windows) on every rank, equal
  * counts: the automatic choice is the native call on the user's buffers.
  * Checked element by element; the host backend must refuse vcollMemAlloc. */
+/* ---- staging out of device memory --------------------------------------------
+ * A real allocation failure, not the limit: on a communicator of its own,
+ * rank 0 takes all but a few MiB of its GPU's free memory. The automatic
+ * choice of either collective then falls back to an algorithm without
+ * staging (the failed growth agreed by all ranks: on a node where ranks
+ * share the GPU every rank fails, elsewhere rank 0 alone), with correct
+ * rows; a forced staged algorithm fails with the same code on every rank
+ * and writes nothing; once the memory is back, vcollCommSetStagingLimit
+ * forgets the refusal and the padded algorithm runs again. Every
+ * collective the test runs under the ballast ran before it with the same
+ * shapes, so NCCL's connections (made at first use) exist already. */
+#define OOM_AGV_ROW ((size_t)1 << 20) /* allgatherv row bytes (uint8) */
+#define OOM_RSV_ROW ((size_t)1 << 19) /* reducescatterv row bytes: half the staging, tried after allgatherv's */
+
+static unsigned char oomRsvByte(int tag, int r, size_t e) { return (unsigned char)(r * 7 + e * 13 + (size_t)tag); }
+
+/* One allgatherv (algo NULL: automatic) of 1 uint8 tensor of OOM_AGV_ROW-byte
+ * rows into recv (total rows + AGV_GUARD); want: its result; on success the
+ * rows are checked, else recv must be untouched. */
+static int oomAgv(uint64_t seed, int tag, const size_t* counts, char* send, char* recv, const char* algo,
+                  vcollResult_t want, const char* needle, const char** ran) {
+  size_t total = 0;
+  for (int r = 0; r < nranks_; r++) total += counts[r];
+  const size_t mine = counts[rank_] * OOM_AGV_ROW, all = total * OOM_AGV_ROW;
+  unsigned char* h = malloc(all + AGV_GUARD + 1);
+  assert_non_null(h);
+  for (size_t j = 0; j < mine; j++) h[j] = agvByte(seed, tag, 0, rank_, j);
+  bufPut(send, h, mine);
+  bufPoison(recv, all + AGV_GUARD);
+  vcollTensor_t t = {send, recv, OOM_AGV_ROW, vcollUint8};
+  assert_int_equal(vcollCommSetAlgo(comm, vcollCollAllGatherV, algo), vcollSuccess);
+  const vcollResult_t res = vcollAllGatherV(&t, 1, counts, comm, 0);
+  sync();
+  int ok = res == want && (needle == NULL || strstr(vcollGetLastError(comm), needle) != NULL);
+  if (!ok)
+    fprintf(stderr, "[rank %d] out of memory, allgatherv %d (%s): %s, want %s with '%s' (%s)\n", rank_, tag,
+            algo ? algo : "auto", vcollGetErrorString(res), vcollGetErrorString(want), needle ? needle : "",
+            vcollGetLastError(comm));
+  if (res == vcollSuccess) {
+    bufGet(h, recv, all + AGV_GUARD);
+    size_t pos = 0, wrong = 0;
+    for (int r = 0; r < nranks_; r++)
+      for (size_t j = 0; j < counts[r] * OOM_AGV_ROW; j++) wrong += h[pos++] != agvByte(seed, tag, 0, r, j);
+    if (wrong || !vtIsPoisoned(h + all, AGV_GUARD)) {
+      fprintf(stderr, "[rank %d] out of memory, allgatherv %d: %zu wrong bytes or a write past the end\n", rank_,
+              tag, wrong);
+      ok = 0;
+    }
+  } else if (!bufPoisoned(recv, all + AGV_GUARD)) {
+    fprintf(stderr, "[rank %d] out of memory, allgatherv %d failed but wrote recvbuff\n", rank_, tag);
+    ok = 0;
+  }
+  *ran = vcollCommLastAlgo(comm, vcollCollAllGatherV);
+  vcollCommSetAlgo(comm, vcollCollAllGatherV, NULL);
+  free(h);
+  return ok;
+}
+
+/* One reducescatterv (uint8 sum, OOM_RSV_ROW-byte rows) from send (total
+ * rows) into recv (this rank's rows + AGV_GUARD), as oomAgv. */
+static int oomRsv(int tag, const size_t* counts, char* send, char* recv, const char* algo, vcollResult_t want,
+                  const char** ran) {
+  size_t total = 0, displ = 0;
+  for (int r = 0; r < nranks_; r++) {
+    if (r < rank_) displ += counts[r];
+    total += counts[r];
+  }
+  const size_t sendBytes = total * OOM_RSV_ROW, mine = counts[rank_] * OOM_RSV_ROW;
+  unsigned char* h = malloc(sendBytes + AGV_GUARD + 1);
+  assert_non_null(h);
+  for (size_t e = 0; e < sendBytes; e++) h[e] = oomRsvByte(tag, rank_, e);
+  bufPut(send, h, sendBytes);
+  bufPoison(recv, mine + AGV_GUARD);
+  assert_int_equal(vcollCommSetAlgo(comm, vcollCollReduceScatterV, algo), vcollSuccess);
+  const vcollResult_t res = vcollReduceScatterV(send, recv, counts, OOM_RSV_ROW, vcollUint8, vcollSum, comm, 0);
+  sync();
+  int ok = res == want;
+  if (!ok)
+    fprintf(stderr, "[rank %d] out of memory, reducescatterv %d (%s): %s, want %s (%s)\n", rank_, tag,
+            algo ? algo : "auto", vcollGetErrorString(res), vcollGetErrorString(want), vcollGetLastError(comm));
+  if (res == vcollSuccess) {
+    bufGet(h, recv, mine + AGV_GUARD);
+    size_t wrong = 0;
+    for (size_t e = 0; e < mine; e++) {
+      unsigned sum = 0;
+      for (int r = 0; r < nranks_; r++) sum += oomRsvByte(tag, r, displ * OOM_RSV_ROW + e);
+      wrong += h[e] != (unsigned char)sum;
+    }
+    if (wrong || !vtIsPoisoned(h + mine, AGV_GUARD)) {
+      fprintf(stderr, "[rank %d] out of memory, reducescatterv %d: %zu wrong bytes or a write past the end\n", rank_,
+              tag, wrong);
+      ok = 0;
+    }
+  } else if (!bufPoisoned(recv, mine + AGV_GUARD)) {
+    fprintf(stderr, "[rank %d] out of memory, reducescatterv %d failed but wrote recvbuff\n", rank_, tag);
+    ok = 0;
+  }
+  *ran = vcollCommLastAlgo(comm, vcollCollReduceScatterV);
+  vcollCommSetAlgo(comm, vcollCollReduceScatterV, NULL);
+  free(h);
+  return ok;
+}
+
+static void test_staging_out_of_memory(void** state) {
+  (void)state;
+  if (!onGpu()) skip(); /* the host backend has no staging */
+  VT_REQUIRE_GPU();
+  /* 10 and 12 rows in turn: imbalance 1.09-1.13 (1 at one rank), 11 MiB
+   * per rank or less: the automatic choice of allgatherv is pad_symm (pad
+   * without symmetric windows), reducescatterv's pad. */
+  size_t counts[64], total = 0, tiny[64];
+  for (int r = 0; r < nranks_; r++) {
+    counts[r] = 10 + 2 * (size_t)(r % 2);
+    total += counts[r];
+    tiny[r] = 1;
+  }
+  const size_t mine = counts[rank_];
+  char* aSend = bufAlloc(mine * OOM_AGV_ROW);
+  char* aRecv = bufAlloc(total * OOM_AGV_ROW + AGV_GUARD);
+  char* rSend = bufAlloc(total * OOM_RSV_ROW);
+  char* rRecv = bufAlloc(mine * OOM_RSV_ROW + AGV_GUARD);
+  const uint64_t seed = vtSeed();
+  const char* ran = NULL;
+  int ok = 1;
+  /* Before the ballast: every collective the test runs under it, the same
+   * shapes (a small padded call grows the staging: the agreement's allreduce). */
+  ok &= oomAgv(seed, 1, counts, aSend, aRecv, "bcast", vcollSuccess, NULL, &ran);
+  ok &= oomAgv(seed, 2, tiny, aSend, aRecv, "pad", vcollSuccess, NULL, &ran);
+  if (nranks_ > 1) ok &= oomRsv(3, counts, rSend, rRecv, "reduce", vcollSuccess, &ran);
+  /* Rank 0 takes its GPU's free memory but about 16 MiB; every staging
+   * growth below asks for 32 MiB or more. */
+  void* ballast = NULL;
+  size_t freeB = 0, totalB = 0, left = 0;
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank_ == 0) {
+    assert_int_equal(cudaMemGetInfo(&freeB, &totalB), cudaSuccess);
+    for (size_t slack = (size_t)16 << 20; ballast == NULL && slack < freeB; slack += (size_t)16 << 20)
+      if (cudaMalloc(&ballast, freeB - slack) != cudaSuccess) ballast = NULL, cudaGetLastError();
+    assert_non_null(ballast);
+    assert_int_equal(cudaMemGetInfo(&left, &totalB), cudaSuccess);
+    if (left >= ((size_t)32 << 20)) {
+      fprintf(stderr, "[rank 0] out of memory: %zu bytes still free after the ballast\n", left);
+      ok = 0;
+    }
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (nranks_ > 1) {
+    /* Automatic: the padded choice cannot have its staging (ncclMemAlloc, then
+     * cudaMalloc fail); the same call runs an algorithm without. */
+    ok &= oomAgv(seed, 4, counts, aSend, aRecv, NULL, vcollSuccess, NULL, &ran);
+    if (strcmp(ran, "bcast") != 0) {
+      fprintf(stderr, "[rank %d] out of memory: automatic allgatherv ran %s, want bcast\n", rank_, ran);
+      ok = 0;
+    }
+    /* reducescatterv's staging is smaller than the size that failed: tried, fails, falls back. */
+    const uint64_t failures = vcollStagingGrowFailures(comm);
+    ok &= oomRsv(5, counts, rSend, rRecv, NULL, vcollSuccess, &ran);
+    if (strcmp(ran, "reduce") != 0 || vcollStagingGrowFailures(comm) != failures + 1) {
+      fprintf(stderr, "[rank %d] out of memory: automatic reducescatterv ran %s after %llu failed growths, want "
+              "reduce after one\n", rank_, ran, (unsigned long long)(vcollStagingGrowFailures(comm) - failures));
+      ok = 0;
+    }
+  } else {
+    /* One rank: the automatic choice needs no staging; a forced pad tries and fails. */
+    ok &= oomAgv(seed, 4, counts, aSend, aRecv, "pad", vcollUnhandledCudaError, "staging bytes failed", &ran);
+  }
+  /* Forced pad after the failure: refused at once, on every rank, nothing written. */
+  ok &= oomAgv(seed, 6, counts, aSend, aRecv, "pad", vcollInvalidUsage, "out of device memory", &ran);
+  size_t held = 0;
+  assert_int_equal(vcollCommGetStagingBytes(comm, &held), vcollSuccess);
+  if (held > ((size_t)1 << 20)) {
+    fprintf(stderr, "[rank %d] out of memory: %zu staging bytes held after failed growths\n", rank_, held);
+    ok = 0;
+  }
+  if (rank_ == 0) assert_int_equal(cudaFree(ballast), cudaSuccess);
+  MPI_Barrier(MPI_COMM_WORLD);
+  /* The memory back, the refusal forgotten (on every rank): padded again. */
+  assert_int_equal(vcollCommSetStagingLimit(comm, SIZE_MAX), vcollSuccess);
+  ok &= oomAgv(seed, 7, counts, aSend, aRecv, "pad", vcollSuccess, NULL, &ran);
+  assert_int_equal(vcollCommGetStagingBytes(comm, &held), vcollSuccess);
+  if (held < (size_t)(nranks_ + 1) * 12 * OOM_AGV_ROW) {
+    fprintf(stderr, "[rank %d] out of memory, after: %zu staging bytes held, want the padded call's\n", rank_, held);
+    ok = 0;
+  }
+  bufFree(aSend);
+  bufFree(aRecv);
+  bufFree(rSend);
+  bufFree(rRecv);
+  VT_ASSERT_ALL(ok, "staging growth out of device memory: wrong fallback, result or rows (see above)");
+}
+
 static void test_registered_buffers(void** state) {
   (void)state;
   void* p = (void*)&p;
@@ -1398,6 +1589,7 @@ int main(int argc, char** argv) {
       cmocka_unit_test(test_gather_counts),
       cmocka_unit_test_setup_teardown(test_staging_limit, vtFreshCommSetup, vtFreshCommTeardown),
       cmocka_unit_test_setup_teardown(test_staging_limit_one_rank, vtFreshCommSetup, vtFreshCommTeardown),
+      cmocka_unit_test_setup_teardown(test_staging_out_of_memory, vtFreshCommSetup, vtFreshCommTeardown),
       cmocka_unit_test_setup_teardown(test_nonblocking_comm, nonblockingSetup, nonblockingTeardown),
   };
   char name[64];
