@@ -1368,6 +1368,9 @@ static void test_registered_buffers(void** state) {
   if (!onGpu()) {
     expectArgError(vcollMemAlloc(comm, 4096, &p), vcollNotSupported, "vcollMemAlloc");
     assert_ptr_equal(p, (void*)&p); /* untouched */
+    /* vcollMemFree takes NULL, and nothing vcollMemAlloc did not return. */
+    assert_int_equal(vcollMemFree(comm, NULL), vcollSuccess);
+    expectArgError(vcollMemFree(comm, &p), vcollInvalidArgument, "was not returned by vcollMemAlloc");
     return;
   }
   VT_REQUIRE_GPU();
