@@ -54,7 +54,7 @@ if [ -n "$CS" ] && [[ $STEPS == *" san "* ]]; then
   san memcheck nvfp4_bf16 "$B/bench/quant/nvfp4_perf" -t bf16 -b 1 -e 300 -n 1 -w 0 -c 7168 -l swizzled
   san memcheck nvfp4_f32 "$B/bench/quant/nvfp4_perf" -t f32 -b 1 -e 129 -n 1 -w 0 -c 528 -l linear
   # VCOLL_TEST_NO_OOM: test_staging_out_of_memory's failed allocations would count as errors.
-  san memcheck collectives_np1 mpirun -np 1 -x VCOLL_TEST_NO_OOM=1 "$B/tests/mpi/test_collectives" --backend nccl --iters 4
+  san memcheck collectives_np1 mpirun -np 1 -x VCOLL_TEST_NO_OOM=1 "$B/tests/mpi/test_collectives" --backend nccl --iters 6
   san memcheck moe_np1 mpirun -np 1 "$B/tests/moe/test_moe" --backend nccl
   # Ranks sharing the GPU (NCCL over sockets): the multi-rank paths (a rank
   # with no tokens in the fused FP4 dispatch, every allgatherv algorithm

@@ -368,10 +368,10 @@ static void test_invalid_arguments(void** state) {
      * bias array would leave weights running past it into other memory) */
     expectErr(fn, nm, x, vcollFloat32, biasAndMore, T, &ok, ids, biasAndMore + 2, "overlap bias");
     expectErr(fn, nm, x, vcollFloat32, bias, (size_t)1 << 62, &ok, ids, w, "overflow the logits size");
-    { /* more slots than experts: 2^57 tokens of 16 fp32 logits fit, their 1032 slots do not */
+    { /* more slots than experts: 2^56 tokens of 16 fp32 logits fit, their 1032 slots do not */
       vcollMoeGateParams_t many = ok;
       many.numFusedSharedExperts = 1024;
-      expectErr(fn, nm, x, vcollFloat32, bias, (size_t)1 << 57, &many, ids, w, "slots overflow the output size");
+      expectErr(fn, nm, x, vcollFloat32, bias, (size_t)1 << 56, &many, ids, w, "slots overflow the output size");
     }
     assert_true(vtIsPoisoned(ids, sizeof(ids)));
     assert_true(vtIsPoisoned(w, sizeof(w)));

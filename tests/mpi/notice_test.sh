@@ -37,7 +37,8 @@ run WARN
 grep -q "$want" "$D/out" && grep -q "$want2" "$D/out" && grep -q "$want3" "$D/out" ||
   fail "VCOLL_DEBUG=WARN: the notices are not in the log (stdout)"
 run TRACE
-grep -q "$want" "$D/out" && grep -q "VCOLL INFO" "$D/out" || fail "VCOLL_DEBUG=TRACE: the notices or INFO lines are not in the log"
+grep -q "$want" "$D/out" && grep -q "$want2" "$D/out" && grep -q "$want3" "$D/out" && grep -q "VCOLL INFO" "$D/out" ||
+  fail "VCOLL_DEBUG=TRACE: the notices or INFO lines are not in the log"
 # A value it does not know: said, then ignored (the notices on stderr as when unset).
 run LOUD
 grep -q "VCOLL_DEBUG=LOUD is not NONE, VERSION, WARN, INFO or TRACE; ignored" "$D/err" ||
