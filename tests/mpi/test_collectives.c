@@ -619,6 +619,19 @@ static void test_invalid_arguments(void** state) {
   vcollTensor_t t = {send, recv, 4, vcollFloat32};
   vcollTensor_t tt[2] = {t, t};
 
+  /* the communicator's own calls */
+  vcollComm_t none = (vcollComm_t)&none;
+  expectArgErrorOn(NULL, vcollCommInitMPI(MPI_COMM_WORLD, backend, NULL), vcollInvalidArgument,
+                   "vcollCommInitMPI : comm argument is NULL");
+  expectArgErrorOn(NULL, vcollCommInitMPI(MPI_COMM_NULL, backend, &none), vcollInvalidArgument, "MPI_COMM_NULL");
+  assert_null(none);
+  expectArgError(vcollCommBackend(comm, NULL), vcollInvalidArgument, "vcollCommBackend : backend argument is NULL");
+  expectArgError(vcollCommGetNccl(comm, NULL), vcollInvalidArgument, "vcollCommGetNccl : nccl argument is NULL");
+  expectArgError(vcollMemAlloc(comm, 4096, NULL), vcollInvalidArgument, "vcollMemAlloc : ptr argument is NULL");
+  void* unset = (void*)&unset;
+  expectArgError(vcollMemAlloc(comm, 0, &unset), vcollInvalidArgument, "size is 0");
+  assert_ptr_equal(unset, (void*)&unset);
+
   /* allgatherv */
   expectArgErrorOn(NULL, vcollAllGatherV(&t, 1, counts, NULL, 0), vcollInvalidArgument, "comm");
   assert_non_null(strstr(vcollGetLastError(NULL), "vcollAllGatherV"));

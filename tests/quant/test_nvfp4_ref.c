@@ -470,6 +470,8 @@ static void test_arg_errors(void** state) {
   expectArgErr(vcollNvfp4DequantizeRef(pay, sc, vcollScaleLinear, &gs, 2, 32, pay + 4, vcollFloat32), D, "out");
   expectArgErr(vcollNvfp4DequantizeRef(pay, sc, vcollScaleLinear, out + 7, 2, 32, out, vcollFloat32), D,
                "overlaps globalScale");
+  expectArgErr(vcollNvfp4DequantizeRef(pay, (const uint8_t*)(out + 40), vcollScaleLinear, &gs, 2, 32, out,
+                                       vcollFloat32), D, "overlaps scales");
   assert_true(vtIsPoisoned(out, sizeof(out)));
 
   const char* V = "vcollNvfp4ConvertScalesRef";

@@ -239,6 +239,8 @@ static void test_cache_basic(void** state) {
   size_t m = 0;
   assert_int_equal(vcollWeightPermHost(a, &h, &m), vcollSuccess);
   assert_int_equal(m, M);
+  expectError(vcollWeightPermHost(a, NULL, &m), "vcollWeightPermHost", "host argument is NULL");
+  expectError(vcollWeightPermDevice(a, NULL), "vcollWeightPermDevice", "dev argument is NULL");
   int32_t* want = xmalloc(M * 4);
   assert_int_equal(vcollWeightPermutation(vcollWeightW13, M, 128, want), vcollSuccess);
   assert_memory_equal(h, want, M * 4);
