@@ -932,40 +932,59 @@ static void test_graph_staging_growth(void** state) {
  * the automatic choice avoids staging it may not have, with correct rows;
  * a forced staged algorithm fails with vcollInvalidUsage on every rank and
  * writes nothing; lifting the limit brings the staged algorithms back. */
-/* One allgatherv of one bf16 tensor, `width` wide, with `counts`, checked
- * byte by byte (and the poison after it). *algo = the algorithm it ran. */
-static int limitAgv(uint64_t seed, int tag, const size_t* counts, size_t width, vcollResult_t want,
-                    const char** algo) {
-  const size_t rb = width * 2;
+/* One allgatherv of one tensor (t: its type and width; send and recv, the
+ * latter with AGV_GUARD bytes after the gathered rows) with `counts`:
+ * fills send, poisons recv, wants result `want` (and, where needle is not
+ * NULL, the needle in the error message); on success checks every byte and
+ * the poison after them, else that nothing was written. `what` names the
+ * test in its messages; *algo = the algorithm that ran. */
+static int agvChecked(uint64_t seed, int tag, const size_t* counts, vcollTensor_t t, vcollResult_t want,
+                      const char* needle, const char* what, const char** algo) {
+  const size_t rb = t.width * vcollTypeSize(t.datatype);
   size_t total = 0;
   for (int r = 0; r < nranks_; r++) total += counts[r];
-  char *send = bufAlloc(counts[rank_] * rb), *recv = bufAlloc(total * rb + AGV_GUARD);
-  unsigned char* h = malloc(total * rb + AGV_GUARD + 1);
+  const size_t mine = counts[rank_] * rb, all = total * rb;
+  unsigned char* h = malloc(all + AGV_GUARD + 1);
   assert_non_null(h);
-  for (size_t j = 0; j < counts[rank_] * rb; j++) h[j] = agvByte(seed, tag, 0, rank_, j);
-  bufPut(send, h, counts[rank_] * rb);
-  bufPoison(recv, total * rb + AGV_GUARD);
-  vcollTensor_t t = {send, recv, width, vcollBfloat16};
+  for (size_t j = 0; j < mine; j++) h[j] = agvByte(seed, tag, 0, rank_, j);
+  bufPut((void*)t.sendbuff, h, mine);
+  bufPoison(t.recvbuff, all + AGV_GUARD);
   const vcollResult_t res = vcollAllGatherV(&t, 1, counts, comm, 0);
-  if (res != want)
-    fprintf(stderr, "[rank %d] staging limit, allgatherv %d: %s, want result %d (%s)\n", rank_, tag,
-            vcollGetErrorString(res), (int)want, vcollGetLastError(comm));
   sync();
-  int ok = res == want;
-  if (want == vcollSuccess) {
-    bufGet(h, recv, total * rb);
-    size_t pos = 0;
+  int ok = res == want && (needle == NULL || strstr(vcollGetLastError(comm), needle) != NULL);
+  if (!ok)
+    fprintf(stderr, "[rank %d] %s, allgatherv %d: %s, want %s%s%s (%s)\n", rank_, what, tag, vcollGetErrorString(res),
+            vcollGetErrorString(want), needle ? " with " : "", needle ? needle : "", vcollGetLastError(comm));
+  if (res == vcollSuccess) {
+    bufGet(h, t.recvbuff, all + AGV_GUARD);
+    size_t pos = 0, wrong = 0;
     for (int r = 0; r < nranks_; r++)
-      for (size_t j = 0; j < counts[r] * rb; j++) ok &= h[pos++] == agvByte(seed, tag, 0, r, j);
-    ok &= bufPoisoned(recv + total * rb, AGV_GUARD);
-  } else {
-    ok &= bufPoisoned(recv, total * rb + AGV_GUARD); /* nothing written */
+      for (size_t j = 0; j < counts[r] * rb; j++) wrong += h[pos++] != agvByte(seed, tag, 0, r, j);
+    if (wrong || !vtIsPoisoned(h + all, AGV_GUARD)) {
+      fprintf(stderr, "[rank %d] %s, allgatherv %d: %zu wrong bytes or a write past the end\n", rank_, what, tag,
+              wrong);
+      ok = 0;
+    }
+  } else if (!bufPoisoned(t.recvbuff, all + AGV_GUARD)) {
+    fprintf(stderr, "[rank %d] %s, allgatherv %d failed but wrote recvbuff\n", rank_, what, tag);
+    ok = 0;
   }
-  if (!ok) fprintf(stderr, "[rank %d] staging limit, allgatherv %d: wrong rows or result\n", rank_, tag);
   *algo = vcollCommLastAlgo(comm, vcollCollAllGatherV);
   free(h);
-  bufFree(send);
-  bufFree(recv);
+  return ok;
+}
+
+/* One allgatherv of one bf16 tensor, `width` wide, with `counts`, in
+ * buffers of its own (agvChecked). */
+static int limitAgv(uint64_t seed, int tag, const size_t* counts, size_t width, vcollResult_t want,
+                    const char** algo) {
+  size_t total = 0;
+  for (int r = 0; r < nranks_; r++) total += counts[r];
+  vcollTensor_t t = {bufAlloc(counts[rank_] * width * 2), bufAlloc(total * width * 2 + AGV_GUARD), width,
+                     vcollBfloat16};
+  const int ok = agvChecked(seed, tag, counts, t, want, NULL, "staging limit", algo);
+  bufFree((void*)t.sendbuff);
+  bufFree(t.recvbuff);
   return ok;
 }
 
@@ -1180,9 +1199,6 @@ static void test_staging_limit_one_rank(void** state) {
   VT_ASSERT_ALL(ok, "staging limit on one rank: wrong rows, algorithms or staging (see above)");
 }
 
-/* Buffers from vcollMemAlloc (NCCL symmetric windows) on every rank, equal
- * counts: the automatic choice is the native call on the user's buffers.
- * Checked element by element; the host backend must refuse vcollMemAlloc. */
 /* ---- staging out of device memory --------------------------------------------
  * A real allocation failure, not the limit: on a communicator of its own,
  * rank 0 takes all but a few MiB of its GPU's free memory. The automatic
@@ -1200,44 +1216,13 @@ static void test_staging_limit_one_rank(void** state) {
 static unsigned char oomRsvByte(int tag, int r, size_t e) { return (unsigned char)(r * 7 + e * 13 + (size_t)tag); }
 
 /* One allgatherv (algo NULL: automatic) of 1 uint8 tensor of OOM_AGV_ROW-byte
- * rows into recv (total rows + AGV_GUARD); want: its result; on success the
- * rows are checked, else recv must be untouched. */
+ * rows, in the caller's buffers (allocated before the ballast), as agvChecked. */
 static int oomAgv(uint64_t seed, int tag, const size_t* counts, char* send, char* recv, const char* algo,
                   vcollResult_t want, const char* needle, const char** ran) {
-  size_t total = 0;
-  for (int r = 0; r < nranks_; r++) total += counts[r];
-  const size_t mine = counts[rank_] * OOM_AGV_ROW, all = total * OOM_AGV_ROW;
-  unsigned char* h = malloc(all + AGV_GUARD + 1);
-  assert_non_null(h);
-  for (size_t j = 0; j < mine; j++) h[j] = agvByte(seed, tag, 0, rank_, j);
-  bufPut(send, h, mine);
-  bufPoison(recv, all + AGV_GUARD);
-  vcollTensor_t t = {send, recv, OOM_AGV_ROW, vcollUint8};
   assert_int_equal(vcollCommSetAlgo(comm, vcollCollAllGatherV, algo), vcollSuccess);
-  const vcollResult_t res = vcollAllGatherV(&t, 1, counts, comm, 0);
-  sync();
-  int ok = res == want && (needle == NULL || strstr(vcollGetLastError(comm), needle) != NULL);
-  if (!ok)
-    fprintf(stderr, "[rank %d] out of memory, allgatherv %d (%s): %s, want %s with '%s' (%s)\n", rank_, tag,
-            algo ? algo : "auto", vcollGetErrorString(res), vcollGetErrorString(want), needle ? needle : "",
-            vcollGetLastError(comm));
-  if (res == vcollSuccess) {
-    bufGet(h, recv, all + AGV_GUARD);
-    size_t pos = 0, wrong = 0;
-    for (int r = 0; r < nranks_; r++)
-      for (size_t j = 0; j < counts[r] * OOM_AGV_ROW; j++) wrong += h[pos++] != agvByte(seed, tag, 0, r, j);
-    if (wrong || !vtIsPoisoned(h + all, AGV_GUARD)) {
-      fprintf(stderr, "[rank %d] out of memory, allgatherv %d: %zu wrong bytes or a write past the end\n", rank_,
-              tag, wrong);
-      ok = 0;
-    }
-  } else if (!bufPoisoned(recv, all + AGV_GUARD)) {
-    fprintf(stderr, "[rank %d] out of memory, allgatherv %d failed but wrote recvbuff\n", rank_, tag);
-    ok = 0;
-  }
-  *ran = vcollCommLastAlgo(comm, vcollCollAllGatherV);
+  const vcollTensor_t t = {send, recv, OOM_AGV_ROW, vcollUint8};
+  const int ok = agvChecked(seed, tag, counts, t, want, needle, algo ? "out of memory, forced" : "out of memory", ran);
   vcollCommSetAlgo(comm, vcollCollAllGatherV, NULL);
-  free(h);
   return ok;
 }
 
@@ -1391,6 +1376,9 @@ static void test_staging_out_of_memory(void** state) {
   VT_ASSERT_ALL(ok, "staging growth out of device memory: wrong fallback, result or rows (see above)");
 }
 
+/* Buffers from vcollMemAlloc (NCCL symmetric windows) on every rank, equal
+ * counts: the automatic choice is the native call on the user's buffers.
+ * Checked element by element; the host backend must refuse vcollMemAlloc. */
 static void test_registered_buffers(void** state) {
   (void)state;
   void* p = (void*)&p;
